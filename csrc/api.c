@@ -1,0 +1,350 @@
+/*
+ * api.c -- the public entry points of quantcore.h: row loops, threads, dtype and
+ * stride handling, parameter storage.  No arithmetic on values lives here; it
+ * calls the active kernel table for that (kernels.h).
+ *
+ * Threads: OpenMP over rows, static schedule, only when the work is large enough
+ * to pay for waking the pool.  A row's result never depends on the thread count.
+ */
+#include <stdlib.h>
+
+#include "kernels.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#define QC_PAR_MIN_ELEMS (1 << 16) /* below this, one thread */
+
+int qc_kind_bits(qc_kind kind) { return (kind >= 0 && kind < QC_NUM_KINDS) ? QC_KINDS[kind].bits : 0; }
+
+int64_t qc_row_bytes(qc_kind kind, int64_t cols) {
+    return qc_kind_bits(kind) == 4 ? (cols + 1) / 2 : cols;
+}
+
+int64_t qc_num_groups(int64_t cols, int64_t group) {
+    return (group <= 0 || group >= cols) ? 1 : (cols + group - 1) / group;
+}
+
+static int threads_for(int64_t elems) {
+    int nt = qc_get_num_threads();
+    return elems < QC_PAR_MIN_ELEMS ? 1 : nt;
+}
+
+static qc_status check_desc(const qc_qdesc *d, int64_t rows, int64_t cols) {
+    if (!d || d->kind < 0 || d->kind >= QC_NUM_KINDS || rows < 0 || cols < 1 || d->group < 0)
+        return QC_ERR_ARG;
+    if (d->scale_dtype != QC_F32 && d->scale_dtype != QC_F16)
+        return QC_ERR_ARG;
+    /* 4-bit groups must start on a byte: an even group length, or one group a row */
+    if (QC_KINDS[d->kind].bits == 4 && d->group > 0 && d->group < cols && (d->group & 1))
+        return QC_ERR_ARG;
+    return QC_OK;
+}
+
+static void store_scale(void *base, int64_t idx, qc_dtype dt, float v) {
+    if (dt == QC_F16)
+        ((uint16_t *)base)[idx] = qc_fp32_to_fp16(v);
+    else
+        ((float *)base)[idx] = v;
+}
+
+static float load_scale(const void *base, int64_t idx, qc_dtype dt) {
+    return dt == QC_F16 ? qc_fp16_to_fp32(((const uint16_t *)base)[idx]) : ((const float *)base)[idx];
+}
+
+static int fits_f16(float v) { return fabsf(v) <= 65504.0f; }
+
+/* Load row r of a strided float16/32/64 matrix as contiguous float32, into buf
+ * when a copy is needed; returns the row. */
+static const float *load_row(const qc_kernels *k, const char *src, qc_dtype dt, int64_t r,
+                             int64_t cols, int64_t rs, int64_t cs, float *buf) {
+    const char *row = src + r * rs;
+    if (dt == QC_F32 && cs == 4)
+        return (const float *)row;
+    if (dt == QC_F16 && cs == 2) {
+        k->load_f16((const uint16_t *)row, cols, buf);
+    } else if (dt == QC_F64 && cs == 8) {
+        k->load_f64((const double *)row, cols, buf);
+    } else {
+        for (int64_t c = 0; c < cols; c++) {
+            const char *p = row + c * cs;
+            if (dt == QC_F32)
+                buf[c] = *(const float *)p;
+            else if (dt == QC_F16)
+                buf[c] = qc_fp16_to_fp32(*(const uint16_t *)p);
+            else
+                buf[c] = (float)*(const double *)p;
+        }
+    }
+    return buf;
+}
+
+/* First non-finite element of x, for the error report. */
+static int64_t first_bad(const float *x, int64_t n) {
+    for (int64_t i = 0; i < n; i++)
+        if (!(fabsf(x[i]) < INFINITY))
+            return i;
+    return 0;
+}
+
+/* Keep the error with the smallest (row, col), whatever the thread order. */
+static void record_error(qc_status *st, qc_error *err, qc_status s, int64_t row, int64_t col) {
+#ifdef _OPENMP
+#pragma omp critical(qc_error_record)
+#endif
+    {
+        if (*st == QC_OK || row < err->row || (row == err->row && col < err->col)) {
+            *st = s;
+            err->row = row;
+            err->col = col;
+        }
+    }
+}
+
+/* Statistics of the whole tensor (per-tensor granularity). */
+static qc_status tensor_stats(const qc_kernels *k, const char *src, qc_dtype dt, int64_t rows,
+                              int64_t cols, int64_t rs, int64_t cs, qc_stats *out, qc_error *err) {
+    qc_status st = QC_OK;
+    int nt = threads_for(rows * cols);
+    int have = 0;
+    qc_stats total = {0, 0, 0};
+    int64_t first_row_amax = -1; /* row holding the first element of largest magnitude */
+    float amax = -1.0f;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt)
+#endif
+    {
+        float *buf = (float *)malloc((size_t)cols * sizeof(float));
+        if (!buf)
+            record_error(&st, err, QC_ERR_NOMEM, -1, -1);
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+        for (int64_t r = 0; r < rows; r++) {
+            if (!buf || st != QC_OK)
+                continue;
+            const float *x = load_row(k, src, dt, r, cols, rs, cs, buf);
+            qc_stats s;
+            if (k->stats(x, cols, &s)) {
+                record_error(&st, err, QC_ERR_NONFINITE, r, first_bad(x, cols));
+                continue;
+            }
+#ifdef _OPENMP
+#pragma omp critical(qc_tensor_stats)
+#endif
+            {
+                float a = fabsf(s.amax_signed);
+                if (!have) {
+                    total = s;
+                    have = 1;
+                } else {
+                    if (s.min < total.min)
+                        total.min = s.min;
+                    if (s.max > total.max)
+                        total.max = s.max;
+                }
+                if (a > amax || (a == amax && r < first_row_amax)) {
+                    amax = a;
+                    first_row_amax = r;
+                    total.amax_signed = s.amax_signed;
+                }
+            }
+        }
+        free(buf);
+    }
+    *out = total;
+    return st;
+}
+
+qc_status qc_quantize(const qc_qdesc *desc, const void *src, qc_dtype src_dtype, int64_t rows,
+                      int64_t cols, int64_t row_stride, int64_t col_stride, uint8_t *data,
+                      void *scales, void *zeros, qc_error *err) {
+    qc_error dummy;
+    if (!err)
+        err = &dummy;
+    err->row = err->col = -1;
+    qc_status st = check_desc(desc, rows, cols);
+    if (st != QC_OK || !src || !data || !scales || (src_dtype != QC_F32 && src_dtype != QC_F16 && src_dtype != QC_F64))
+        return QC_ERR_ARG;
+    const qc_kind kind = desc->kind;
+    if ((unsigned)kind >= QC_NUM_KINDS)
+        return QC_ERR_ARG;
+    const int zkind = QC_KINDS[kind].has_zero;
+    if (zkind && !zeros)
+        return QC_ERR_ARG;
+    if (rows == 0)
+        return QC_OK;
+    const qc_kernels *k = qc_active();
+    const int64_t group = desc->per_tensor || desc->group <= 0 || desc->group > cols ? cols : desc->group;
+    const int64_t ngroups = desc->per_tensor ? 1 : qc_num_groups(cols, group);
+    const int64_t rbytes = qc_row_bytes(kind, cols);
+    const int four = QC_KINDS[kind].bits == 4;
+    const char *base = (const char *)src;
+
+    qc_qparams tensor_p;
+    if (desc->per_tensor) {
+        qc_stats s;
+        st = tensor_stats(k, base, src_dtype, rows, cols, row_stride, col_stride, &s, err);
+        if (st != QC_OK)
+            return st;
+        tensor_p = qc_params_from_stats(kind, &s);
+        if (desc->scale_dtype == QC_F16 && !fits_f16(tensor_p.d)) {
+            err->row = 0;
+            err->col = 0;
+            return QC_ERR_OVERFLOW;
+        }
+        store_scale(scales, 0, desc->scale_dtype, tensor_p.d);
+        if (zkind == 1)
+            ((uint8_t *)zeros)[0] = (uint8_t)tensor_p.z;
+        else if (zkind == 2)
+            store_scale(zeros, 0, desc->scale_dtype, tensor_p.m);
+    }
+
+    int nt = threads_for(rows * cols);
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt)
+#endif
+    {
+        float *buf = (float *)malloc((size_t)cols * sizeof(float));
+        if (!buf)
+            record_error(&st, err, QC_ERR_NOMEM, -1, -1);
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+        for (int64_t r = 0; r < rows; r++) {
+            if (!buf || st != QC_OK)
+                continue;
+            const float *x = load_row(k, base, src_dtype, r, cols, row_stride, col_stride, buf);
+            uint8_t *out = data + r * rbytes;
+            for (int64_t g = 0; g < ngroups; g++) {
+                int64_t c0 = g * group;
+                int64_t n = (c0 + group <= cols) ? group : cols - c0;
+                qc_qparams p;
+                if (desc->per_tensor) {
+                    p = tensor_p;
+                } else {
+                    qc_stats s;
+                    if (k->stats(x + c0, n, &s)) {
+                        record_error(&st, err, QC_ERR_NONFINITE, r, c0 + first_bad(x + c0, n));
+                        break;
+                    }
+                    p = qc_params_from_stats(kind, &s);
+                    if (desc->scale_dtype == QC_F16 && (!fits_f16(p.d) || !fits_f16(p.m))) {
+                        record_error(&st, err, QC_ERR_OVERFLOW, r, c0);
+                        break;
+                    }
+                    int64_t gi = r * ngroups + g;
+                    store_scale(scales, gi, desc->scale_dtype, p.d);
+                    if (zkind == 1)
+                        ((uint8_t *)zeros)[gi] = (uint8_t)p.z;
+                    else if (zkind == 2)
+                        store_scale(zeros, gi, desc->scale_dtype, p.m);
+                }
+                k->quantize[kind](x + c0, n, &p, four ? out + c0 / 2 : out + c0);
+            }
+        }
+        free(buf);
+    }
+    return st;
+}
+
+qc_status qc_dequantize(const qc_qdesc *desc, const uint8_t *data, const void *scales,
+                        const void *zeros, int64_t rows, int64_t cols, float *dst,
+                        int64_t dst_row_stride, qc_error *err) {
+    if (err)
+        err->row = err->col = -1;
+    qc_status st = check_desc(desc, rows, cols);
+    if (st != QC_OK || !data || !scales || !dst || dst_row_stride < cols)
+        return QC_ERR_ARG;
+    const qc_kind kind = desc->kind;
+    if ((unsigned)kind >= QC_NUM_KINDS)
+        return QC_ERR_ARG;
+    const int zkind = QC_KINDS[kind].has_zero;
+    if (zkind && !zeros)
+        return QC_ERR_ARG;
+    const qc_kernels *k = qc_active();
+    const int64_t group = desc->per_tensor || desc->group <= 0 || desc->group > cols ? cols : desc->group;
+    const int64_t ngroups = desc->per_tensor ? 1 : qc_num_groups(cols, group);
+    const int64_t rbytes = qc_row_bytes(kind, cols);
+    const int four = QC_KINDS[kind].bits == 4;
+    int nt = threads_for(rows * cols);
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(nt)
+#endif
+    for (int64_t r = 0; r < rows; r++) {
+        const uint8_t *in = data + r * rbytes;
+        float *out = dst + r * dst_row_stride;
+        for (int64_t g = 0; g < ngroups; g++) {
+            int64_t c0 = g * group;
+            int64_t n = (c0 + group <= cols) ? group : cols - c0;
+            int64_t gi = desc->per_tensor ? 0 : r * ngroups + g;
+            qc_qparams p = {0.0f, 0.0f, 0.0f, 0};
+            p.d = load_scale(scales, gi, desc->scale_dtype);
+            if (kind == QC_SYM4)
+                p.z = 8;
+            else if (zkind == 1)
+                p.z = ((const uint8_t *)zeros)[gi];
+            else if (zkind == 2)
+                p.m = load_scale(zeros, gi, desc->scale_dtype);
+            k->dequantize[kind](four ? in + c0 / 2 : in + c0, n, &p, out + c0);
+        }
+    }
+    return QC_OK;
+}
+
+qc_status qc_pack_int4(const uint8_t *src, int64_t rows, int64_t cols, int is_signed,
+                       uint8_t *dst, qc_error *err) {
+    if (err)
+        err->row = err->col = -1;
+    if (!src || !dst || rows < 0 || cols < 0)
+        return QC_ERR_ARG;
+    /* Range check first, so that nothing is written for bad input.  A branch-free
+     * OR over the whole input (vectorised by the compiler), then a scan for the
+     * place only when something is out of range. */
+    const int64_t total = rows * cols;
+    uint8_t flag = 0;
+    if (is_signed) { /* int8 in [-8, 7]  <=>  (v + 8) as uint8 < 16 */
+        for (int64_t i = 0; i < total; i++)
+            flag |= (uint8_t)(src[i] + 8u) & 0xf0u;
+    } else {
+        for (int64_t i = 0; i < total; i++)
+            flag |= src[i] & 0xf0u;
+    }
+    if (flag) {
+        for (int64_t i = 0; i < total; i++) {
+            uint8_t v = is_signed ? (uint8_t)(src[i] + 8u) : src[i];
+            if (v & 0xf0u) {
+                if (err) {
+                    err->row = i / cols;
+                    err->col = i % cols;
+                }
+                return QC_ERR_RANGE;
+            }
+        }
+    }
+    const qc_kernels *k = qc_active();
+    int64_t rb = (cols + 1) / 2;
+    int nt = threads_for(rows * cols);
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(nt)
+#endif
+    for (int64_t r = 0; r < rows; r++)
+        k->pack_int4(src + r * cols, cols, dst + r * rb);
+    return QC_OK;
+}
+
+qc_status qc_unpack_int4(const uint8_t *src, int64_t rows, int64_t cols, int is_signed,
+                         uint8_t *dst) {
+    if (!src || !dst || rows < 0 || cols < 0)
+        return QC_ERR_ARG;
+    const qc_kernels *k = qc_active();
+    int64_t rb = (cols + 1) / 2;
+    int nt = threads_for(rows * cols);
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(nt)
+#endif
+    for (int64_t r = 0; r < rows; r++)
+        k->unpack_int4(src + r * rb, cols, is_signed, dst + r * cols);
+    return QC_OK;
+}

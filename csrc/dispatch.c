@@ -1,0 +1,136 @@
+/*
+ * dispatch.c -- the one dispatch table, and the thread count.
+ *
+ * At first use the best kernel set that is compiled in and that the CPU and OS
+ * run is chosen; qc_select_isa() (QUANTCORE_ISA, read by the Python layer at
+ * import) forces a lower one.  Entries an ISA leaves NULL come from the scalar
+ * table, so callers never test for NULL.
+ */
+#include <stdatomic.h>
+
+#include "kernels.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+static const char *const ISA_NAMES[QC_NUM_ISAS] = {"scalar", "avx2", "avx512", "neon"};
+
+static const qc_kernels *compiled_table(qc_isa isa) {
+    switch (isa) {
+    case QC_ISA_SCALAR:
+        return &qc_kernels_scalar;
+#ifdef QC_HAVE_X86
+    case QC_ISA_AVX2:
+        return &qc_kernels_avx2;
+#endif
+#ifdef QC_HAVE_NEON
+    case QC_ISA_NEON:
+        return &qc_kernels_neon;
+#endif
+    default:
+        return NULL;
+    }
+}
+
+static int cpu_runs(qc_isa isa) {
+    uint32_t f = qc_cpu_features();
+    switch (isa) {
+    case QC_ISA_SCALAR:
+        return 1;
+    case QC_ISA_AVX2: {
+        uint32_t need = QC_CPU_AVX2 | QC_CPU_FMA | QC_CPU_F16C;
+        return (f & need) == need;
+    }
+    case QC_ISA_AVX512: {
+        uint32_t need = QC_CPU_AVX512F | QC_CPU_AVX512BW | QC_CPU_AVX512VL;
+        return (f & need) == need;
+    }
+    case QC_ISA_NEON:
+        return (f & QC_CPU_NEON) != 0;
+    default:
+        return 0;
+    }
+}
+
+int qc_isa_compiled(qc_isa isa) { return isa >= 0 && isa < QC_NUM_ISAS && compiled_table(isa); }
+
+int qc_isa_supported(qc_isa isa) { return qc_isa_compiled(isa) && cpu_runs(isa); }
+
+qc_isa qc_best_isa(void) {
+    for (int i = QC_NUM_ISAS - 1; i > 0; i--)
+        if (qc_isa_supported((qc_isa)i))
+            return (qc_isa)i;
+    return QC_ISA_SCALAR;
+}
+
+const char *qc_isa_name(qc_isa isa) {
+    return (isa >= 0 && isa < QC_NUM_ISAS) ? ISA_NAMES[isa] : "unknown";
+}
+
+/* The active table: a full copy, its NULL entries filled from the scalar one. */
+static qc_kernels active_tables[QC_NUM_ISAS];
+static _Atomic int active_isa = -1;
+
+static void fill(qc_isa isa) {
+    qc_kernels k = *compiled_table(isa);
+    const qc_kernels *s = &qc_kernels_scalar;
+#define QC_FILL(f)                                                                              \
+    if (!k.f)                                                                                   \
+        k.f = s->f;
+    QC_FILL(load_f16)
+    QC_FILL(load_f64)
+    QC_FILL(stats)
+    QC_FILL(pack_int4)
+    QC_FILL(unpack_int4)
+    for (int i = 0; i < QC_NUM_KINDS; i++) {
+        QC_FILL(quantize[i])
+        QC_FILL(dequantize[i])
+    }
+#undef QC_FILL
+    active_tables[isa] = k;
+}
+
+qc_status qc_select_isa(qc_isa isa) {
+    if (!qc_isa_supported(isa))
+        return QC_ERR_UNSUPPORTED;
+    if (!active_tables[isa].name)
+        fill(isa);
+    atomic_store(&active_isa, (int)isa);
+    return QC_OK;
+}
+
+qc_isa qc_current_isa(void) {
+    int isa = atomic_load(&active_isa);
+    if (isa < 0) {
+        qc_select_isa(qc_best_isa());
+        isa = atomic_load(&active_isa);
+    }
+    return (qc_isa)isa;
+}
+
+const qc_kernels *qc_active(void) { return &active_tables[qc_current_isa()]; }
+
+/* ---- threads ---- */
+static _Atomic int num_threads = 0; /* 0: not set, use the OpenMP default */
+
+void qc_set_num_threads(int n) { atomic_store(&num_threads, n > 0 ? n : 0); }
+
+int qc_get_num_threads(void) {
+    int n = atomic_load(&num_threads);
+    if (n > 0)
+        return n;
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+int qc_has_openmp(void) {
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}

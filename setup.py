@@ -1,0 +1,137 @@
+"""Build of quantcore's one extension module, ``quantcore._ext``.
+
+Every C kernel and the Cython wrapper are linked into this one module so that
+there is a single dispatch table and a single thread setting.
+
+Portable by default: the baseline is the platform's default target (x86-64 or
+armv8-a); SIMD kernels carry their own ``target`` attributes, so one build runs
+everywhere and picks its kernels at import.
+
+Environment variables read at build time:
+
+* ``QUANTCORE_NATIVE=1``: add ``-march=native`` (the wheel then runs only on
+  CPUs like the build machine).
+* ``QUANTCORE_OPENMP=0``: build without OpenMP even where the compiler has it.
+* ``QUANTCORE_SANITIZE=address,undefined``: build with those sanitizers.
+
+``-ffp-contract=off`` is always on: the kernels are specified as separately
+rounded products and sums, and a fused multiply-add the compiler invents would
+break their bit-exactness with the scalar reference and GGUF.
+"""
+
+import os
+import shutil
+import sys
+import tempfile
+
+import numpy as np
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+C_SOURCES = [
+    "csrc/api.c",
+    "csrc/cpu.c",
+    "csrc/dispatch.c",
+    "csrc/ref/quant_scalar.c",
+    "csrc/x86/quant_avx2.c",
+    "csrc/arm/quant_neon.c",
+]
+
+
+def _flag_set(name):
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def _compiler_accepts(compiler, cflags, ldflags, source):
+    """Try to compile and link a small program with the given flags."""
+    tmp = tempfile.mkdtemp()
+    try:
+        src = os.path.join(tmp, "probe.c")
+        with open(src, "w") as f:
+            f.write(source)
+        objs = compiler.compile([src], output_dir=tmp, extra_postargs=cflags)
+        compiler.link_executable(objs, "probe", output_dir=tmp, extra_postargs=ldflags)
+        return True
+    except Exception:
+        return False
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+OPENMP_PROBE = """
+#include <omp.h>
+int main(void) { int n = 0;
+#pragma omp parallel reduction(+:n)
+  n += 1;
+  return n > 0 ? 0 : 1; }
+"""
+
+
+class BuildExt(build_ext):
+    def build_extensions(self):
+        cc = self.compiler
+        unix = cc.compiler_type == "unix"
+        cflags, ldflags = [], []
+        if unix:
+            cflags += ["-std=gnu11", "-O3", "-ffp-contract=off", "-fno-strict-aliasing",
+                       "-Wall", "-Wno-unused-function", "-Wno-unknown-pragmas"]
+            if _flag_set("QUANTCORE_NATIVE"):
+                cflags.append("-march=native")
+            san = os.environ.get("QUANTCORE_SANITIZE", "").strip()
+            if san:
+                cflags += [f"-fsanitize={san}", "-fno-omit-frame-pointer", "-g", "-O1"]
+                ldflags += [f"-fsanitize={san}"]
+        else:  # MSVC
+            cflags += ["/O2", "/fp:precise"]
+
+        openmp = False
+        if os.environ.get("QUANTCORE_OPENMP", "1").strip() not in ("0", "false", "no", "off"):
+            omp_c, omp_l = (["-fopenmp"], ["-fopenmp"]) if unix else (["/openmp"], [])
+            if _compiler_accepts(cc, omp_c, omp_l, OPENMP_PROBE):
+                cflags += omp_c
+                ldflags += omp_l
+                openmp = True
+        if not openmp:
+            print("quantcore: building WITHOUT OpenMP: kernels will run on one thread",
+                  file=sys.stderr)
+
+        build_flags = " ".join(cflags + ldflags)
+        for ext in self.extensions:
+            ext.extra_compile_args = list(ext.extra_compile_args or []) + cflags
+            ext.extra_link_args = list(ext.extra_link_args or []) + ldflags
+            ext.define_macros = list(ext.define_macros or []) + [
+                ("QC_BUILD_FLAGS", '"%s"' % build_flags.replace('"', "")),
+            ]
+        super().build_extensions()
+
+
+def _copy_public_header():
+    """Ship the C header inside the package (quantcore.get_include())."""
+    dst = os.path.join(HERE, "src", "quantcore", "include")
+    os.makedirs(dst, exist_ok=True)
+    shutil.copyfile(os.path.join(HERE, "csrc", "include", "quantcore.h"),
+                    os.path.join(dst, "quantcore.h"))
+
+
+_copy_public_header()
+
+extensions = [
+    Extension(
+        "quantcore._ext",
+        sources=["src/quantcore/_ext.pyx"] + C_SOURCES,
+        include_dirs=["csrc/include", "csrc", np.get_include()],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+    )
+]
+
+setup(
+    ext_modules=cythonize(
+        extensions,
+        language_level=3,
+        compiler_directives={"boundscheck": False, "wraparound": False, "cdivision": True,
+                             "embedsignature": True},
+    ),
+    cmdclass={"build_ext": BuildExt},
+)

@@ -1,0 +1,18 @@
+# cython: language_level=3
+"""quantcore._ext: the one compiled module (C kernels + a thin Cython boundary).
+
+Split by concept into include files; see _runtime.pxi (CPU, ISA, threads) and
+_quant.pxi (quantize, dequantize, int4 packing).  Each wrapper validates its
+arrays, then calls C with the GIL released and turns a status code into an
+exception that names the argument.
+"""
+cimport numpy as cnp
+import numpy as np
+
+from quantcore._kernels cimport *
+
+cnp.import_array()
+
+include "_errors.pxi"
+include "_runtime.pxi"
+include "_quant.pxi"

@@ -1,0 +1,193 @@
+# quantize / dequantize / int4 packing over 2-D arrays (the Python layer flattens N-D).
+
+KIND_SYM8 = <int>QC_SYM8
+KIND_ASYM8 = <int>QC_ASYM8
+KIND_SYM4 = <int>QC_SYM4
+KIND_ASYM4 = <int>QC_ASYM4
+KIND_MIN4 = <int>QC_MIN4
+
+_SRC_DTYPES = {np.dtype(np.float32): QC_F32, np.dtype(np.float16): QC_F16,
+               np.dtype(np.float64): QC_F64}
+
+
+cdef inline int64_t _check_kind(int kind) except -1:
+    if kind < 0 or kind >= <int>QC_NUM_KINDS:
+        raise ValueError(f"kind must be in [0, {<int>QC_NUM_KINDS}), got {kind}")
+    return kind
+
+
+def row_bytes(int kind, int64_t cols):
+    _check_kind(kind)
+    return qc_row_bytes(<qc_kind>kind, cols)
+
+
+def num_groups(int64_t cols, int64_t group):
+    return qc_num_groups(cols, group)
+
+
+def _as_kernel_input(a, str what):
+    """A 2-D float16/32/64 array in native byte order with aligned strides."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{what} must be a numpy array, got {type(a).__name__}")
+    if a.ndim != 2:
+        raise ValueError(f"{what} must be 2-D here, got ndim={a.ndim}")
+    dt = a.dtype
+    if dt.kind != "f" or dt.itemsize not in (2, 4, 8):
+        raise TypeError(f"{what} must have dtype float16, float32 or float64, got {dt}")
+    if not dt.isnative:
+        a = a.astype(dt.newbyteorder("="))
+    isz = a.dtype.itemsize
+    if (a.ctypes.data % isz) or (a.strides[0] % isz) or (a.strides[1] % isz):
+        a = np.ascontiguousarray(a)
+    return a
+
+
+def quantize_2d(a, int kind, int64_t group=0, bint per_tensor=False, bint scale_f16=False,
+                str what="array"):
+    """Quantize a 2-D float array row by row.
+
+    Returns (data, scales, zeros): data is int8 (kind SYM8) or uint8, shape
+    (rows, row_bytes); scales (rows, n_groups), or (1, 1) when per_tensor, in
+    float16 or float32; zeros the integer zero points (uint8), the Q4_1 minima
+    (scale dtype), or None.
+    """
+    _check_kind(kind)
+    a = _as_kernel_input(a, what)
+    cdef int64_t rows = a.shape[0], cols = a.shape[1]
+    if rows == 0 or cols == 0:
+        raise ValueError(f"{what} is empty (shape {a.shape}); nothing to quantize")
+    if group < 0:
+        raise ValueError(f"group must be >= 0, got {group}")
+    if qc_kind_bits(<qc_kind>kind) == 4 and 0 < group < cols and group % 2:
+        raise ValueError(f"group must be even for 4-bit formats, got {group}")
+    cdef qc_qdesc desc
+    desc.kind = <qc_kind>kind
+    desc.group = group
+    desc.per_tensor = per_tensor
+    desc.scale_dtype = QC_F16 if scale_f16 else QC_F32
+    cdef int64_t ng = 1 if per_tensor else qc_num_groups(cols, group)
+    cdef int64_t srows = 1 if per_tensor else rows
+    sdt = np.float16 if scale_f16 else np.float32
+    data = np.empty((rows, qc_row_bytes(desc.kind, cols)),
+                    dtype=np.int8 if kind == <int>QC_SYM8 else np.uint8)
+    scales = np.empty((srows, ng), dtype=sdt)
+    zeros = None
+    if kind == <int>QC_ASYM8 or kind == <int>QC_ASYM4:
+        zeros = np.empty((srows, ng), dtype=np.uint8)
+    elif kind == <int>QC_MIN4:
+        zeros = np.empty((srows, ng), dtype=sdt)
+    cdef qc_dtype sdtype = _SRC_DTYPES[a.dtype]
+    cdef const void *src = cnp.PyArray_DATA(a)
+    cdef int64_t rs = a.strides[0], cs = a.strides[1]
+    cdef uint8_t *dp = <uint8_t *>cnp.PyArray_DATA(data)
+    cdef void *sp = cnp.PyArray_DATA(scales)
+    cdef void *zp = NULL if zeros is None else cnp.PyArray_DATA(zeros)
+    cdef qc_error err
+    cdef qc_status st
+    with nogil:
+        st = qc_quantize(&desc, src, sdtype, rows, cols, rs, cs, dp, sp, zp, &err)
+    raise_status(st, err, what)
+    return data, scales, zeros
+
+
+def _need(arr, str what, dtype, shape):
+    if not isinstance(arr, np.ndarray):
+        raise TypeError(f"{what} must be a numpy array, got {type(arr).__name__}")
+    if arr.dtype != dtype:
+        raise TypeError(f"{what} must have dtype {np.dtype(dtype)}, got {arr.dtype}")
+    if arr.shape != shape:
+        raise ValueError(f"{what} must have shape {shape}, got {arr.shape}")
+    return np.ascontiguousarray(arr)
+
+
+def dequantize_2d(data, scales, zeros, int kind, int64_t rows, int64_t cols, int64_t group=0,
+                  bint per_tensor=False, out=None):
+    """Inverse of quantize_2d into a float32 (rows, cols) array (or `out`)."""
+    _check_kind(kind)
+    if rows <= 0 or cols <= 0:
+        raise ValueError(f"rows and cols must be positive, got {rows}, {cols}")
+    cdef qc_qdesc desc
+    desc.kind = <qc_kind>kind
+    desc.group = group
+    desc.per_tensor = per_tensor
+    if not isinstance(scales, np.ndarray) or scales.dtype not in (np.float16, np.float32):
+        raise TypeError("scales must be a float16 or float32 numpy array")
+    desc.scale_dtype = QC_F16 if scales.dtype == np.float16 else QC_F32
+    cdef int64_t ng = 1 if per_tensor else qc_num_groups(cols, group)
+    cdef int64_t srows = 1 if per_tensor else rows
+    data = _need(data, "data", np.int8 if kind == <int>QC_SYM8 else np.uint8,
+                 (rows, qc_row_bytes(desc.kind, cols)))
+    scales = _need(scales, "scales", scales.dtype, (srows, ng))
+    if kind == <int>QC_ASYM8 or kind == <int>QC_ASYM4:
+        zeros = _need(zeros, "zero_points", np.uint8, (srows, ng))
+    elif kind == <int>QC_MIN4:
+        zeros = _need(zeros, "zero_points", scales.dtype, (srows, ng))
+    else:
+        zeros = None
+    if out is None:
+        out = np.empty((rows, cols), dtype=np.float32)
+    else:
+        if not isinstance(out, np.ndarray) or out.dtype != np.float32:
+            raise TypeError("out must be a float32 numpy array")
+        if out.shape != (rows, cols):
+            raise ValueError(f"out must have shape {(rows, cols)}, got {out.shape}")
+        if not out.flags.writeable:
+            raise ValueError("out must be writeable")
+        if out.strides[1] != 4 or out.strides[0] % 4 or out.strides[0] < 4 * cols:
+            raise ValueError("out must have contiguous rows (C order)")
+    cdef const uint8_t *dp = <const uint8_t *>cnp.PyArray_DATA(data)
+    cdef const void *sp = cnp.PyArray_DATA(scales)
+    cdef const void *zp = NULL if zeros is None else cnp.PyArray_DATA(zeros)
+    cdef float *op = <float *>cnp.PyArray_DATA(out)
+    cdef int64_t ostride = out.strides[0] // 4
+    cdef qc_error err
+    cdef qc_status st
+    with nogil:
+        st = qc_dequantize(&desc, dp, sp, zp, rows, cols, op, ostride, &err)
+    raise_status(st, err, "dequantize")
+    return out
+
+
+def pack_int4_2d(values, bint is_signed):
+    """Pack a 2-D int8 ([-8, 7]) or uint8 ([0, 15]) array along its rows."""
+    if not isinstance(values, np.ndarray) or values.ndim != 2:
+        raise TypeError("values must be a 2-D numpy array")
+    if values.dtype != (np.int8 if is_signed else np.uint8):
+        raise TypeError(f"values must be {'int8' if is_signed else 'uint8'}, got {values.dtype}")
+    values = np.ascontiguousarray(values)
+    cdef int64_t rows = values.shape[0], cols = values.shape[1]
+    out = np.empty((rows, (cols + 1) // 2), dtype=np.uint8)
+    cdef const uint8_t *sp = <const uint8_t *>cnp.PyArray_DATA(values)
+    cdef uint8_t *op = <uint8_t *>cnp.PyArray_DATA(out)
+    cdef qc_error err
+    cdef qc_status st
+    with nogil:
+        st = qc_pack_int4(sp, rows, cols, is_signed, op, &err)
+    if st == QC_ERR_RANGE:
+        lo, hi = (-8, 7) if is_signed else (0, 15)
+        bad = values[err.row, err.col]
+        raise ValueError(f"values must lie in [{lo}, {hi}] for {values.dtype}; "
+                         f"found {bad} at position {err.col} of row {err.row}")
+    raise_status(st, err, "values")
+    return out
+
+
+def unpack_int4_2d(packed, int64_t cols, bint is_signed):
+    """Unpack (rows, ceil(cols/2)) bytes into (rows, cols) int8 or uint8 values."""
+    if not isinstance(packed, np.ndarray) or packed.ndim != 2 or packed.dtype != np.uint8:
+        raise TypeError("packed must be a 2-D uint8 numpy array")
+    if cols < 0 or packed.shape[1] != (cols + 1) // 2:
+        raise ValueError(f"packed rows hold {packed.shape[1]} bytes, which cannot hold "
+                         f"n={cols} values (need {(cols + 1) // 2})")
+    packed = np.ascontiguousarray(packed)
+    cdef int64_t rows = packed.shape[0]
+    out = np.empty((rows, cols), dtype=np.int8 if is_signed else np.uint8)
+    cdef const uint8_t *sp = <const uint8_t *>cnp.PyArray_DATA(packed)
+    cdef uint8_t *op = <uint8_t *>cnp.PyArray_DATA(out)
+    cdef qc_status st
+    with nogil:
+        st = qc_unpack_int4(sp, rows, cols, is_signed, op)
+    cdef qc_error err
+    err.row = -1
+    raise_status(st, err, "packed")
+    return out

@@ -1,0 +1,105 @@
+"""Runtime facts and settings: CPU features, the kernel set, threads.
+
+Environment variables, read once at import:
+
+* ``QUANTCORE_ISA=scalar|avx2|avx512|neon`` forces that kernel set (normally a
+  lower one than the best; tests use it to run every path).  A name this CPU or
+  build cannot run gives a RuntimeWarning and the best available set.
+* ``QUANTCORE_NUM_THREADS=n`` sets the kernels' thread count (default: OpenMP's,
+  i.e. ``OMP_NUM_THREADS`` or the number of cores).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import warnings
+from typing import Any, Dict, Optional
+
+from . import _ext
+
+__all__ = ["set_num_threads", "get_num_threads", "info", "show_config", "set_isa", "get_isa",
+           "available_isas"]
+
+
+def set_num_threads(n: Optional[int]) -> None:
+    """Threads the kernels use (None: back to the default).  Takes effect at the next call."""
+    if n is None:
+        _ext.set_num_threads(0)
+        return
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"n must be an int >= 1 or None, got {type(n).__name__}")
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    _ext.set_num_threads(min(n, 1024))
+
+
+def get_num_threads() -> int:
+    """Threads the kernels use."""
+    return _ext.get_num_threads()
+
+
+def available_isas() -> tuple:
+    """Kernel sets this build has and this CPU runs, lowest first."""
+    return _ext.supported_isas()
+
+
+def get_isa() -> str:
+    """The kernel set in use."""
+    return _ext.current_isa()
+
+
+def set_isa(name: Optional[str]) -> None:
+    """Use kernel set `name` (one of available_isas()); None: the best one."""
+    if name is None:
+        name = _ext.best_isa()
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str, got {type(name).__name__}")
+    _ext.select_isa(name.strip().lower())
+
+
+def info() -> Dict[str, Any]:
+    """Version, build flags, OpenMP, CPU features and the kernel set in use, as a dict."""
+    from . import __version__
+    feats = _ext.cpu_features()
+    return {
+        "version": __version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "build_flags": _ext.build_flags(),
+        "openmp": _ext.has_openmp(),
+        "num_threads": get_num_threads(),
+        "cpu_features": [k for k, v in feats.items() if v],
+        "isa_compiled": list(_ext.compiled_isas()),
+        "isa_available": list(_ext.supported_isas()),
+        "isa_best": _ext.best_isa(),
+        "isa": get_isa(),
+        "isa_forced": os.environ.get("QUANTCORE_ISA") or None,
+    }
+
+
+def show_config() -> None:
+    """Print info() for people."""
+    for k, v in info().items():
+        if isinstance(v, list):
+            v = ", ".join(v) if v else "(none)"
+        elif isinstance(v, bool):
+            v = "yes" if v else "NO (single-threaded kernels)" if k == "openmp" else "no"
+        print(f"{k:>14}: {v}")
+
+
+def _apply_environment() -> None:
+    isa = os.environ.get("QUANTCORE_ISA", "").strip().lower()
+    if isa:
+        try:
+            set_isa(isa)
+        except ValueError as e:
+            warnings.warn(f"QUANTCORE_ISA={isa!r} ignored: {e}; using {_ext.best_isa()!r}",
+                          RuntimeWarning, stacklevel=3)
+    nt = os.environ.get("QUANTCORE_NUM_THREADS", "").strip()
+    if nt:
+        try:
+            set_num_threads(int(nt))
+        except ValueError:
+            warnings.warn(f"QUANTCORE_NUM_THREADS={nt!r} ignored: expected an integer >= 1",
+                          RuntimeWarning, stacklevel=3)
