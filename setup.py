@@ -32,10 +32,13 @@ from setuptools.command.build_ext import build_ext
 HERE = os.path.dirname(os.path.abspath(__file__))
 C_SOURCES = [
     "csrc/api.c",
+    "csrc/api_linear.c",
     "csrc/cpu.c",
     "csrc/dispatch.c",
     "csrc/ref/quant_scalar.c",
+    "csrc/ref/linear_scalar.c",
     "csrc/x86/quant_avx2.c",
+    "csrc/x86/linear_avx2.c",
     "csrc/arm/quant_neon.c",
 ]
 

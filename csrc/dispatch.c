@@ -33,6 +33,17 @@ static const qc_kernels *compiled_table(qc_isa isa) {
     }
 }
 
+static const qc_linear_kernels *compiled_linear(qc_isa isa) {
+    switch (isa) {
+#ifdef QC_HAVE_X86
+    case QC_ISA_AVX2:
+        return &qc_linear_avx2;
+#endif
+    default: /* an ISA without linear kernels of its own runs the scalar ones */
+        return &qc_linear_scalar;
+    }
+}
+
 static int cpu_runs(qc_isa isa) {
     uint32_t f = qc_cpu_features();
     switch (isa) {
@@ -68,16 +79,18 @@ const char *qc_isa_name(qc_isa isa) {
     return (isa >= 0 && isa < QC_NUM_ISAS) ? ISA_NAMES[isa] : "unknown";
 }
 
-/* The active table: a full copy, its NULL entries filled from the scalar one. */
+/* The active tables: full copies, NULL entries filled from the scalar ones. */
 static qc_kernels active_tables[QC_NUM_ISAS];
+static qc_linear_kernels active_linear[QC_NUM_ISAS];
 static _Atomic int active_isa = -1;
 
 static void fill(qc_isa isa) {
     qc_kernels k = *compiled_table(isa);
     const qc_kernels *s = &qc_kernels_scalar;
-#define QC_FILL(f)                                                                              \
-    if (!k.f)                                                                                   \
-        k.f = s->f;
+#define QC_FILL_FROM(dst, src, f)                                                               \
+    if (!dst.f)                                                                                 \
+        dst.f = src->f;
+#define QC_FILL(f) QC_FILL_FROM(k, s, f)
     QC_FILL(load_f16)
     QC_FILL(load_f64)
     QC_FILL(stats)
@@ -87,8 +100,18 @@ static void fill(qc_isa isa) {
         QC_FILL(quantize[i])
         QC_FILL(dequantize[i])
     }
-#undef QC_FILL
     active_tables[isa] = k;
+
+    qc_linear_kernels l = *compiled_linear(isa);
+    const qc_linear_kernels *ls = &qc_linear_scalar;
+    QC_FILL_FROM(l, ls, act_quant)
+    for (int i = 0; i < QC_NUM_KINDS; i++) {
+        QC_FILL_FROM(l, ls, gemv_f32[i])
+        QC_FILL_FROM(l, ls, gemv_i8[i])
+    }
+    active_linear[isa] = l;
+#undef QC_FILL
+#undef QC_FILL_FROM
 }
 
 qc_status qc_select_isa(qc_isa isa) {
@@ -110,6 +133,8 @@ qc_isa qc_current_isa(void) {
 }
 
 const qc_kernels *qc_active(void) { return &active_tables[qc_current_isa()]; }
+
+const qc_linear_kernels *qc_active_linear(void) { return &active_linear[qc_current_isa()]; }
 
 /* ---- threads ---- */
 static _Atomic int num_threads = 0; /* 0: not set, use the OpenMP default */

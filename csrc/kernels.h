@@ -27,6 +27,84 @@ typedef void (*qc_dequantize_fn)(const uint8_t *src, int64_t n, const qc_qparams
 typedef void (*qc_pack4_fn)(const uint8_t *src, int64_t n, uint8_t *dst);
 typedef void (*qc_unpack4_fn)(const uint8_t *src, int64_t n, int is_signed, uint8_t *dst);
 
+/* ---- linear layers ----------------------------------------------------------
+ * api_linear.c prepares the activations once per call (qc_act) and splits the
+ * output features [n0, n1) across threads; a kernel computes y[m0:m1, n0:n1].
+ * Activation rows are padded with zeros to kp = k rounded up to 32 and split
+ * into nb = kp / 32 blocks.  Order inside a row: natural, except for 4-bit
+ * weights on the GEMV paths, where blocks go in pairs and a pair holds the even
+ * elements of its first block, those of its second, then the odd elements of
+ * the first and of the second (an unpaired last block: its evens, then its
+ * odds); see qc_act_pos4.  A 32-byte load of two blocks' nibbles then meets its
+ * activations with one mask (low nibbles) and one shift (high nibbles). */
+#define QC_BLK 32
+
+typedef struct {
+    const qc_qweight *w;
+    int64_t row_bytes; /* bytes of one weight row                            */
+    int64_t ngroups;   /* scale groups in one row                            */
+    int64_t srow;      /* scale-array stride between rows: ngroups, 0 per tensor */
+    int64_t bpg;       /* 32-blocks per scale group (nb for whole rows)      */
+    int gshift;        /* log2(bpg) when groups are split, -1 for whole rows */
+    int64_t nb;        /* 32-blocks per row                                  */
+    int64_t kp;        /* k rounded up to 32                                 */
+} qc_wview;
+
+typedef struct {
+    int64_t m, kp, nb;
+    int deinterleaved; /* 4-bit GEMV order (qc_act_pos4), else natural        */
+    const float *xf;   /* F32: m x kp floats                                 */
+    const int8_t *xq;  /* I8: m x kp codes                                   */
+    const float *xd;   /* I8: m x nb block scales da                         */
+    const float *xs;   /* m x nb block sums: da * sum(aq) (I8), sum(x) (F32)  */
+} qc_act;
+
+/* Offset in an activation row of element j of block b in the 4-bit GEMV order. */
+static inline int64_t qc_act_pos4(int64_t nb, int64_t b, int64_t j) {
+    int64_t half = j >> 1, odd = j & 1;
+    if ((b | 1) < nb) /* b belongs to a full pair */
+        return (b >> 1) * 64 + odd * 32 + (b & 1) * 16 + half;
+    return b * 32 + odd * 16 + half;
+}
+
+/* Index into the scale array of the group holding block b of row r. */
+static inline int64_t qc_group_index(const qc_wview *v, int64_t r, int64_t b) {
+    return r * v->srow + (v->gshift < 0 ? 0 : (b >> v->gshift));
+}
+
+/* Scale d and offset c of scale group gi (w = d * q + c). */
+static inline void qc_group_dc(const qc_wview *v, int64_t gi, float *d, float *c) {
+    const qc_qweight *w = v->w;
+    float dd = w->scale_dtype == QC_F16 ? qc_fp16_to_fp32(((const uint16_t *)w->scales)[gi])
+                                        : ((const float *)w->scales)[gi];
+    float cc = 0.0f;
+    switch (w->kind) {
+    case QC_SYM4:
+        cc = -8.0f * dd;
+        break;
+    case QC_ASYM8:
+    case QC_ASYM4:
+        cc = -dd * (float)((const uint8_t *)w->zeros)[gi];
+        break;
+    case QC_MIN4:
+        cc = w->scale_dtype == QC_F16 ? qc_fp16_to_fp32(((const uint16_t *)w->zeros)[gi])
+                                      : ((const float *)w->zeros)[gi];
+        break;
+    default:
+        break;
+    }
+    *d = dd;
+    *c = cc;
+}
+
+/* Quantize one activation row (k floats) into kp codes in Q8_0 blocks; returns 1
+ * (outputs unspecified) if the row holds NaN or Inf. */
+typedef int (*qc_act_quant_fn)(const float *x, int64_t k, int deinterleave, int8_t *xq,
+                                float *xd, float *xs);
+/* y[(m - m0) * ldy + (n - n0)] for m in [m0, m1), n in [n0, n1) (no bias). */
+typedef void (*qc_linear_fn)(const qc_wview *w, const qc_act *a, int64_t m0, int64_t m1,
+                             int64_t n0, int64_t n1, float *y, int64_t ldy);
+
 typedef struct {
     const char *name;
     qc_load_f16_fn load_f16;
@@ -38,18 +116,35 @@ typedef struct {
     qc_unpack4_fn unpack_int4;
 } qc_kernels;
 
+/* The linear-layer part of an ISA's table (linear_<isa>.c). */
+typedef struct {
+    const char *name;
+    qc_act_quant_fn act_quant;
+    /* GEMV paths: stream the weights once per call for a few rows of x (any m;
+     * they loop).  GEMM paths (NULL: the GEMV ones are used): tiled, for many
+     * rows; they take natural-order activations. */
+    qc_linear_fn gemv_f32[QC_NUM_KINDS];
+    qc_linear_fn gemv_i8[QC_NUM_KINDS];
+    qc_linear_fn gemm_f32[QC_NUM_KINDS];
+    qc_linear_fn gemm_i8[QC_NUM_KINDS];
+} qc_linear_kernels;
+
 extern const qc_kernels qc_kernels_scalar;
+extern const qc_linear_kernels qc_linear_scalar;
 #if defined(__x86_64__) || defined(_M_X64)
 #define QC_HAVE_X86 1
 extern const qc_kernels qc_kernels_avx2;
+extern const qc_linear_kernels qc_linear_avx2;
 #endif
 #if defined(__aarch64__)
 #define QC_HAVE_NEON 1
 extern const qc_kernels qc_kernels_neon;
 #endif
 
-/* The table in use (set by dispatch.c). */
+/* The tables in use (set by dispatch.c); every entry callable, except the GEMM
+ * ones, which may be NULL. */
 const qc_kernels *qc_active(void);
+const qc_linear_kernels *qc_active_linear(void);
 
 /* Scalar helpers that SIMD kernels reuse for their tails. */
 void qc_quantize_scalar(qc_kind kind, const float *x, int64_t n, const qc_qparams *p,

@@ -117,6 +117,42 @@ qc_status qc_pack_int4(const uint8_t *src, int64_t rows, int64_t cols, int is_si
 qc_status qc_unpack_int4(const uint8_t *src, int64_t rows, int64_t cols, int is_signed,
                          uint8_t *dst);
 
+/* ---- Linear layers: y[m, :] = x[m, :] @ W^T (+ bias) ------------------------
+ * W is a quantized (n x k) matrix in the layout above, seen through a qc_qweight
+ * (no copy).  x is float32 with contiguous rows (x_row_stride floats apart).
+ *
+ * QC_COMPUTE_F32: activations stay float32; each weight is expanded to
+ *   d * q + c in float32 (c = -d*z, -8*d for SYM4, m for MIN4, 0 for SYM8) and
+ *   multiplied in float32: y equals x @ dequantize(W).T up to float rounding.
+ * QC_COMPUTE_I8: each row of x is quantized on the fly in blocks of 32
+ *   (da = amax/127, aq = round_half_away(x / da), as GGUF Q8_0), the block dot
+ *   products run in integers and take one float multiply per block:
+ *     y = sum_b  d_w * da_b * dot(q_w, aq_b) + c_w * da_b * sum(aq_b).
+ *   Error bound against x @ dequantize(W).T (per output element), from the
+ *   activation rounding alone: sum_b (da_b / 2) * sum_{k in b} |W[n, k]|,
+ *   plus float rounding.  Needs group == 0 (whole rows), per_tensor, or a group
+ *   that is a multiple of 32. */
+typedef enum { QC_COMPUTE_F32 = 0, QC_COMPUTE_I8 = 1 } qc_compute;
+
+typedef struct {
+    qc_kind kind;
+    int64_t n, k;         /* output and input features                      */
+    int64_t group;        /* as in qc_qdesc: 0 = whole row                  */
+    int per_tensor;
+    qc_dtype scale_dtype; /* QC_F32 or QC_F16                               */
+    const uint8_t *data;  /* n x qc_row_bytes(kind, k)                      */
+    const void *scales;   /* n x qc_num_groups(k, group), or 1 (per_tensor) */
+    const void *zeros;    /* as in qc_quantize, or NULL                     */
+} qc_qweight;
+
+/* y (m x n, rows y_row_stride floats apart) = x (m x k) @ W^T + bias (may be NULL). */
+qc_status qc_linear(const qc_qweight *w, const float *x, int64_t m, int64_t x_row_stride,
+                    const float *bias, float *y, int64_t y_row_stride, qc_compute mode);
+/* 1 if qc_linear would run its tiled GEMM path for m rows, 0 for the GEMV path. */
+int qc_linear_uses_gemm(const qc_qweight *w, int64_t m, qc_compute mode);
+/* Rows of x from which the GEMM path is taken (where the ISA has one). */
+#define QC_GEMM_MIN_M 8
+
 /* Runtime: CPU features, kernel set, threads. */
 uint32_t qc_cpu_features(void);
 int qc_isa_compiled(qc_isa isa);

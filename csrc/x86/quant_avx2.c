@@ -10,12 +10,9 @@
  * exact truncation), so results match it bit for bit.
  * Every function carries the target attribute; the file needs no -mavx2.
  */
-#include "../kernels.h"
+#include "avx2_common.h"
 
 #if defined(QC_HAVE_X86)
-#include <immintrin.h>
-
-#define AVX2 QC_TARGET("avx2,fma,f16c")
 
 AVX2 static void load_f16_avx2(const uint16_t *src, int64_t n, float *dst) {
     int64_t i = 0;
@@ -34,20 +31,6 @@ AVX2 static void load_f64_avx2(const double *src, int64_t n, float *dst) {
     }
     for (; i < n; i++)
         dst[i] = (float)src[i];
-}
-
-AVX2 static inline float hmax8(__m256 v) {
-    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-    m = _mm_max_ss(m, _mm_movehdup_ps(m));
-    return _mm_cvtss_f32(m);
-}
-
-AVX2 static inline float hmin8(__m256 v) {
-    __m128 m = _mm_min_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    m = _mm_min_ps(m, _mm_movehl_ps(m, m));
-    m = _mm_min_ss(m, _mm_movehdup_ps(m));
-    return _mm_cvtss_f32(m);
 }
 
 AVX2 static int stats_avx2(const float *x, int64_t n, qc_stats *s) {
@@ -88,29 +71,6 @@ AVX2 static int stats_avx2(const float *x, int64_t n, qc_stats *s) {
         s->amax_signed = x[j];
     }
     return 0;
-}
-
-/* round half away from zero of values already clamped to a small range */
-AVX2 static inline __m256 round_away(__m256 v) {
-    const __m256 half = _mm256_set1_ps(0.5f);
-    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
-    __m256 t = _mm256_round_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
-    __m256 frac = _mm256_and_ps(_mm256_sub_ps(v, t), absmask); /* exact */
-    __m256 up = _mm256_cmp_ps(frac, half, _CMP_GE_OQ);
-    __m256 one = _mm256_or_ps(_mm256_set1_ps(1.0f), _mm256_andnot_ps(absmask, v)); /* +-1 */
-    return _mm256_add_ps(t, _mm256_and_ps(up, one));
-}
-
-AVX2 static inline __m256 clamp(__m256 v, __m256 lo, __m256 hi) {
-    return _mm256_min_ps(_mm256_max_ps(v, lo), hi);
-}
-
-/* Four vectors of int32 codes (already in range) -> 32 bytes in element order. */
-AVX2 static inline __m256i pack32_epi8(__m256i a, __m256i b, __m256i c, __m256i d) {
-    __m256i ab = _mm256_packs_epi32(a, b);   /* a0-3 b0-3 | a4-7 b4-7 */
-    __m256i cd = _mm256_packs_epi32(c, d);   /* c0-3 d0-3 | c4-7 d4-7 */
-    __m256i r = _mm256_packs_epi16(ab, cd);  /* a0-3 b0-3 c0-3 d0-3 | a4-7 b4-7 c4-7 d4-7 */
-    return _mm256_permutevar8x32_epi32(r, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
 }
 
 /* 32 bytes of nibble codes (each < 16) -> 16 bytes, element 2i low, 2i+1 high. */

@@ -16,3 +16,4 @@ cnp.import_array()
 include "_errors.pxi"
 include "_runtime.pxi"
 include "_quant.pxi"
+include "_linear.pxi"

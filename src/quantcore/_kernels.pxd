@@ -68,3 +68,23 @@ cdef extern from "quantcore.h" nogil:
     void qc_set_num_threads(int n)
     int qc_get_num_threads()
     int qc_has_openmp()
+
+cdef extern from "quantcore.h" nogil:
+    ctypedef enum qc_compute:
+        QC_COMPUTE_F32
+        QC_COMPUTE_I8
+
+    ctypedef struct qc_qweight:
+        qc_kind kind
+        int64_t n
+        int64_t k
+        int64_t group
+        int per_tensor
+        qc_dtype scale_dtype
+        const uint8_t *data
+        const void *scales
+        const void *zeros
+
+    qc_status qc_linear(const qc_qweight *w, const float *x, int64_t m, int64_t x_row_stride,
+                        const float *bias, float *y, int64_t y_row_stride, qc_compute mode)
+    int qc_linear_uses_gemm(const qc_qweight *w, int64_t m, qc_compute mode)

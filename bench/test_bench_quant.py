@@ -1,0 +1,99 @@
+"""Quantize, dequantize and int4 (un)packing over L1-, L2-, L3- and DRAM-sized
+inputs (8 KiB, 256 KiB, 16 MiB and 256 MiB of float32; see
+quantcore.benchmark.SIZE_CLASSES), quantcore against the NumPy baseline and,
+for q4_0, gguf's reference, grouped by op, config and size.
+
+GB/s (in ``extra_info`` and the closing table) counts the float32 side: the
+input of quantize, the output of dequantize; for pack_int4/unpack_int4 the
+unpacked uint8 codes (one byte per element, same element counts).  Setup is
+done before the timed call.  Run: ``python -m pytest bench --benchmark-only``.
+"""
+
+import numpy as np
+import pytest
+
+import quantcore as qc
+from quantcore import benchmark as qb
+
+SIZES = list(qb.SIZE_CLASSES)                  # L1, L2, L3, DRAM
+CONFIGS = ["int8", "int4_g32", "q4_0"]
+IMPLS = ["quantcore", "numpy", "gguf"]
+
+
+def _gguf_or_skip(config):
+    if config not in qb.GGUF_TYPES:
+        pytest.skip(f"gguf has no {config} format")
+    gguf = qb.gguf_module()
+    if gguf is None:
+        pytest.skip("gguf not installed")
+    return gguf, getattr(gguf.GGMLQuantizationType, qb.GGUF_TYPES[config])
+
+
+def _quantizer(impl, config):
+    """fn(w) -> what `impl` produces when quantizing w with `config`."""
+    cfg = qb.CONFIGS[config]
+    if impl == "quantcore":
+        return lambda w: qc.quantize(w, cfg)
+    if impl == "numpy":
+        return lambda w: qb.numpy_quantize(w, cfg)
+    gguf, qtype = _gguf_or_skip(config)
+    return lambda w: gguf.quants.quantize(w, qtype)
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("impl", IMPLS)
+def test_quantize(bench_gbps, weights, impl, config, size):
+    w = weights(size)
+    quantize = _quantizer(impl, config)
+    bench_gbps(lambda: quantize(w), w.nbytes, f"quantize {config} {size}", impl,
+               op="quantize", config=config, size=size, shape=list(w.shape))
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("impl", IMPLS)
+def test_dequantize(bench_gbps, weights, impl, config, size):
+    w = weights(size)
+    cfg = qb.CONFIGS[config]
+    q = _quantizer(impl, config)(w)
+    if impl == "quantcore":
+        out = np.empty(w.shape, np.float32)
+        fn = lambda: q.dequantize(out=out)                      # noqa: E731
+    elif impl == "numpy":
+        out = np.empty(w.shape, np.float32)
+        fn = lambda: qb.numpy_dequantize(*q, cfg, w.shape, out=out)   # noqa: E731
+    else:
+        gguf, qtype = _gguf_or_skip(config)
+        fn = lambda: gguf.quants.dequantize(q, qtype)           # noqa: E731
+    bench_gbps(fn, w.nbytes, f"dequantize {config} {size}", impl,
+               op="dequantize", config=config, size=size, shape=list(w.shape))
+
+
+def _codes(size):
+    rows, k = qb.SIZE_CLASSES[size]
+    return np.random.default_rng(0).integers(0, 16, size=(rows, k), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("impl", ["quantcore", "numpy"])
+def test_pack_int4(bench_gbps, impl, size):
+    codes = _codes(size)
+    fn = (lambda: qc.pack_int4(codes)) if impl == "quantcore" else (lambda: qb.numpy_pack_int4(codes))
+    bench_gbps(fn, codes.nbytes, f"pack_int4 {size}", impl,
+               op="pack_int4", size=size, shape=list(codes.shape))
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("impl", ["quantcore", "numpy"])
+def test_unpack_int4(bench_gbps, impl, size):
+    codes = _codes(size)
+    packed = qc.pack_int4(codes)
+    n = codes.shape[-1]
+    if impl == "quantcore":
+        fn = lambda: qc.unpack_int4(packed, n)                  # noqa: E731
+    else:
+        out = np.empty_like(codes)
+        fn = lambda: qb.numpy_unpack_int4(packed, out=out)      # noqa: E731
+    bench_gbps(fn, codes.nbytes, f"unpack_int4 {size}", impl,
+               op="unpack_int4", size=size, shape=list(codes.shape))

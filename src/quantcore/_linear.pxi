@@ -1,0 +1,81 @@
+# Linear layer forward: y = x @ W^T + bias over a quantized W (see qc_linear).
+
+COMPUTE_F32 = <int>QC_COMPUTE_F32
+COMPUTE_I8 = <int>QC_COMPUTE_I8
+
+
+cdef class QWeight:
+    """A quantized (n, k) weight as the linear kernels see it (no copy).
+
+    Holds references to the arrays, so they outlive every call.  Built once per
+    layer by the Python layer after it has validated the arrays.
+    """
+    cdef qc_qweight w
+    cdef object _keep
+
+    def __init__(self, data, scales, zeros, int kind, int64_t n, int64_t k, int64_t group,
+                 bint per_tensor):
+        _check_kind(kind)
+        if n < 1 or k < 1:
+            raise ValueError(f"n and k must be positive, got {n}, {k}")
+        ng = 1 if per_tensor else qc_num_groups(k, group)
+        sr = 1 if per_tensor else n
+        data = _need(data, "data", np.int8 if kind == <int>QC_SYM8 else np.uint8,
+                     (n, qc_row_bytes(<qc_kind>kind, k)))
+        if not isinstance(scales, np.ndarray) or scales.dtype not in (np.float16, np.float32):
+            raise TypeError("scales must be a float16 or float32 numpy array")
+        scales = _need(scales, "scales", scales.dtype, (sr, ng))
+        if kind == <int>QC_ASYM8 or kind == <int>QC_ASYM4:
+            zeros = _need(zeros, "zero_points", np.uint8, (sr, ng))
+        elif kind == <int>QC_MIN4:
+            zeros = _need(zeros, "zero_points", scales.dtype, (sr, ng))
+        else:
+            zeros = None
+        self._keep = (data, scales, zeros)
+        self.w.kind = <qc_kind>kind
+        self.w.n = n
+        self.w.k = k
+        self.w.group = group
+        self.w.per_tensor = per_tensor
+        self.w.scale_dtype = QC_F16 if scales.dtype == np.float16 else QC_F32
+        self.w.data = <const uint8_t *>cnp.PyArray_DATA(data)
+        self.w.scales = cnp.PyArray_DATA(scales)
+        self.w.zeros = NULL if zeros is None else cnp.PyArray_DATA(zeros)
+
+    def uses_gemm(self, int64_t m, int mode):
+        return bool(qc_linear_uses_gemm(&self.w, m, <qc_compute>mode))
+
+    def forward(self, x, bias, out, int mode):
+        """x: float32 (m, k) with contiguous rows; bias: float32 (n,) or None;
+        out: float32 (m, n) with contiguous rows.  Checked here, computed without
+        the GIL."""
+        if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim != 2:
+            raise TypeError("x must be a 2-D float32 array")
+        if x.shape[1] != self.w.k or (x.shape[0] > 1 and x.strides[0] % 4) or x.strides[1] != 4:
+            raise ValueError(f"x must have shape (m, {self.w.k}) with contiguous rows")
+        if not isinstance(out, np.ndarray) or out.dtype != np.float32 or out.ndim != 2:
+            raise TypeError("out must be a 2-D float32 array")
+        if out.shape != (x.shape[0], self.w.n) or out.strides[1] != 4 or \
+                (out.shape[0] > 1 and out.strides[0] % 4) or not out.flags.writeable:
+            raise ValueError(f"out must be a writeable float32 array of shape "
+                             f"{(x.shape[0], self.w.n)} with contiguous rows")
+        cdef const float *bp = NULL
+        if bias is not None:
+            if not isinstance(bias, np.ndarray) or bias.dtype != np.float32 or \
+                    bias.shape != (self.w.n,) or not bias.flags.c_contiguous:
+                raise TypeError(f"bias must be a contiguous float32 array of shape ({self.w.n},)")
+            bp = <const float *>cnp.PyArray_DATA(bias)
+        if mode != <int>QC_COMPUTE_F32 and mode != <int>QC_COMPUTE_I8:
+            raise ValueError(f"mode must be COMPUTE_F32 or COMPUTE_I8, got {mode}")
+        cdef int64_t m = x.shape[0]
+        cdef int64_t lx = x.strides[0] // 4 if m > 1 else self.w.k
+        cdef int64_t ly = out.strides[0] // 4 if m > 1 else self.w.n
+        cdef const float *xp = <const float *>cnp.PyArray_DATA(x)
+        cdef float *yp = <float *>cnp.PyArray_DATA(out)
+        cdef qc_status st
+        cdef qc_error err
+        err.row = -1
+        with nogil:
+            st = qc_linear(&self.w, xp, m, lx, bp, yp, ly, <qc_compute>mode)
+        raise_status(st, err, "forward")
+        return out
