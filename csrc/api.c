@@ -31,6 +31,12 @@ static int threads_for(int64_t elems) {
     return elems < QC_PAR_MIN_ELEMS ? 1 : nt;
 }
 
+#ifndef _OPENMP
+#define QC_UNUSED_NT(nt) (void)(nt)
+#else
+#define QC_UNUSED_NT(nt)
+#endif
+
 static qc_status check_desc(const qc_qdesc *d, int64_t rows, int64_t cols) {
     if (!d || d->kind < 0 || d->kind >= QC_NUM_KINDS || rows < 0 || cols < 1 || d->group < 0)
         return QC_ERR_ARG;
@@ -53,7 +59,12 @@ static float load_scale(const void *base, int64_t idx, qc_dtype dt) {
     return dt == QC_F16 ? qc_fp16_to_fp32(((const uint16_t *)base)[idx]) : ((const float *)base)[idx];
 }
 
-static int fits_f16(float v) { return fabsf(v) <= 65504.0f; }
+/* The scale (and Q4_1 minimum) fit the storage dtype; a range wider than float32
+ * holds (max - min overflowing) gives an infinite scale and fails too. */
+static int params_fit(const qc_qparams *p, qc_dtype dt) {
+    float lim = dt == QC_F16 ? 65504.0f : 3.40282347e38f;
+    return fabsf(p->d) <= lim && fabsf(p->m) <= lim;
+}
 
 /* Load row r of a strided float16/32/64 matrix as contiguous float32, into buf
  * when a copy is needed; returns the row. */
@@ -107,6 +118,7 @@ static qc_status tensor_stats(const qc_kernels *k, const char *src, qc_dtype dt,
                               int64_t cols, int64_t rs, int64_t cs, qc_stats *out, qc_error *err) {
     qc_status st = QC_OK;
     int nt = threads_for(rows * cols);
+    QC_UNUSED_NT(nt);
     int have = 0;
     qc_stats total = {0, 0, 0};
     int64_t first_row_amax = -1; /* row holding the first element of largest magnitude */
@@ -122,8 +134,8 @@ static qc_status tensor_stats(const qc_kernels *k, const char *src, qc_dtype dt,
 #pragma omp for schedule(static)
 #endif
         for (int64_t r = 0; r < rows; r++) {
-            if (!buf || st != QC_OK)
-                continue;
+            if (!buf)
+                continue; /* no early exit on errors: the smallest (row, col) must win */
             const float *x = load_row(k, src, dt, r, cols, rs, cs, buf);
             qc_stats s;
             if (k->stats(x, cols, &s)) {
@@ -189,7 +201,7 @@ qc_status qc_quantize(const qc_qdesc *desc, const void *src, qc_dtype src_dtype,
         if (st != QC_OK)
             return st;
         tensor_p = qc_params_from_stats(kind, &s);
-        if (desc->scale_dtype == QC_F16 && !fits_f16(tensor_p.d)) {
+        if (!params_fit(&tensor_p, desc->scale_dtype)) {
             err->row = 0;
             err->col = 0;
             return QC_ERR_OVERFLOW;
@@ -202,6 +214,7 @@ qc_status qc_quantize(const qc_qdesc *desc, const void *src, qc_dtype src_dtype,
     }
 
     int nt = threads_for(rows * cols);
+    QC_UNUSED_NT(nt);
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nt)
 #endif
@@ -213,8 +226,8 @@ qc_status qc_quantize(const qc_qdesc *desc, const void *src, qc_dtype src_dtype,
 #pragma omp for schedule(static)
 #endif
         for (int64_t r = 0; r < rows; r++) {
-            if (!buf || st != QC_OK)
-                continue;
+            if (!buf)
+                continue; /* no early exit on errors: the smallest (row, col) must win */
             const float *x = load_row(k, base, src_dtype, r, cols, row_stride, col_stride, buf);
             uint8_t *out = data + r * rbytes;
             for (int64_t g = 0; g < ngroups; g++) {
@@ -230,7 +243,7 @@ qc_status qc_quantize(const qc_qdesc *desc, const void *src, qc_dtype src_dtype,
                         break;
                     }
                     p = qc_params_from_stats(kind, &s);
-                    if (desc->scale_dtype == QC_F16 && (!fits_f16(p.d) || !fits_f16(p.m))) {
+                    if (!params_fit(&p, desc->scale_dtype)) {
                         record_error(&st, err, QC_ERR_OVERFLOW, r, c0);
                         break;
                     }
@@ -269,6 +282,7 @@ qc_status qc_dequantize(const qc_qdesc *desc, const uint8_t *data, const void *s
     const int64_t rbytes = qc_row_bytes(kind, cols);
     const int four = QC_KINDS[kind].bits == 4;
     int nt = threads_for(rows * cols);
+    QC_UNUSED_NT(nt);
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) num_threads(nt)
 #endif
@@ -326,6 +340,7 @@ qc_status qc_pack_int4(const uint8_t *src, int64_t rows, int64_t cols, int is_si
     const qc_kernels *k = qc_active();
     int64_t rb = (cols + 1) / 2;
     int nt = threads_for(rows * cols);
+    QC_UNUSED_NT(nt);
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) num_threads(nt)
 #endif
@@ -341,6 +356,7 @@ qc_status qc_unpack_int4(const uint8_t *src, int64_t rows, int64_t cols, int is_
     const qc_kernels *k = qc_active();
     int64_t rb = (cols + 1) / 2;
     int nt = threads_for(rows * cols);
+    QC_UNUSED_NT(nt);
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) num_threads(nt)
 #endif

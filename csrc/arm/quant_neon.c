@@ -29,7 +29,11 @@
 
 /* Keep v in a register as an opaque value: a product passed through this cannot
  * be contracted with the following add into a fused multiply-add. */
+#if defined(__GNUC__) || defined(__clang__)
 #define QC_NOFUSE(v) __asm__("" : "+w"(v))
+#else
+#define QC_NOFUSE(v) ((void)0) /* relies on the build's no-contraction flag */
+#endif
 
 static void load_f16_neon(const uint16_t *src, int64_t n, float *dst) {
     int64_t i = 0;

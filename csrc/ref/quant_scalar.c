@@ -40,8 +40,10 @@ static int stats_scalar(const float *x, int64_t n, qc_stats *s) {
     return 0;
 }
 
+/* NaN goes to lo, as max(v, lo) does in the SIMD versions: no input makes the
+ * float-to-int conversion below undefined. */
 static inline float clampf(float v, float lo, float hi) {
-    return v < lo ? lo : (v > hi ? hi : v);
+    return !(v >= lo) ? lo : (v > hi ? hi : v);
 }
 
 /* One code, by the rules of formats.h.  Values are clamped in float before the

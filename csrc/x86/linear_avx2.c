@@ -209,55 +209,97 @@ AVX2 static inline float row_q4(qc_kind kind, int i8, const qc_wview *v, int64_t
     return hsum8(_mm256_add_ps(acc0, acc1)) + hsum8(corr) + tail;
 }
 
-/* The 32 code bytes of block b of an 8-bit row, never reading past the row. */
-AVX2 static inline __m256i load_q8(const uint8_t *row, int64_t row_bytes, int64_t b) {
-    if ((b + 1) * 32 <= row_bytes)
-        return _mm256_loadu_si256((const __m256i *)(row + b * 32));
-    uint8_t tmp[32] = {0};
-    memcpy(tmp, row + b * 32, (size_t)(row_bytes - b * 32));
-    return _mm256_loadu_si256((const __m256i *)tmp);
+/* One 8-bit block: (i8) int32 dot as float, or (f32) sum of q * x, 8 lanes. */
+AVX2 static inline __m256 block_q8(qc_kind kind, int i8, __m256i wv, const void *xa, int64_t b) {
+    if (i8) {
+        __m256i ax = _mm256_loadu_si256((const __m256i *)((const int8_t *)xa + b * QC_BLK));
+        if (kind == QC_ASYM8)
+            wv = _mm256_xor_si256(wv, _mm256_set1_epi8((char)0x80)); /* q - 128 */
+        __m256i p = _mm256_maddubs_epi16(_mm256_abs_epi8(wv), _mm256_sign_epi8(ax, wv));
+        return _mm256_cvtepi32_ps(_mm256_madd_epi16(p, _mm256_set1_epi16(1)));
+    }
+    const float *xb = (const float *)xa + b * QC_BLK;
+    __m128i l = _mm256_castsi256_si128(wv), h = _mm256_extracti128_si256(wv, 1);
+    __m128i c8[4] = {l, _mm_srli_si128(l, 8), h, _mm_srli_si128(h, 8)};
+    __m256 a = _mm256_setzero_ps();
+    for (int i = 0; i < 4; i++) {
+        __m256i q32 = kind == QC_SYM8 ? _mm256_cvtepi8_epi32(c8[i]) : _mm256_cvtepu8_epi32(c8[i]);
+        a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q32), _mm256_loadu_ps(xb + 8 * i), a);
+    }
+    return a;
 }
 
-/* One 8-bit row against one activation row (natural order). */
+/* One 8-bit row against one activation row (natural order).  ASYM8 with int8
+ * activations runs on codes shifted by -128, so its offset is c + 128 d. */
 AVX2 static inline float row_q8(qc_kind kind, int i8, const qc_wview *v, int64_t n,
                                 const uint8_t *row, const void *xa, const float *xd,
                                 const float *xs) {
     const int64_t nb = v->nb, rb = v->row_bytes;
-    const __m256i ones = _mm256_set1_epi16(1);
-    __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
-    float corr = 0.0f, d = 0.0f, c = 0.0f;
-    int64_t gcur = -1;
-    for (int64_t b = 0; b < nb; b++) {
-        int64_t gi = qc_group_index(v, n, b);
-        if (gi != gcur) {
-            qc_group_dc(v, gi, &d, &c);
-            if (kind == QC_ASYM8 && i8)
-                c += 128.0f * d; /* codes are shifted by -128 below */
-            gcur = gi;
-        }
-        __m256i wv = load_q8(row, rb, b);
-        __m256 f;
-        if (i8) {
-            __m256i ax = _mm256_loadu_si256((const __m256i *)((const int8_t *)xa + b * QC_BLK));
-            if (kind == QC_ASYM8)
-                wv = _mm256_xor_si256(wv, _mm256_set1_epi8((char)0x80));
-            __m256i p = _mm256_maddubs_epi16(_mm256_abs_epi8(wv), _mm256_sign_epi8(ax, wv));
-            f = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones)), _mm256_set1_ps(d * xd[b]));
-        } else {
-            const float *xb = (const float *)xa + b * QC_BLK;
-            __m128i l = _mm256_castsi256_si128(wv), h = _mm256_extracti128_si256(wv, 1);
-            __m128i c8[4] = {l, _mm_srli_si128(l, 8), h, _mm_srli_si128(h, 8)};
-            __m256 a = _mm256_setzero_ps();
-            for (int i = 0; i < 4; i++) {
-                __m256i q32 = kind == QC_SYM8 ? _mm256_cvtepi8_epi32(c8[i]) : _mm256_cvtepu8_epi32(c8[i]);
-                a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q32), _mm256_loadu_ps(xb + 8 * i), a);
+    const int64_t nload = rb / 32 < nb ? rb / 32 : nb;
+    const float shift = (kind == QC_ASYM8 && i8) ? 128.0f : 0.0f;
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps(), corr = _mm256_setzero_ps();
+    int64_t b = 0;
+    if (v->gshift < 0) { /* one scale for the row: factor it out */
+        float d, c;
+        qc_group_dc(v, qc_group_index(v, n, 0), &d, &c);
+        c += shift * d;
+        for (; b + 2 <= nload; b += 2) {
+            __m256 f0 = block_q8(kind, i8, _mm256_loadu_si256((const __m256i *)(row + b * 32)), xa, b);
+            __m256 f1 = block_q8(kind, i8, _mm256_loadu_si256((const __m256i *)(row + b * 32 + 32)), xa, b + 1);
+            if (i8) {
+                acc0 = _mm256_fmadd_ps(f0, _mm256_set1_ps(xd[b]), acc0);
+                acc1 = _mm256_fmadd_ps(f1, _mm256_set1_ps(xd[b + 1]), acc1);
+            } else {
+                acc0 = _mm256_add_ps(acc0, f0);
+                acc1 = _mm256_add_ps(acc1, f1);
             }
-            f = _mm256_mul_ps(a, _mm256_set1_ps(d));
         }
-        acc[b & 1] = _mm256_add_ps(acc[b & 1], f);
-        corr += c * xs[b];
+        float tail = 0.0f, sx = 0.0f;
+        for (; b < nb; b++) {
+            uint8_t tmp[32] = {0};
+            const uint8_t *src = row + b * 32;
+            if ((b + 1) * 32 > rb) {
+                memcpy(tmp, src, (size_t)(rb - b * 32));
+                src = tmp;
+            }
+            __m256 f = block_q8(kind, i8, _mm256_loadu_si256((const __m256i *)src), xa, b);
+            tail += hsum8(f) * (i8 ? xd[b] : 1.0f);
+        }
+        if (c != 0.0f)
+            for (int64_t j = 0; j < nb; j++)
+                sx += xs[j];
+        return d * (hsum8(_mm256_add_ps(acc0, acc1)) + tail) + c * sx;
     }
-    return hsum8(_mm256_add_ps(acc[0], acc[1])) + corr;
+    /* split groups: scales and offsets 8 blocks at a time */
+    for (; b + 8 <= nload; b += 8) {
+        __m256 d8, c8;
+        load_dc8(kind, v, n, b, &d8, &c8);
+        c8 = _mm256_fmadd_ps(d8, _mm256_set1_ps(shift), c8);
+        corr = _mm256_fmadd_ps(c8, _mm256_loadu_ps(xs + b), corr);
+        float sc[8];
+        _mm256_storeu_ps(sc, i8 ? _mm256_mul_ps(d8, _mm256_loadu_ps(xd + b)) : d8);
+        for (int j = 0; j < 8; j += 2) {
+            __m256 f0 = block_q8(kind, i8, _mm256_loadu_si256((const __m256i *)(row + (b + j) * 32)), xa, b + j);
+            __m256 f1 = block_q8(kind, i8, _mm256_loadu_si256((const __m256i *)(row + (b + j) * 32 + 32)), xa, b + j + 1);
+            acc0 = _mm256_fmadd_ps(f0, _mm256_set1_ps(sc[j]), acc0);
+            acc1 = _mm256_fmadd_ps(f1, _mm256_set1_ps(sc[j + 1]), acc1);
+        }
+    }
+    float tail = 0.0f;
+    for (; b < nb; b++) {
+        uint8_t tmp[32] = {0};
+        const uint8_t *src = row + b * 32;
+        if ((b + 1) * 32 > rb) {
+            memcpy(tmp, src, (size_t)(rb - b * 32));
+            src = tmp;
+        }
+        float d, c;
+        qc_group_dc(v, qc_group_index(v, n, b), &d, &c);
+        c += shift * d;
+        __m256 f = block_q8(kind, i8, _mm256_loadu_si256((const __m256i *)src), xa, b);
+        tail += d * hsum8(f) * (i8 ? xd[b] : 1.0f) + c * xs[b];
+    }
+    return hsum8(_mm256_add_ps(acc0, acc1)) + hsum8(corr) + tail;
 }
 
 AVX2 static inline void gemv_avx2(qc_kind kind, int i8, const qc_wview *v, const qc_act *a,

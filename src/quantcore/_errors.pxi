@@ -12,8 +12,9 @@ cdef int raise_status(qc_status st, qc_error err, str what) except -1:
     if st == QC_ERR_RANGE:
         raise ValueError(f"{what} has a value out of range{where}")
     if st == QC_ERR_OVERFLOW:
-        raise ValueError(f"{what} needs a scale larger than float16 can hold (65504){where}; "
-                         f"use scale_dtype='float32'")
+        raise ValueError(f"{what} needs a scale outside the range of the scale dtype{where} "
+                         f"(float16 holds up to 65504; a range wider than float32's max "
+                         f"overflows any scale); use scale_dtype='float32' or rescale the data")
     if st == QC_ERR_NOMEM:
         raise MemoryError(f"quantcore could not allocate scratch memory for {what}")
     if st == QC_ERR_UNSUPPORTED:
