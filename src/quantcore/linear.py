@@ -177,7 +177,7 @@ class QuantizedLinear:
         if a.ndim < 1:
             raise ValueError("x must have ndim >= 1, got a 0-d array")
         if a.shape[-1] != self.in_features:
-            raise ValueError(f"x must have shape (..., {self.in_features}), got {a.shape}")
+            raise ValueError(f"x must have shape (..., in_features={self.in_features}), got {a.shape}")
         lead = a.shape[:-1]
         a2 = a.reshape(-1, self.in_features)
         if a2.dtype != np.float32 or a2.strides[-1] != 4 or (a2.shape[0] > 1 and (a2.strides[0] < 4 * self.in_features or a2.strides[0] % 4)):

@@ -1,0 +1,243 @@
+"""QuantizedLinear: forward against the NumPy oracle (x @ dequantize(W).T + b) for
+every weight format x compute mode x ISA on awkward shapes, plus the API, threads,
+concurrency and bad inputs.  GEMM-specific shapes live in test_gemm.py."""
+from __future__ import annotations
+
+import copy
+import pickle
+import threading
+
+import numpy as np
+import pytest
+
+import quantcore as qc
+from quantcore import QuantConfig, QuantizedLinear
+
+CONFIGS = {
+    "int8": QuantConfig.int8(),
+    "int8_asym": QuantConfig(bits=8, symmetric=False),
+    "int8_g64": QuantConfig(bits=8, group_size=64),
+    "int4_g32": QuantConfig.int4(),
+    "int4_g64_asym": QuantConfig(bits=4, group_size=64, symmetric=False),
+    "int4_tensor": QuantConfig(bits=4, granularity="tensor"),
+    "int4_channel_f16": QuantConfig(bits=4, scale_dtype="float16"),
+    "q8_0": QuantConfig.q8_0(),
+    "q4_0": QuantConfig.q4_0(),
+    "q4_1": QuantConfig.q4_1(),
+}
+# (m, n, k): M=1 with odd N and K, K not a multiple of the group, N below the SIMD width
+SHAPES = [(1, 1, 1), (1, 7, 33), (1, 17, 31), (1, 33, 65), (2, 5, 100), (3, 64, 257),
+          (1, 3, 1031), (5, 16, 64), (7, 9, 17), (1, 130, 512)]
+
+
+def _oracle(layer, x):
+    w = layer.dequantized_weight().astype(np.float64)
+    y = x.astype(np.float64).reshape(-1, layer.in_features) @ w.T
+    if layer.bias is not None:
+        y = y + layer.bias
+    return y.reshape(x.shape[:-1] + (layer.out_features,))
+
+
+def _check(layer, x, y):
+    ref = _oracle(layer, x)
+    k = layer.in_features
+    # float32 rounding of a k-term dot product, scaled by the magnitudes involved
+    mag = (np.abs(x.astype(np.float64)).reshape(-1, k) @ np.abs(layer.dequantized_weight().astype(np.float64)).T)
+    mag = mag.reshape(ref.shape) + (0 if layer.bias is None else np.abs(layer.bias))
+    tol = 4 * (k + 4) * np.finfo(np.float32).eps * mag + 1e-30
+    if layer.compute == "int8":
+        tol = tol + layer.int8_error_bound(x) * 1.0001
+    err = np.abs(y.astype(np.float64) - ref)
+    assert np.all(err <= tol), f"max excess {np.max(err - tol):.3g} (max err {err.max():.3g})"
+
+
+@pytest.mark.parametrize("compute", ["float32", "int8"])
+@pytest.mark.parametrize("cfg_name", list(CONFIGS))
+def test_forward_matches_oracle(isa, cfg_name, compute, rng):
+    cfg = CONFIGS[cfg_name].replace(compute=compute)
+    for m, n, k in SHAPES:
+        w = rng.standard_normal((n, k)).astype(np.float32)
+        b = rng.standard_normal(n).astype(np.float32) if (m + n) % 2 else None
+        layer = QuantizedLinear.from_linear(w, b, cfg)
+        assert layer.compute == compute
+        x = rng.standard_normal((m, k)).astype(np.float32) * 3
+        y = layer(x)
+        assert y.dtype == np.float32 and y.shape == (m, n)
+        _check(layer, x, y)
+
+
+@pytest.mark.parametrize("cfg_name", ["int8", "int4_g32", "q4_1", "int8_asym"])
+@pytest.mark.parametrize("compute", ["float32", "int8"])
+def test_simd_matches_scalar(cfg_name, compute, all_isas, rng):
+    cfg = CONFIGS[cfg_name].replace(compute=compute)
+    w = rng.standard_normal((37, 333)).astype(np.float32)
+    layer = QuantizedLinear.from_linear(w, None, cfg)
+    x = rng.standard_normal((3, 333)).astype(np.float32)
+    qc.set_isa("scalar")
+    ref = layer(x)
+    for isa in all_isas:
+        qc.set_isa(isa)
+        y = layer(x)
+        # same integer dots, float sums in another order
+        np.testing.assert_allclose(y, ref, rtol=2e-5, atol=2e-5 * np.abs(ref).max())
+
+
+def test_int8_compute_error_bound_is_tight_enough(rng):
+    """The int8 path's documented bound holds and is small next to the outputs."""
+    w = rng.standard_normal((64, 4096)).astype(np.float32)
+    x = rng.standard_normal((4, 4096)).astype(np.float32)
+    layer = QuantizedLinear.from_linear(w, None, QuantConfig.int4(compute="int8"))
+    exact = _oracle(layer, x)
+    err = np.abs(layer(x) - exact)
+    bound = layer.int8_error_bound(x)
+    assert np.all(err <= bound * 1.0001 + 1e-3)
+    assert np.median(err / np.abs(exact).mean()) < 0.02
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_nd_strided_dtypes_and_out(dtype, rng):
+    w = rng.standard_normal((24, 40)).astype(np.float32)
+    b = rng.standard_normal(24).astype(np.float32)
+    layer = QuantizedLinear.from_linear(w, b, QuantConfig.int4(compute="float32"))
+    base = rng.standard_normal((2, 3, 80)).astype(dtype)
+    x = base[..., ::2]  # strided last axis
+    before = x.copy()
+    y = layer(x)
+    assert y.shape == (2, 3, 24)
+    _check(layer, x.astype(np.float32), y)
+    np.testing.assert_array_equal(x, before)  # input untouched
+    out = np.full((2, 3, 24), np.nan, np.float32)
+    res = layer.forward(x, out=out)
+    assert res is out
+    np.testing.assert_array_equal(out, y)
+    # 1-D input, transposed input
+    np.testing.assert_allclose(layer(x[0, 0]), y[0, 0], rtol=1e-6, atol=1e-6)
+    xt = np.asfortranarray(x[0].astype(np.float32))
+    np.testing.assert_allclose(layer(xt), y[0], rtol=1e-6, atol=1e-6)
+
+
+def test_zero_rows_and_lists(rng):
+    layer = QuantizedLinear.from_linear(rng.standard_normal((8, 16)).astype(np.float32))
+    assert layer(np.zeros((0, 16), np.float32)).shape == (0, 8)
+    y = layer([[1.0] * 16])
+    assert y.shape == (1, 8)
+
+
+@pytest.mark.parametrize("compute", ["float32", "int8"])
+def test_nan_inf_activations_propagate_per_row(compute, rng):
+    w = rng.standard_normal((16, 64)).astype(np.float32)
+    layer = QuantizedLinear.from_linear(w, None, QuantConfig.int4(compute=compute))
+    x = rng.standard_normal((4, 64)).astype(np.float32)
+    clean = layer(x)
+    x[1, 7] = np.nan
+    x[2, 3] = np.inf
+    y = layer(x)
+    assert np.all(np.isnan(y[1]))
+    # IEEE: inf * w summed -> +-inf or nan (never a finite number)
+    assert not np.any(np.isfinite(y[2]))
+    np.testing.assert_array_equal(y[[0, 3]], clean[[0, 3]])
+
+
+@pytest.mark.parametrize("nthreads", [1, 2, 3])
+@pytest.mark.parametrize("compute", ["float32", "int8"])
+def test_thread_counts_agree(nthreads, compute, threads, rng):
+    w = rng.standard_normal((300, 1000)).astype(np.float32)
+    layer = QuantizedLinear.from_linear(w, None, QuantConfig.int4(compute=compute))
+    x = rng.standard_normal((2, 1000)).astype(np.float32)
+    threads(1)
+    ref = layer(x)
+    threads(nthreads)
+    np.testing.assert_array_equal(layer(x), ref)  # same per-output arithmetic
+
+
+def test_concurrent_forward_from_python_threads(rng):
+    w = rng.standard_normal((256, 512)).astype(np.float32)
+    layer = QuantizedLinear.from_linear(w, None, QuantConfig.q4_0())
+    xs = [rng.standard_normal((1 + i % 3, 512)).astype(np.float32) for i in range(8)]
+    expected = [layer(x) for x in xs]
+    results = [None] * 8
+    errors = []
+
+    def work(i):
+        try:
+            for _ in range(20):
+                results[i] = layer(xs[i])
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    ts = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert not errors
+    for got, want in zip(results, expected):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_attributes_and_protocols(rng):
+    w = rng.standard_normal((48, 64)).astype(np.float32)
+    b = rng.standard_normal(48).astype(np.float32)
+    layer = QuantizedLinear.from_linear(w, b, QuantConfig.q4_0())
+    assert (layer.in_features, layer.out_features) == (64, 48)
+    assert layer.config == QuantConfig.q4_0()
+    assert layer.weight_quantized.shape == (48, 64)
+    assert layer.num_parameters() == 48 * 64 + 48
+    # q4_0: 18 bytes per 32 weights
+    assert layer.weight_quantized.nbytes == 48 * 2 * 18
+    assert layer.nbytes == 48 * 2 * 18 + 48 * 4
+    assert layer.memory_savings_bytes() == 48 * 64 * 4 - 48 * 2 * 18
+    assert layer.bias.dtype == np.float32 and not layer.bias.flags.writeable
+    np.testing.assert_array_equal(layer.dequantized_weight(), layer.weight_quantized.dequantize())
+    assert layer.kernel.startswith("gemv_i8_int4_")
+    assert "QuantizedLinear(" in repr(layer)
+    x = rng.standard_normal((2, 64)).astype(np.float32)
+    y = layer(x)
+    for clone in (pickle.loads(pickle.dumps(layer)), copy.deepcopy(layer)):
+        np.testing.assert_array_equal(clone(x), y)
+    # QuantizedLinear(weight_q, bias)
+    again = QuantizedLinear(layer.weight_quantized, layer.bias)
+    np.testing.assert_array_equal(again(x), y)
+
+
+def test_from_linear_accepts_module_like_objects(rng):
+    class FakeLinear:  # what torch.nn.Linear looks like to from_linear
+        def __init__(self):
+            self.weight = rng.standard_normal((6, 10)).astype(np.float32)
+            self.bias = rng.standard_normal(6).astype(np.float32)
+
+    mod = FakeLinear()
+    layer = QuantizedLinear.from_linear(mod, config=QuantConfig.int8(compute="float32"))
+    np.testing.assert_array_equal(layer.bias, mod.bias)
+    x = rng.standard_normal((1, 10)).astype(np.float32)
+    _check(layer, x, layer(x))
+
+
+@pytest.mark.parametrize("make, exc, words", [
+    (lambda L: L(np.zeros((2, 15), np.float32)), ValueError, "in_features"),
+    (lambda L: L(np.zeros((2, 16), np.int32)), TypeError, "float"),
+    (lambda L: L(np.zeros((2, 16), np.complex64)), TypeError, "float"),
+    (lambda L: L(np.float32(1.0)), ValueError, "0-d"),
+    (lambda L: L(np.zeros((2, 16), np.float32), out=np.zeros((2, 7), np.float32)), ValueError, "shape"),
+    (lambda L: L(np.zeros((2, 16), np.float32), out=np.zeros((2, 8), np.float64)), TypeError, "float32"),
+    (lambda L: L(np.zeros((2, 16), np.float32), out=np.zeros((8, 2), np.float32).T), ValueError, "contiguous"),
+    (lambda L: QuantizedLinear(np.zeros((8, 16), np.float32)), TypeError, "QuantizedTensor"),
+    (lambda L: QuantizedLinear(qc.quantize(np.ones(16, np.float32))), ValueError, "2-D"),
+    (lambda L: QuantizedLinear(L.weight_quantized, np.ones(7, np.float32)), ValueError, "bias"),
+    (lambda L: QuantizedLinear(L.weight_quantized, np.array([np.nan] * 8, np.float32)), ValueError, "NaN"),
+    (lambda L: QuantizedLinear.from_linear(np.ones((4, 8), np.float32), config="int8"), TypeError, "config"),
+    (lambda L: QuantizedLinear.from_linear(np.ones((4, 64), np.float32), config=QuantConfig(bits=4, group_size=16)), ValueError, "group_size"),
+])
+def test_bad_inputs_raise(make, exc, words, rng):
+    layer = QuantizedLinear.from_linear(rng.standard_normal((8, 16)).astype(np.float32))
+    with pytest.raises(exc) as ei:
+        make(layer)
+    assert words in str(ei.value)
+
+
+def test_readonly_out_raises(rng):
+    layer = QuantizedLinear.from_linear(rng.standard_normal((8, 16)).astype(np.float32))
+    out = np.zeros((2, 8), np.float32)
+    out.setflags(write=False)
+    with pytest.raises(ValueError, match="writeable"):
+        layer(np.zeros((2, 16), np.float32), out=out)
