@@ -14,7 +14,7 @@
 #include <omp.h>
 #endif
 
-#define QC_PAR_MIN_ELEMS (1 << 16) /* below this, one thread */
+#define QC_PAR_MIN_ELEMS (1 << 18) /* below this (1 MiB of float32), one thread */
 
 int qc_kind_bits(qc_kind kind) { return (kind >= 0 && kind < QC_NUM_KINDS) ? QC_KINDS[kind].bits : 0; }
 
@@ -89,6 +89,23 @@ static const float *load_row(const qc_kernels *k, const char *src, qc_dtype dt, 
         }
     }
     return buf;
+}
+
+/* Q4_1 stores the group minimum.  When it is zero, its sign follows GGUF's
+ * reference wherever that is deterministic: -0.0 when the group holds -0.0 and no
+ * +0.0 (for instance a pruned negative weight among positive ones).  With both
+ * zeros present NumPy's min (which gguf uses) depends on its SIMD reduction order;
+ * quantcore then stores +0.0. */
+static int min_is_negative_zero(const float *x, int64_t n) {
+    int neg = 0;
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t b;
+        memcpy(&b, &x[i], 4);
+        if (b == 0u)
+            return 0;
+        neg |= b == 0x80000000u;
+    }
+    return neg;
 }
 
 /* First non-finite element of x, for the error report. */
@@ -200,6 +217,8 @@ qc_status qc_quantize(const qc_qdesc *desc, const void *src, qc_dtype src_dtype,
         st = tensor_stats(k, base, src_dtype, rows, cols, row_stride, col_stride, &s, err);
         if (st != QC_OK)
             return st;
+        if (kind == QC_MIN4 && s.min == 0.0f)
+            s.min = 0.0f; /* per tensor, a zero minimum is stored as +0.0 */
         tensor_p = qc_params_from_stats(kind, &s);
         if (!params_fit(&tensor_p, desc->scale_dtype)) {
             err->row = 0;
@@ -242,6 +261,8 @@ qc_status qc_quantize(const qc_qdesc *desc, const void *src, qc_dtype src_dtype,
                         record_error(&st, err, QC_ERR_NONFINITE, r, c0 + first_bad(x + c0, n));
                         break;
                     }
+                    if (kind == QC_MIN4 && s.min == 0.0f)
+                        s.min = min_is_negative_zero(x + c0, n) ? -0.0f : 0.0f;
                     p = qc_params_from_stats(kind, &s);
                     if (!params_fit(&p, desc->scale_dtype)) {
                         record_error(&st, err, QC_ERR_OVERFLOW, r, c0);

@@ -116,8 +116,19 @@ static inline qc_qparams qc_params_from_stats(qc_kind kind, const qc_stats *s) {
         p.d = 0.0f;
         p.id = 0.0f;
     }
-    if (kind == QC_MIN4 && p.m == 0.0f)
-        p.m = 0.0f;
+    /* Keep d * (largest code) finite: FLT_MAX / 127 rounds up, so nudge such a
+     * scale down by ulps (only values within ~1% of FLT_MAX ever get here). */
+    {
+        const float reach = kind == QC_SYM8 ? 127.0f : kind == QC_SYM4 ? 8.0f :
+                            kind == QC_ASYM8 ? 255.0f : 15.0f;
+        if (fabsf(p.d) < INFINITY && fabsf(p.d) * reach > 3.40282347e38f) {
+            float lim = 3.40282347e38f / reach; /* may round up: step down until it fits */
+            while (lim * reach > 3.40282347e38f)
+                lim = nextafterf(lim, 0.0f);
+            p.d = copysignf(lim, p.d);
+            p.id = 1.0f / p.d;
+        }
+    }
     if (kind == QC_ASYM8 || kind == QC_ASYM4) {
         float lo = s->min < 0.0f ? s->min : 0.0f;
         float z = qc_round_away(-lo * p.id);

@@ -8,6 +8,7 @@ import zlib
 from typing import Optional
 
 import numpy as np
+import pytest
 
 import oracle as O
 import quantcore
@@ -150,6 +151,44 @@ def roundtrip_bound(kind: int, x32: np.ndarray, q: O.Quantized, granularity: str
             m = np.abs(O._expand(q.zeros.astype(np.float64), rows, cols, group, per_tensor))
             bound = bound + m * 2.0**-10 + 2.0**-24
     return bound
+
+
+# ---- the whole check -----------------------------------------------------------------------------
+def check_against_oracle(x, kind, granularity="channel", group_size=None,
+                         scale_dtype="float32", roundtrip=True):
+    """Quantize x with quantcore and the oracle; codes, scales, zero points and the
+    dequantized values must agree bit for bit, and the round-trip error must stay
+    within half a step.  Returns (quantized, dequantized)."""
+    a = np.asarray(x)
+    rows, cols = int(np.prod(a.shape[:-1], dtype=np.int64)), a.shape[-1]
+    try:
+        want = run_oracle(x, kind, granularity, group_size, scale_dtype)
+    except O.ScaleOverflow as e:
+        match = "float16" if scale_dtype == "float16" else "scale"
+        with pytest.raises(ValueError, match=match) as info:
+            run_quantize(x, kind, granularity, group_size, scale_dtype)
+        assert f"row {e.row}, column {e.col}" in str(info.value)
+        return None, None
+    cfg = config_for(kind, granularity, group_size, scale_dtype)
+    if cfg is not None:
+        qt = quantcore.quantize(x, cfg)
+        got = as_2d(qt)
+        deq = qt.dequantize().reshape(rows, cols)
+    else:
+        got = run_quantize(x, kind, granularity, group_size, scale_dtype)
+        deq = run_dequantize(got, kind, rows, cols, granularity, group_size)
+    assert_quantized_equal(got, want)
+    assert_bits_equal(deq, oracle_dequantize(want, kind, rows, cols, granularity, group_size),
+                      "dequantized")
+    if roundtrip:
+        x32 = O.to_f32_2d(x)
+        err = np.abs(x32.astype(np.float64) - deq.astype(np.float64))
+        bound = roundtrip_bound(kind, x32, got, granularity, group_size)
+        worst = np.unravel_index(np.argmax(err - bound), err.shape)
+        assert np.all(err <= bound), (
+            f"round-trip error {err[worst]:.3g} > bound {bound[worst]:.3g} at {worst} "
+            f"(x={x32[worst]!r}, dequantized={deq[worst]!r})")
+    return got, deq
 
 
 # ---- value generators ------------------------------------------------------------------------------

@@ -19,8 +19,10 @@ fuses a multiply and an add), exactly as the C code with ``-ffp-contract=off``:
   clip(x*id, -qmax, qmax)) + z, 0, qmax)`` with ``z = clip(round_away(-lo*id),
   0, qmax)``; SYM4 ``trunc(clip(x*id + 8.5, 0, 15))``; MIN4 ``trunc(clip((x-m)*id
   + 0.5, 0, 15))``;
-* float16 storage of scales (and Q4_1 minima) rounds the float32 value to
-  nearest even; a value above 65504 in magnitude is an overflow error;
+* a scale (or Q4_1 minimum) that the storage dtype cannot hold is an error:
+  above 65504 in magnitude for float16, infinite for float32 (a range wider
+  than float32's max, e.g. max - min of +-3e38); float16 storage rounds the
+  float32 value to nearest even;
 * dequantize: SYM8 ``d*q``, ASYM ``d*(q-z)``, SYM4 ``d*(q-8)``, MIN4 ``d*q + m``.
 
 Layout: ``data`` is ``rows x row_bytes``, 4-bit codes with element 2i in the low
@@ -43,6 +45,7 @@ BITS = {SYM8: 8, ASYM8: 8, SYM4: 4, ASYM4: 4, MIN4: 4}
 QMAX = {SYM8: 127, ASYM8: 255, SYM4: 15, ASYM4: 15, MIN4: 15}
 HAS_INT_ZERO = (ASYM8, ASYM4)
 F16_MAX = 65504.0
+F32_MAX = float(np.finfo(np.float32).max)
 
 
 class OracleError(ValueError):
@@ -55,10 +58,15 @@ class NonFinite(OracleError):
         self.row, self.col = row, col
 
 
-class Float16Overflow(OracleError):
+class ScaleOverflow(OracleError):
+    """A scale (or Q4_1 minimum) that the scale dtype cannot hold."""
+
     def __init__(self, row: int, col: int):
-        super().__init__(f"scale does not fit float16 at row {row}, column {col}")
+        super().__init__(f"scale does not fit the scale dtype at row {row}, column {col}")
         self.row, self.col = row, col
+
+
+Float16Overflow = ScaleOverflow  # the float16 case, by its old name
 
 
 class Quantized(NamedTuple):
@@ -118,6 +126,12 @@ def stats(xg: np.ndarray):
     """min, max and signed absmax (first on ties) along the last axis."""
     mn = xg.min(axis=-1)
     mx = xg.max(axis=-1)
+    # a zero minimum is -0.0 exactly when the group holds -0.0 and no +0.0 (the Q4_1
+    # rule of csrc/api.c; NumPy's own choice is unspecified when both are present)
+    zero = xg == 0
+    neg = np.signbit(xg)
+    neg_zero_min = (mn == 0) & (zero & neg).any(axis=-1) & ~(zero & ~neg).any(axis=-1)
+    mn = np.where(mn == 0, np.where(neg_zero_min, F32(-0.0), F32(0.0)), mn).astype(xg.dtype)
     idx = np.abs(xg).argmax(axis=-1)
     amax_signed = np.take_along_axis(xg, idx[..., None], axis=-1)[..., 0]
     return mn, mx, amax_signed
@@ -149,8 +163,15 @@ def params_from_stats(kind: int, mn, mx, amax_signed) -> Params:
         bad = ~(np.abs(idv) < np.inf)
         d = np.where(bad, F32(0), d).astype(F32)
         idv = np.where(bad, F32(0), idv).astype(F32)
-        if kind == MIN4:
-            m = np.where(m == 0, F32(0), m).astype(F32)
+        # keep d * (largest code) finite: the formats.h nudge for scales near FLT_MAX/reach
+        reach = F32({SYM8: 127, SYM4: 8, ASYM8: 255}.get(kind, 15))
+        big = np.isfinite(d) & (np.abs(d) * reach > F32(F32_MAX))
+        if np.any(big):
+            lim = F32(F32_MAX) / reach
+            while lim * reach > F32(F32_MAX):
+                lim = np.nextafter(lim, F32(0))
+            d = np.where(big, np.copysign(lim, d), d).astype(F32)
+            idv = np.where(big, F32(1) / np.where(big, d, F32(1)), idv).astype(F32)
         if kind in HAS_INT_ZERO:
             zf = round_away(-lo * idv)
             z = np.clip(zf, 0, QMAX[kind]).astype(np.int32)
@@ -198,6 +219,9 @@ def quantize(x, kind: int, group: int = 0, per_tensor: bool = False,
     if per_tensor:
         flat = x.reshape(1, -1)
         p = params_from_stats(kind, *stats(flat))
+        if kind == MIN4:  # per tensor, a zero minimum is stored as +0.0
+            p = p._replace(m=np.where(p.m == 0, F32(0), p.m).astype(F32)) if hasattr(p, "_replace") \
+                else Params(p.d, p.id, np.where(p.m == 0, F32(0), p.m).astype(F32), p.z)
         q[...] = codes(kind, flat, p).reshape(rows, cols)
         d, m, z = p.d.reshape(1, 1), p.m.reshape(1, 1), p.z.reshape(1, 1)
         group_cols = np.zeros((1, 1), dtype=np.int64)
@@ -219,11 +243,11 @@ def quantize(x, kind: int, group: int = 0, per_tensor: bool = False,
         m = np.concatenate(ms, axis=1)
         z = np.concatenate(zs, axis=1)
         group_cols = np.broadcast_to(np.arange(d.shape[1]) * g, d.shape)
-    if scale_f16:
-        over = (np.abs(d) > F16_MAX) | ((np.abs(m) > F16_MAX) if kind == MIN4 else False)
-        if np.any(over):
-            r, gi = np.argwhere(over)[0]
-            raise Float16Overflow(int(r), int(group_cols[r, gi]))
+    lim = F16_MAX if scale_f16 else F32_MAX
+    over = ~((np.abs(d) <= lim) & (np.abs(m) <= lim))
+    if np.any(over):
+        r, gi = np.argwhere(over)[0]
+        raise ScaleOverflow(int(r), int(group_cols[r, gi]))
     scales = _store(d, scale_f16)
     if kind in HAS_INT_ZERO:
         zeros = z.astype(np.uint8)

@@ -126,10 +126,6 @@ def test_negative_zero_blocks_bit_exact(fmt, isa):
     assert_matches_gguf(fmt, x)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: Q4_1 blocks whose minimum is -0.0 store m = +0.0 (formats.h canonicalizes "
-    "m), while gguf (and ggml-quants.c) store the float16 -0.0 (0x8000): the block "
-    "bytes are not bit-exact (values are the same)"))
 def test_q4_1_negative_zero_minimum_bit_exact(isa):
     pruned = np.arange(1, 33, dtype=np.float32) * (np.arange(32) % 2)  # 0 * x
     pruned[0] = -1.0 * 0.0  # what w * mask gives for a negative pruned weight

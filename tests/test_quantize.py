@@ -13,50 +13,13 @@ import pytest
 
 import oracle as O
 import quantcore
-from conftest import ISAS, SIMD_ISAS
+from conftest import SIMD_ISAS
 from helpers import (DISTRIBUTIONS, GRAN_IDS, GRANULARITIES, KIND_LIST, KINDS, SCALE_DTYPES,
-                     as_2d, assert_bits_equal, assert_quantized_equal, config_for,
-                     oracle_dequantize, roundtrip_bound, run_dequantize, run_oracle,
-                     run_quantize)
+                     as_2d, assert_bits_equal, assert_quantized_equal, check_against_oracle,
+                     config_for, roundtrip_bound, run_dequantize, run_oracle, run_quantize)
 from quantcore import QuantConfig
 
 FLT_MAX = float(np.finfo(np.float32).max)
-
-
-def check_against_oracle(x, kind, granularity="channel", group_size=None,
-                         scale_dtype="float32", roundtrip=True):
-    """Quantize x with quantcore and the oracle; codes, scales, zero points and the
-    dequantized values must agree bit for bit, and the round-trip error must stay
-    within half a step.  Returns (quantized, dequantized)."""
-    a = np.asarray(x)
-    rows, cols = int(np.prod(a.shape[:-1], dtype=np.int64)), a.shape[-1]
-    try:
-        want = run_oracle(x, kind, granularity, group_size, scale_dtype)
-    except O.Float16Overflow as e:
-        with pytest.raises(ValueError, match="float16") as info:
-            run_quantize(x, kind, granularity, group_size, scale_dtype)
-        assert f"row {e.row}, column {e.col}" in str(info.value)
-        return None, None
-    cfg = config_for(kind, granularity, group_size, scale_dtype)
-    if cfg is not None:
-        qt = quantcore.quantize(x, cfg)
-        got = as_2d(qt)
-        deq = qt.dequantize().reshape(rows, cols)
-    else:
-        got = run_quantize(x, kind, granularity, group_size, scale_dtype)
-        deq = run_dequantize(got, kind, rows, cols, granularity, group_size)
-    assert_quantized_equal(got, want)
-    assert_bits_equal(deq, oracle_dequantize(want, kind, rows, cols, granularity, group_size),
-                      "dequantized")
-    if roundtrip:
-        x32 = O.to_f32_2d(x)
-        err = np.abs(x32.astype(np.float64) - deq.astype(np.float64))
-        bound = roundtrip_bound(kind, x32, got, granularity, group_size)
-        worst = np.unravel_index(np.argmax(err - bound), err.shape)
-        assert np.all(err <= bound), (
-            f"round-trip error {err[worst]:.3g} > bound {bound[worst]:.3g} at {worst} "
-            f"(x={x32[worst]!r}, dequantized={deq[worst]!r})")
-    return got, deq
 
 
 # ---- the main grid: kind x granularity x scale dtype x ISA x awkward shape ---------------------
@@ -240,47 +203,33 @@ def test_denormals(kind, isa):
     check_against_oracle(h, k, "channel")
 
 
+MAX_RANGE_ROWS = [[FLT_MAX, 1.0, 2.0, -3.0],
+                  [-FLT_MAX, 3.0, 0.5, 0.0],
+                  [FLT_MAX / 2, -FLT_MAX / 2, 1.0, 2.0],
+                  [FLT_MAX * 0.99, -1e36, 1.0, 0.0],
+                  [FLT_MAX, -FLT_MAX, 1.0, 2.0]]  # hi - lo overflows float32
+
+
+@pytest.mark.parametrize("row", range(len(MAX_RANGE_ROWS)))
 @pytest.mark.parametrize("kind", KIND_LIST)
-def test_float32_max_range_codes(kind, isa):
-    """Values near float32's limits with float32 scales: codes and scales follow
-    the rules of formats.h (what the oracle reproduces) on every kernel set."""
-    rows = [[FLT_MAX, 1.0, 2.0, -3.0],
-            [-FLT_MAX, 3.0, 0.5, 0.0],
-            [FLT_MAX / 2, -FLT_MAX / 2, 1.0, 2.0],
-            [FLT_MAX * 0.99, -1e36, 1.0, 0.0]]
-    k = KINDS[kind]
-    if k != O.MIN4:  # min4: (x - min) overflows to inf and inf * 0 is NaN: no defined code
-        rows.append([FLT_MAX, -FLT_MAX, 1.0, 2.0])
-    x = np.array(rows, np.float32)
-    want = run_oracle(x, k, "channel")
-    assert_quantized_equal(run_quantize(x, k, "channel"), want)
+def test_float32_max_range_matches_oracle(kind, row, isa):
+    """Values near float32's limits with float32 scales follow the rules of
+    formats.h on every kernel set: codes and scales as the oracle computes them,
+    or a ValueError where the scale (or minimum) overflows float32 (asym8, asym4
+    and min4 with hi - lo beyond float32's max)."""
+    x = np.array([MAX_RANGE_ROWS[row]], np.float32)
+    check_against_oracle(x, KINDS[kind], "channel", None, "float32", roundtrip=False)
 
 
-_MAX_RANGE_XFAIL = {
-    "sym8": pytest.mark.xfail(strict=True, reason=(
-        "BUG: sym8 with float32 scales: d = FLT_MAX/127 rounds up, so d*127 "
-        "dequantizes FLT_MAX to inf")),
-    "asym8": pytest.mark.xfail(strict=True, reason=(
-        "BUG: asym8: hi - lo = FLT_MAX - (-FLT_MAX) overflows, scale inf, every "
-        "value of the group dequantizes to NaN")),
-    "asym4": pytest.mark.xfail(strict=True, reason=(
-        "BUG: asym4: hi - lo overflows float32, scale inf, dequantize gives NaN")),
-    "min4": pytest.mark.xfail(strict=True, reason=(
-        "BUG: min4 (Q4_1 rule, float32 scales, C API): max - min overflows, scale "
-        "inf, dequantize gives NaN; FLT_MAX alone dequantizes to inf")),
-}
 
 
-@pytest.mark.parametrize("kind", [pytest.param(k, marks=_MAX_RANGE_XFAIL.get(k, ()))
+@pytest.mark.parametrize("kind", [pytest.param(k)
                                   for k in KIND_LIST])
 def test_float32_max_range_is_finite_or_rejected(kind, isa):
     """Finite float32 input must either quantize to finite values within the
     round-trip bound, or be rejected with a ValueError; never inf or NaN."""
-    rows = [[FLT_MAX, 1.0, 2.0, -3.0],
-            [-FLT_MAX, 3.0, 0.5, 0.0],
-            [FLT_MAX, -FLT_MAX, 1.0, 2.0]]
     k = KINDS[kind]
-    for row in rows:
+    for row in MAX_RANGE_ROWS:
         x = np.array([row], np.float32)
         try:
             q = run_quantize(x, k, "channel", None, "float32")
@@ -323,10 +272,9 @@ def test_float16_minimum_overflow_raises(gran, isa):
         run_quantize(x, O.MIN4, *gran, "float16")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: qc_quantize per tensor checks only d against float16, not the Q4_1 minimum "
-    "m: the minimum is stored as -inf silently (api.c, per_tensor branch)"))
 def test_float16_minimum_overflow_raises_per_tensor(isa):
+    """Regression: per tensor, only d was checked against float16, and the Q4_1
+    minimum was stored as -inf silently."""
     x = np.full((2, 64), -70000.0, np.float32)
     x[0, 0] = -69999.0
     with pytest.raises(ValueError, match="float16"):
@@ -466,12 +414,11 @@ def test_thread_counts_give_identical_bytes(cfg_name, large_values, threads, isa
         assert_quantized_equal(as_2d(results[0][0]), run_oracle(large_values, O.SYM4, "group", 16))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: with several threads the NaN/Inf error location is not the first one: a "
-    "thread that found an error makes the others skip their remaining rows, so "
-    "which of two bad rows is reported depends on timing (api.c qc_quantize: "
-    "'if (!buf || st != QC_OK) continue;' defeats record_error's smallest-(row, col))"))
-def test_nonfinite_location_independent_of_threads(large_values, threads):
+@pytest.mark.parametrize("cfg", [QuantConfig.int8(), QuantConfig.int8(granularity="tensor"),
+                                 QuantConfig.int4()], ids=["channel", "tensor", "g32"])
+def test_nonfinite_location_independent_of_threads(cfg, large_values, threads):
+    """Regression: a thread that found an error made the others skip their
+    remaining rows, so which of two bad rows was reported depended on timing."""
     x = large_values.copy()
     x[255, 4095] = np.nan  # the last element of the first thread's rows (2 threads)
     x[256, 0] = np.inf     # the first element of the second thread's rows
@@ -479,7 +426,7 @@ def test_nonfinite_location_independent_of_threads(large_values, threads):
     seen = set()
     for _ in range(20):
         with pytest.raises(ValueError, match="NaN or Inf") as info:
-            quantcore.quantize(x)
+            quantcore.quantize(x, cfg)
         seen.add(str(info.value))
     assert seen == {"array contains NaN or Inf at row 255, column 4095; "
                     "quantization needs finite values"}, seen

@@ -25,7 +25,7 @@ def num_groups(int64_t cols, int64_t group):
     return qc_num_groups(cols, group)
 
 
-def _as_kernel_input(a, str what):
+cdef _as_kernel_input(a, str what):
     """A 2-D float16/32/64 array in native byte order with aligned strides."""
     if not isinstance(a, np.ndarray):
         raise TypeError(f"{what} must be a numpy array, got {type(a).__name__}")
@@ -36,8 +36,9 @@ def _as_kernel_input(a, str what):
         raise TypeError(f"{what} must have dtype float16, float32 or float64, got {dt}")
     if not dt.isnative:
         a = a.astype(dt.newbyteorder("="))
-    isz = a.dtype.itemsize
-    if (a.ctypes.data % isz) or (a.strides[0] % isz) or (a.strides[1] % isz):
+    cdef Py_ssize_t isz = a.dtype.itemsize
+    cdef size_t addr = <size_t>cnp.PyArray_DATA(<cnp.ndarray>a)
+    if (addr % isz) or (a.strides[0] % isz) or (a.strides[1] % isz):
         a = np.ascontiguousarray(a)
     return a
 

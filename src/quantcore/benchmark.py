@@ -18,7 +18,8 @@ NumPy and gguf run elementwise work on one thread whatever the thread count.
 
 Timing: one warmup call, then ``repeats`` samples; the median is reported.  A
 call shorter than 1 ms is repeated inside a sample (like ``timeit``), and slow
-peers stop after about a second of samples (at least one).  GB/s counts the
+calls stop sampling after a time budget (half a second for peers; at least one
+sample).  GB/s counts the
 float32 side of the op: the input of ``quantize``, the output of ``dequantize``.
 ``dequantize`` writes into a preallocated float32 buffer for quantcore and the
 NumPy baseline (``out=``), as a steady-state caller would; gguf's API allocates.
@@ -111,6 +112,7 @@ QUICK_SHAPES: Tuple[Tuple[int, int], ...] = (SIZE_CLASSES["L2"], (1024, 4096))
 DEFAULT_REPEATS = 5
 QUICK_REPEATS = 3
 PEER_BUDGET_S = 0.5       # a slow peer stops sampling after this much time (>= 1 sample)
+QC_BUDGET_S = 2.0         # the same for quantcore (matters for QUANTCORE_ISA=scalar)
 MIN_SAMPLE_S = 1e-3       # shorter calls are repeated inside one sample
 
 # The single-thread figures the project aims at (SPEC.md, "Figures to reach").
@@ -396,11 +398,13 @@ class Case:
     :class:`Prepared` (or raises NotImplementedError to skip that pair);
     `grid(ctx)` lists the (config_name, shape) pairs to run (default: every
     selected config on every selected shape).  `peers` names the peer columns
-    of its table, in order; `bytes_label` says what GB/s counts."""
+    of its table, in order; `bytes_label` says what GB/s counts; `flops`
+    adds a GFLOP/s column."""
     op: str
     prepare: Callable[["BenchContext", str, Tuple[int, ...]], Prepared]
     peers: Tuple[str, ...] = ("numpy",)
     bytes_label: str = ""
+    flops: bool = False
     grid: Optional[Callable[["BenchContext"], Iterable[Tuple[str, Tuple[int, ...]]]]] = None
     description: str = ""
 
@@ -415,10 +419,23 @@ CASES: Dict[str, Case] = {}
 
 
 def register_case(op: str, *, peers: Sequence[str] = ("numpy",), bytes_label: str = "",
-                  grid: Optional[Callable] = None, description: str = "") -> Callable:
-    """Decorator: register ``prepare(ctx, config_name, shape) -> Prepared`` as the case `op`."""
+                  flops: bool = False, grid: Optional[Callable] = None,
+                  description: str = "") -> Callable:
+    """Decorator: register ``prepare(ctx, config_name, shape) -> Prepared`` as the case `op`.
+
+    A matmul case, for instance::
+
+        @register_case("matmul", peers=("numpy", "torch"), bytes_label="GB/s of weights",
+                       flops=True, grid=lambda ctx: [(c, (m, k, n)) for ...])
+        def _prepare_matmul(ctx, config, shape):
+            m, k, n = shape
+            layer = QuantizedLinear.from_linear(ctx.weights((n, k)), config=ctx.config(config))
+            x = ctx.weights((m, k)); out = np.empty((m, n), np.float32)
+            return Prepared(lambda: layer.forward(x, out=out), nbytes=layer.nbytes,
+                            flops=2 * m * k * n, peers=[Peer("numpy", ...), ...])
+    """
     def deco(prepare: Callable) -> Callable:
-        CASES[op] = Case(op, prepare, tuple(peers), bytes_label, grid,
+        CASES[op] = Case(op, prepare, tuple(peers), bytes_label, flops, grid,
                          description or (prepare.__doc__ or "").strip().split("\n")[0])
         return prepare
     return deco
@@ -458,10 +475,8 @@ class BenchContext:
             self.notes.append(text)
 
     def kept_or(self, key: Hashable, make: Callable[[], Any]) -> Any:
-        """The result kept under `key` by an earlier case, else ``make()``."""
-        if key not in self.kept:
-            self.kept[key] = make()
-        return self.kept[key]
+        """The result kept under `key` by an earlier case (handed over once), else ``make()``."""
+        return self.kept.pop(key) if key in self.kept else make()
 
 
 @dataclass
@@ -519,7 +534,7 @@ def _run_case(ctx: BenchContext, case: Case, config: str, shape: Tuple[int, ...]
     except NotImplementedError as e:
         ctx.note(f"{case.op} {config} {format_shape(shape)} skipped: {e}")
         return None
-    timing, out = measure(prep.fn, ctx.repeats, ctx.warmup)
+    timing, out = measure(prep.fn, ctx.repeats, ctx.warmup, budget_s=QC_BUDGET_S)
     if prep.keep_key is not None:
         ctx.kept[prep.keep_key] = out
     peers: Dict[str, dict] = {}
@@ -527,8 +542,10 @@ def _run_case(ctx: BenchContext, case: Case, config: str, shape: Tuple[int, ...]
     for p in prep.peers:
         if p.fn is None:
             peers[p.name] = {"timing": None, "note": p.note}
+            if p.note and p.note != "not installed":
+                ctx.note(f"{p.name} n/a: {p.note}")
             continue
-        if p.key is not None and p.key in ctx.peer_timings and not (p.keep and p.key not in ctx.kept):
+        if p.key is not None and p.key in ctx.peer_timings:
             peers[p.name] = {"timing": ctx.peer_timings[p.key], "note": p.note}
             continue
         t, pout = measure(p.fn, ctx.repeats, ctx.warmup, budget_s=ctx.peer_budget_s)
@@ -560,7 +577,7 @@ def _gguf_peer(ctx: BenchContext, op: str, config: str, shape: Tuple[int, int],
     if gguf is None:
         return Peer("gguf", note="not installed")
     if shape[-1] % 32:
-        return Peer("gguf", note="K % 32 != 0")
+        return Peer("gguf", note="gguf needs in_features % 32 == 0")
     return Peer("gguf", make_fn(gguf, _gguf_type(gguf, config)),
                 key=("gguf", op, config, tuple(shape)), keep=keep)
 
@@ -709,7 +726,7 @@ def run_targets(repeats: int = DEFAULT_REPEATS, warmup: int = 1,
     try:
         for name in TARGET_CONFIGS:
             cfg = CONFIGS[name]
-            t, _ = measure(lambda: qc.quantize(w, cfg), repeats, warmup)
+            t, _ = measure(lambda: qc.quantize(w, cfg), repeats, warmup, budget_s=QC_BUDGET_S)
             gtype = GGUF_NEAREST[name]
             gms, note = None, ""
             if gguf is None:
@@ -747,6 +764,7 @@ class _Table:
     """A fixed-width table printed row by row (rows appear as they are measured)."""
 
     def __init__(self, case: Case, results_have_flops: bool = False):
+        results_have_flops = results_have_flops or case.flops
         self.case = case
         cols = [("op", 10, "<"), ("config", 8, "<"), ("shape", 11, "<"),
                 ("quantcore ms", 12, ">"), ("GB/s", 7, ">")]
@@ -852,24 +870,31 @@ def plot_speedups(results: Sequence[Result], path: str) -> None:
         for p in r.peers:
             if r.peers[p].get("timing") is not None and p not in peers:
                 peers.append(p)
-    labels = [f"{r.op} {r.config} {format_shape(r.shape)}" for r in rows]
-    x = np.arange(len(rows))
+    ops = list(dict.fromkeys(r.op for r in rows))
     width = 0.8 / len(peers)
-    fig, ax = plt.subplots(figsize=(max(8.0, 0.45 * len(rows) + 2), 5.5))
-    for i, p in enumerate(peers):
-        vals = [r.speedup(p) for r in rows]
-        ax.bar(x + (i - (len(peers) - 1) / 2) * width, [v if math.isfinite(v) else 0 for v in vals],
-               width, label=f"vs {p}")
-    ax.axhline(1.0, color="black", linewidth=0.8)
-    ax.set_yscale("log")
-    ax.set_ylabel("speedup of quantcore (x, log scale)")
-    ax.set_xticks(x)
-    ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=8)
+    most = max(sum(r.op == op for r in rows) for op in ops)
+    fig, axes = plt.subplots(len(ops), 1, squeeze=False,
+                             figsize=(max(8.0, 0.42 * most + 2), 3.6 * len(ops) + 0.6))
     threads = rows[0].threads
-    ax.set_title(f"quantcore {qc.__version__} speedup over peers ({threads} thread"
-                 f"{'s' if threads != 1 else ''}, median of repeats)")
-    ax.legend()
-    ax.grid(axis="y", which="both", alpha=0.3)
+    for ax, op in zip(axes[:, 0], ops):
+        sub = [r for r in rows if r.op == op]
+        x = np.arange(len(sub))
+        for i, p in enumerate(peers):
+            vals = [r.speedup(p) for r in sub]
+            ax.bar(x + (i - (len(peers) - 1) / 2) * width,
+                   [v if math.isfinite(v) else 0 for v in vals], width, label=f"vs {p}",
+                   color=f"C{i}")
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_yscale("log")
+        ax.set_ylabel("speedup (x, log)")
+        ax.set_title(f"{op}", loc="left", fontsize=10)
+        ax.set_xticks(x)
+        ax.set_xticklabels([f"{r.config}\n{format_shape(r.shape)}" for r in sub], fontsize=7)
+        ax.grid(axis="y", which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"quantcore {qc.__version__}: speedup over peers, same run ({threads} thread"
+                 f"{'s' if threads != 1 else ''}; NumPy and gguf on one; median of repeats)",
+                 fontsize=10)
     fig.tight_layout()
     try:
         fig.savefig(path, dpi=120)
@@ -938,12 +963,10 @@ def bench(*, shapes: Optional[Sequence[Tuple[int, ...]]] = None, configs: Option
         say(f"load average {load:.2f} on {ncpu} cores" +
             (": other work is running, timings will be noisy" if busy else ""))
     tables: Dict[str, _Table] = {}
-    state = {"first": True}
 
     def start(case: Case) -> None:
         tables[case.op] = _Table(case)
         say("")
-        state["first"] = False
         say(tables[case.op].header())
 
     def row(case: Case, r: Optional[Result]) -> None:
@@ -953,8 +976,9 @@ def bench(*, shapes: Optional[Sequence[Tuple[int, ...]]] = None, configs: Option
     t0 = time.perf_counter()
     results, ctx = run(ops, configs, shapes, threads, repeats, on_result=row, on_case_start=start)
     say("")
-    say("speedup = peer ms / quantcore ms (same input, same run); NumPy and gguf run on one "
-        "thread; '= gguf': dequantize(quantize(w)) bit-identical to gguf's reference")
+    say("speedup = peer ms / quantcore ms (same input, same run); NumPy and gguf run on one thread")
+    if any("gguf" in CASES[op].peers for op in ops):
+        say("= gguf: dequantize(quantize(w)) bit-identical to gguf's reference")
     for n in ctx.notes:
         say(f"note: {n}")
     tres: List[TargetResult] = []

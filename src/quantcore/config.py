@@ -126,8 +126,11 @@ class QuantConfig:
         return cls(**{"bits": 8, **kw})
 
     @classmethod
-    def int4(cls, group_size: int = 32, **kw: Any) -> "QuantConfig":
-        """int4, one scale per group of `group_size` along each row, symmetric."""
+    def int4(cls, group_size: Optional[int] = 32, **kw: Any) -> "QuantConfig":
+        """int4, one scale per group of `group_size` along each row, symmetric
+        (``granularity="channel"`` or ``"tensor"`` drops the group size)."""
+        if kw.get("granularity") in ("channel", "tensor"):
+            group_size = None
         return cls(**{"bits": 4, "group_size": group_size, **kw})
 
     @classmethod

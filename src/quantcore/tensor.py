@@ -108,27 +108,36 @@ class QuantizedTensor:
         srows, sng = (1, 1) if per_tensor else (rows, ng)
         sdt = np.dtype(config.scale_dtype)
 
-        def take(arr, what, dt, want):
+        lead = shape[:-1]
+        if per_tensor:
+            pshape = ()
+        elif config.granularity == "channel":
+            pshape = lead
+        else:
+            pshape = lead + (sng,)
+
+        def take(arr, what, dt, want, public):
             if not isinstance(arr, np.ndarray):
                 raise TypeError(f"{what} must be a numpy array, got {type(arr).__name__}")
             if arr.dtype != dt:
                 raise TypeError(f"{what} must have dtype {dt}, got {arr.dtype}")
-            if arr.size != want[0] * want[1]:
-                raise ValueError(f"{what} must hold {want[0] * want[1]} values for shape {shape} "
-                                 f"and {config!r}, got shape {arr.shape}")
+            if arr.shape not in (tuple(want), tuple(public)):
+                raise ValueError(f"{what} must have shape {tuple(public)} (or {tuple(want)}) for "
+                                 f"shape {shape} and {config!r}, got {arr.shape}")
             return np.array(arr, dtype=dt, order="C").reshape(want)
 
+        rb = _ext.row_bytes(kind, k)
         data = take(data, "data", np.dtype(np.int8 if kind == _ext.KIND_SYM8 else np.uint8),
-                    (rows, _ext.row_bytes(kind, k)))
-        scales = take(scales, "scales", sdt, (srows, sng))
+                    (rows, rb), lead + (rb,))
+        scales = take(scales, "scales", sdt, (srows, sng), pshape)
         if not np.all(np.isfinite(scales)):
             raise ValueError("scales must be finite")
         if kind in (_ext.KIND_ASYM8, _ext.KIND_ASYM4):
-            zeros = take(zero_points, "zero_points", np.dtype(np.uint8), (srows, sng))
+            zeros = take(zero_points, "zero_points", np.dtype(np.uint8), (srows, sng), pshape)
             if kind == _ext.KIND_ASYM4 and np.any(zeros > 15):
                 raise ValueError("zero_points must lie in [0, 15] for 4-bit formats")
         elif kind == _ext.KIND_MIN4:
-            zeros = take(zero_points, "zero_points", sdt, (srows, sng))
+            zeros = take(zero_points, "zero_points", sdt, (srows, sng), pshape)
             if not np.all(np.isfinite(zeros)):
                 raise ValueError("zero_points must be finite")
         else:
@@ -322,13 +331,18 @@ def pack_int4(values: Any) -> np.ndarray:
     else:
         signed = bool(v.size) and int(v.min()) < 0
         lo, hi = (-8, 7) if signed else (0, 15)
-        if v.size and (int(v.min()) < lo or int(v.max()) > hi):
-            bad = v.min() if int(v.min()) < lo else v.max()
-            raise ValueError(f"values must lie in [{lo}, {hi}] (int4) or [0, 15] (uint4), found {bad}")
+        bad = np.flatnonzero((v < lo) | (v > hi)) if v.size else ()
+        if len(bad):
+            where = np.unravel_index(bad[0], v.shape)
+            raise ValueError(f"values must lie in [-8, 7] (signed int4) or [0, 15] (unsigned int4); "
+                             f"found {v[where]} at index {tuple(int(i) for i in where)}")
         v = v.astype(np.int8 if signed else np.uint8)
     n = v.shape[-1]
+    oshape = v.shape[:-1] + ((n + 1) // 2,)
+    if v.size == 0:
+        return np.zeros(oshape, np.uint8)
     out = _ext.pack_int4_2d(v.reshape(-1, n), signed)
-    return out.reshape(v.shape[:-1] + ((n + 1) // 2,))
+    return out.reshape(oshape)
 
 
 def unpack_int4(packed: Any, n: int, signed: bool = False) -> np.ndarray:
@@ -345,5 +359,8 @@ def unpack_int4(packed: Any, n: int, signed: bool = False) -> np.ndarray:
     n = int(n)
     if p.shape[-1] != (n + 1) // 2:
         raise ValueError(f"packed has {p.shape[-1]} bytes in its last axis; n={n} needs {(n + 1) // 2}")
+    oshape = p.shape[:-1] + (n,)
+    if p.size == 0 or n == 0:
+        return np.zeros(oshape, np.int8 if signed else np.uint8)
     out = _ext.unpack_int4_2d(p.reshape(-1, p.shape[-1]), n, bool(signed))
-    return out.reshape(p.shape[:-1] + (n,))
+    return out.reshape(oshape)
