@@ -385,3 +385,19 @@ qc_status qc_unpack_int4(const uint8_t *src, int64_t rows, int64_t cols, int is_
         k->unpack_int4(src + r * rb, cols, is_signed, dst + r * cols);
     return QC_OK;
 }
+
+uint64_t qc_read_probe(const void *p, size_t bytes) {
+    const uint64_t *w = (const uint64_t *)p;
+    const int64_t n = (int64_t)(bytes / 64);
+    uint64_t acc = 0;
+    int nt = threads_for((int64_t)bytes);
+    QC_UNUSED_NT(nt);
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(nt) reduction(^ : acc)
+#endif
+    for (int64_t i = 0; i < n; i++) { /* one cache line per step; xor keeps every load */
+        const uint64_t *l = w + 8 * i;
+        acc ^= l[0] ^ l[1] ^ l[2] ^ l[3] ^ l[4] ^ l[5] ^ l[6] ^ l[7];
+    }
+    return acc;
+}

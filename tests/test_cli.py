@@ -80,9 +80,16 @@ def test_bench_json(tmp_path):
     assert d["quantcore"]["version"] == quantcore.__version__
     assert d["date"][:2] == "20"
     assert d["settings"]["shapes"] == [[64, 256]]
-    rows = d["results"]
+    rows = [r for r in d["results"] if r["op"] != "linear"]
     assert {(r["op"], r["config"]) for r in rows} == {
         (op, c) for op in ("quantize", "dequantize") for c in ("int8", "q4_0")}
+    lin = [r for r in d["results"] if r["op"] == "linear"]
+    # --shapes 64x256 is (N, K) for the linear layers; --quick runs M in {1, 32}
+    assert {tuple(r["shape"]) for r in lin} == {(1, 256, 64), (32, 256, 64)}
+    for r in lin:
+        assert r["gflops"] > 0 and r["peers"]["numpy"]["ms"] > 0
+        assert r["checks"]["kernel"].startswith(("gemv_", "gemm_"))
+        assert r["checks"].get("max_rel_err_vs_float32", 0.0) < 0.05
     for r in rows:
         assert r["shape"] == [64, 256] and r["ms"] > 0 and r["gbps"] > 0
         assert r["peers"]["numpy"]["ms"] > 0 and r["peers"]["numpy"]["speedup"] > 0

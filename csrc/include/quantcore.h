@@ -153,6 +153,10 @@ int qc_linear_uses_gemm(const qc_qweight *w, int64_t m, qc_compute mode);
 /* Rows of x from which the GEMM path is taken (where the ISA has one). */
 #define QC_GEMM_MIN_M 8
 
+/* Read `bytes` (a multiple of 64, 8-byte aligned) with all kernel threads and
+ * return a checksum: the benchmark's probe of the memory bandwidth. */
+uint64_t qc_read_probe(const void *p, size_t bytes);
+
 /* Runtime: CPU features, kernel set, threads. */
 uint32_t qc_cpu_features(void);
 int qc_isa_compiled(qc_isa isa);

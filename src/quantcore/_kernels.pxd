@@ -1,7 +1,7 @@
 # Declarations of quantcore's C API (csrc/include/quantcore.h) for Cython.
 # Another Cython package can `cimport quantcore._kernels` and call the kernels
 # directly, without the GIL; see quantcore.get_include() for the header.
-from libc.stdint cimport int64_t, uint8_t, uint32_t
+from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 
 cdef extern from "quantcore.h" nogil:
     ctypedef enum qc_status:
@@ -58,6 +58,7 @@ cdef extern from "quantcore.h" nogil:
     qc_status qc_unpack_int4(const uint8_t *src, int64_t rows, int64_t cols, int is_signed,
                              uint8_t *dst)
 
+    uint64_t qc_read_probe(const void *p, size_t bytes)
     uint32_t qc_cpu_features()
     int qc_isa_compiled(qc_isa isa)
     int qc_isa_supported(qc_isa isa)

@@ -73,3 +73,16 @@ def has_openmp():
 
 def build_flags():
     return qc_build_flags().decode()
+
+
+def read_probe(buf):
+    """Read a C-contiguous array of >= 64 bytes with all kernel threads (the
+    benchmark's memory-bandwidth probe); returns a checksum."""
+    if not isinstance(buf, np.ndarray) or not buf.flags.c_contiguous:
+        raise TypeError("buf must be a C-contiguous numpy array")
+    cdef size_t nbytes = buf.nbytes // 64 * 64
+    cdef const void *p = cnp.PyArray_DATA(<cnp.ndarray>buf)
+    cdef uint64_t r
+    with nogil:
+        r = qc_read_probe(p, nbytes)
+    return r

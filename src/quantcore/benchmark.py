@@ -109,6 +109,7 @@ DEFAULT_SHAPES: Tuple[Tuple[int, int], ...] = (
     SIZE_CLASSES["L2"], (4096, 4096), (14336, 4096), (4096, 14336))
 QUICK_SHAPES: Tuple[Tuple[int, int], ...] = (SIZE_CLASSES["L2"], (1024, 4096))
 
+DEFAULT_OPS = ("quantize", "dequantize", "linear")
 DEFAULT_REPEATS = 5
 QUICK_REPEATS = 3
 PEER_BUDGET_S = 0.5       # a slow peer stops sampling after this much time (>= 1 sample)
@@ -447,7 +448,8 @@ class BenchContext:
 
     def __init__(self, shapes: Sequence[Tuple[int, ...]], configs: Sequence[str],
                  threads: int, repeats: int = DEFAULT_REPEATS, warmup: int = 1,
-                 peer_budget_s: float = PEER_BUDGET_S):
+                 peer_budget_s: float = PEER_BUDGET_S, quick: bool = False):
+        self.quick = quick
         self.shapes = [tuple(s) for s in shapes]
         self.configs = list(configs)
         self.threads = threads
@@ -774,6 +776,9 @@ class _Table:
             cols += [(f"{p} ms", 9, ">"), ("speedup", 8, ">")]
         if "gguf" in case.peers:
             cols.append(("= gguf", 6, ">"))
+        self.bw = getattr(case, "show_bw", False)
+        if self.bw:
+            cols.insert(6 if results_have_flops else 5, ("%bw", 4, ">"))
         self.cols = cols
         self.flops = results_have_flops
 
@@ -789,6 +794,9 @@ class _Table:
         cells = [r.op, r.config, format_shape(r.shape), _fmt_ms(r.ms), _fmt(r.gbps, ".2f")]
         if self.flops:
             cells.append(_fmt(r.gflops, ".1f"))
+        if self.bw:
+            bw = r.checks.get("bandwidth_gbps")
+            cells.append(f"{100 * r.gbps / bw:.0f}%" if bw else "")
         for p in self.case.peers:
             info = r.peers.get(p, {})
             t = info.get("timing")
@@ -942,12 +950,15 @@ def bench(*, shapes: Optional[Sequence[Tuple[int, ...]]] = None, configs: Option
         _check_writable(plot_path, "--plot")
     if json_path is not None:
         _check_writable(json_path, "--json")
+    custom_shapes = bool(shapes)
     shapes = list(shapes) if shapes else list(QUICK_SHAPES if quick else DEFAULT_SHAPES)
     configs = list(configs) if configs else list(CONFIGS)
-    ops = list(ops) if ops else ["quantize", "dequantize"]
+    ops = list(ops) if ops else list(DEFAULT_OPS)
     _check_names(ops, configs)
     repeats = repeats or (QUICK_REPEATS if quick else DEFAULT_REPEATS)
     nthreads = threads or qc.get_num_threads()
+    ctx = BenchContext(shapes, configs, nthreads, repeats, 1, quick=quick)
+    ctx.custom_shapes = custom_shapes  # --shapes also sets the linear layers' (N, K)
 
     def say(text: str = "") -> None:
         print(text, file=stream, flush=True)
@@ -974,9 +985,20 @@ def bench(*, shapes: Optional[Sequence[Tuple[int, ...]]] = None, configs: Option
             say(tables[case.op].row(r))
 
     t0 = time.perf_counter()
-    results, ctx = run(ops, configs, shapes, threads, repeats, on_result=row, on_case_start=start)
+    try:
+        with bench_linear.blas_threads(nthreads):
+            results, ctx = run(ops, configs, shapes, threads, repeats, on_result=row,
+                               on_case_start=start, ctx=ctx)
+    finally:
+        bench_linear.clear()
     say("")
-    say("speedup = peer ms / quantcore ms (same input, same run); NumPy and gguf run on one thread")
+    say("speedup = peer ms / quantcore ms (same input, same run); NumPy quantize/dequantize and "
+        "gguf run on one thread")
+    if "linear" in ops:
+        say(f"linear: NumPy matmul, PyTorch and ONNX Runtime run at {nthreads} thread(s) like "
+            f"quantcore" + ("" if bench_linear.have_threadpoolctl()
+                            else " (NumPy's BLAS unpinned: threadpoolctl not installed)"))
+        say(bench_linear.LINEAR_NOTE)
     if any("gguf" in CASES[op].peers for op in ops):
         say("= gguf: dequantize(quantize(w)) bit-identical to gguf's reference")
     for n in ctx.notes:
@@ -1003,3 +1025,7 @@ def bench(*, shapes: Optional[Sequence[Tuple[int, ...]]] = None, configs: Option
         plot_speedups(results, plot_path)
         say(f"wrote {plot_path}")
     return doc
+
+
+# The linear-layer case lives in its own module; importing it registers it.
+from quantcore import bench_linear  # noqa: E402,F401

@@ -78,10 +78,10 @@ def _add_bench(sub) -> None:
     # Names are checked by quantcore.benchmark (CASES, CONFIGS); the help lists
     # them without importing the package (tests/test_cli.py keeps them in step).
     configs = "int8, int4_g32, q8_0, q4_0, q4_1"
-    ops = "quantize, dequantize"
+    ops = "quantize, dequantize, linear"
     p = sub.add_parser(
         "bench", help="benchmark quantize/dequantize against NumPy and gguf",
-        description="Time quantize and dequantize on LLM weight shapes against a NumPy "
+        description="Time quantize, dequantize and QuantizedLinear forward on LLM shapes against a NumPy "
                     "implementation of the same rule and gguf's NumPy reference (when "
                     "installed), in one run at one thread count, then the single-thread "
                     "targets. Medians over repeats after a warmup.")
