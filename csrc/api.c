@@ -8,7 +8,7 @@
  */
 #include <stdlib.h>
 
-#include "kernels.h"
+#include "quantize_row.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -89,23 +89,6 @@ static const float *load_row(const qc_kernels *k, const char *src, qc_dtype dt, 
         }
     }
     return buf;
-}
-
-/* Q4_1 stores the group minimum.  When it is zero, its sign follows GGUF's
- * reference wherever that is deterministic: -0.0 when the group holds -0.0 and no
- * +0.0 (for instance a pruned negative weight among positive ones).  With both
- * zeros present NumPy's min (which gguf uses) depends on its SIMD reduction order;
- * quantcore then stores +0.0. */
-static int min_is_negative_zero(const float *x, int64_t n) {
-    int neg = 0;
-    for (int64_t i = 0; i < n; i++) {
-        uint32_t b;
-        memcpy(&b, &x[i], 4);
-        if (b == 0u)
-            return 0;
-        neg |= b == 0x80000000u;
-    }
-    return neg;
 }
 
 /* First non-finite element of x, for the error report. */
@@ -208,7 +191,6 @@ qc_status qc_quantize(const qc_qdesc *desc, const void *src, qc_dtype src_dtype,
     const int64_t group = desc->per_tensor || desc->group <= 0 || desc->group > cols ? cols : desc->group;
     const int64_t ngroups = desc->per_tensor ? 1 : qc_num_groups(cols, group);
     const int64_t rbytes = qc_row_bytes(kind, cols);
-    const int four = QC_KINDS[kind].bits == 4;
     const char *base = (const char *)src;
 
     qc_qparams tensor_p;
@@ -238,47 +220,58 @@ qc_status qc_quantize(const qc_qdesc *desc, const void *src, qc_dtype src_dtype,
 #pragma omp parallel num_threads(nt)
 #endif
     {
+        /* per thread: a float32 row, and the parameters of one row's groups */
         float *buf = (float *)malloc((size_t)cols * sizeof(float));
-        if (!buf)
+        float *pd = (float *)malloc((size_t)ngroups * 2 * sizeof(float));
+        uint8_t *pz = (uint8_t *)malloc((size_t)ngroups);
+        if (!buf || !pd || !pz)
             record_error(&st, err, QC_ERR_NOMEM, -1, -1);
+        float *pm = pd ? pd + ngroups : NULL;
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
         for (int64_t r = 0; r < rows; r++) {
-            if (!buf)
+            if (!buf || !pd || !pz)
                 continue; /* no early exit on errors: the smallest (row, col) must win */
             const float *x = load_row(k, base, src_dtype, r, cols, row_stride, col_stride, buf);
             uint8_t *out = data + r * rbytes;
-            for (int64_t g = 0; g < ngroups; g++) {
-                int64_t c0 = g * group;
-                int64_t n = (c0 + group <= cols) ? group : cols - c0;
-                qc_qparams p;
-                if (desc->per_tensor) {
-                    p = tensor_p;
-                } else {
-                    qc_stats s;
-                    if (k->stats(x + c0, n, &s)) {
-                        record_error(&st, err, QC_ERR_NONFINITE, r, c0 + first_bad(x + c0, n));
-                        break;
-                    }
-                    if (kind == QC_MIN4 && s.min == 0.0f)
-                        s.min = min_is_negative_zero(x + c0, n) ? -0.0f : 0.0f;
-                    p = qc_params_from_stats(kind, &s);
-                    if (!params_fit(&p, desc->scale_dtype)) {
-                        record_error(&st, err, QC_ERR_OVERFLOW, r, c0);
-                        break;
-                    }
-                    int64_t gi = r * ngroups + g;
-                    store_scale(scales, gi, desc->scale_dtype, p.d);
-                    if (zkind == 1)
-                        ((uint8_t *)zeros)[gi] = (uint8_t)p.z;
-                    else if (zkind == 2)
-                        store_scale(zeros, gi, desc->scale_dtype, p.m);
-                }
-                k->quantize[kind](x + c0, n, &p, four ? out + c0 / 2 : out + c0);
+            if (desc->per_tensor) {
+                k->quantize[kind](x, cols, &tensor_p, out);
+                continue;
             }
+            int64_t bad = k->quantize_row[kind](x, cols, group, out, pd, pm, pz);
+            int64_t ndone = bad < 0 ? ngroups : bad / group; /* groups with parameters */
+            for (int64_t g = 0; g < ndone; g++) {
+                qc_qparams p = {pd[g], 0.0f, pm[g], 0};
+                if (!params_fit(&p, desc->scale_dtype)) {
+                    record_error(&st, err, QC_ERR_OVERFLOW, r, g * group);
+                    bad = -1;
+                    ndone = 0;
+                    break;
+                }
+            }
+            if (bad >= 0) {
+                int64_t n = cols - bad < group ? cols - bad : group;
+                record_error(&st, err, QC_ERR_NONFINITE, r, bad + first_bad(x + bad, n));
+            }
+            if (ndone < ngroups)
+                continue; /* the row failed: nothing to store */
+            const int64_t gi = r * ngroups;
+            if (desc->scale_dtype == QC_F16) {
+                k->store_f16(pd, ngroups, (uint16_t *)scales + gi);
+                if (zkind == 2)
+                    k->store_f16(pm, ngroups, (uint16_t *)zeros + gi);
+            } else {
+                memcpy((float *)scales + gi, pd, (size_t)ngroups * sizeof(float));
+                if (zkind == 2)
+                    memcpy((float *)zeros + gi, pm, (size_t)ngroups * sizeof(float));
+            }
+            if (zkind == 1)
+                memcpy((uint8_t *)zeros + gi, pz, (size_t)ngroups);
         }
         free(buf);
+        free(pd);
+        free(pz);
     }
     return st;
 }

@@ -94,11 +94,13 @@ static void fill(qc_isa isa) {
     QC_FILL(load_f16)
     QC_FILL(load_f64)
     QC_FILL(stats)
+    QC_FILL(store_f16)
     QC_FILL(pack_int4)
     QC_FILL(unpack_int4)
     for (int i = 0; i < QC_NUM_KINDS; i++) {
         QC_FILL(quantize[i])
         QC_FILL(dequantize[i])
+        QC_FILL(quantize_row[i])
     }
     active_tables[isa] = k;
 

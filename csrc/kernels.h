@@ -23,6 +23,11 @@ typedef int (*qc_stats_fn)(const float *x, int64_t n, qc_stats *s);
 typedef void (*qc_quantize_fn)(const float *x, int64_t n, const qc_qparams *p, uint8_t *dst);
 /* Inverse of the above, with p->d the stored scale. */
 typedef void (*qc_dequantize_fn)(const uint8_t *src, int64_t n, const qc_qparams *p, float *dst);
+/* Quantize a whole row group by group (see quantize_row.h). */
+typedef int64_t (*qc_quantize_row_fn)(const float *x, int64_t n, int64_t group, uint8_t *dst,
+                                      float *d, float *m, uint8_t *z);
+/* float32 -> float16 (round to nearest even) for n values. */
+typedef void (*qc_store_f16_fn)(const float *src, int64_t n, uint16_t *dst);
 /* Pack n nibble values (already range-checked) into ceil(n/2) bytes, and back. */
 typedef void (*qc_pack4_fn)(const uint8_t *src, int64_t n, uint8_t *dst);
 typedef void (*qc_unpack4_fn)(const uint8_t *src, int64_t n, int is_signed, uint8_t *dst);
@@ -112,6 +117,8 @@ typedef struct {
     qc_stats_fn stats;
     qc_quantize_fn quantize[QC_NUM_KINDS];
     qc_dequantize_fn dequantize[QC_NUM_KINDS];
+    qc_quantize_row_fn quantize_row[QC_NUM_KINDS];
+    qc_store_f16_fn store_f16;
     qc_pack4_fn pack_int4;
     qc_unpack4_fn unpack_int4;
 } qc_kernels;

@@ -22,7 +22,7 @@
  * zero min or max included.  Results match the reference bit for bit
  * (tests/c/test_neon_vs_scalar.c, run under qemu-aarch64).
  */
-#include "../kernels.h"
+#include "../quantize_row.h"
 
 #if defined(QC_HAVE_NEON)
 #include <arm_neon.h>
@@ -278,6 +278,8 @@ QC_DEFINE_KIND_WRAPPERS(SYM4)
 QC_DEFINE_KIND_WRAPPERS(ASYM4)
 QC_DEFINE_KIND_WRAPPERS(MIN4)
 
+QC_DEFINE_QUANTIZE_ROW(neon, , stats_neon, quantize_neon)
+
 static void pack_int4_neon(const uint8_t *src, int64_t n, uint8_t *dst) {
     int64_t i = 0;
     for (; i + 32 <= n; i += 32) {
@@ -320,6 +322,7 @@ const qc_kernels qc_kernels_neon = {
                  quantize_ASYM4_neon, quantize_MIN4_neon},
     .dequantize = {dequantize_SYM8_neon, dequantize_ASYM8_neon, dequantize_SYM4_neon,
                    dequantize_ASYM4_neon, dequantize_MIN4_neon},
+    .quantize_row = QC_QUANTIZE_ROW_TABLE(neon),
     .pack_int4 = pack_int4_neon,
     .unpack_int4 = unpack_int4_neon,
 };

@@ -6,7 +6,7 @@
  * parameters), so the SIMD versions must agree bit for bit.  The formulas are
  * the ones in formats.h, written out one element at a time.
  */
-#include "../kernels.h"
+#include "../quantize_row.h"
 
 static void load_f16_scalar(const uint16_t *src, int64_t n, float *dst) {
     for (int64_t i = 0; i < n; i++)
@@ -125,6 +125,13 @@ QC_DEFINE_KIND_WRAPPERS(SYM4)
 QC_DEFINE_KIND_WRAPPERS(ASYM4)
 QC_DEFINE_KIND_WRAPPERS(MIN4)
 
+QC_DEFINE_QUANTIZE_ROW(scalar, , stats_scalar, qc_quantize_scalar)
+
+static void store_f16_scalar(const float *src, int64_t n, uint16_t *dst) {
+    for (int64_t i = 0; i < n; i++)
+        dst[i] = qc_fp32_to_fp16(src[i]);
+}
+
 static void pack_int4_scalar(const uint8_t *src, int64_t n, uint8_t *dst) {
     int64_t i = 0;
     for (; i + 1 < n; i += 2)
@@ -149,6 +156,8 @@ const qc_kernels qc_kernels_scalar = {
                  quantize_ASYM4_scalar, quantize_MIN4_scalar},
     .dequantize = {dequantize_SYM8_scalar, dequantize_ASYM8_scalar, dequantize_SYM4_scalar,
                    dequantize_ASYM4_scalar, dequantize_MIN4_scalar},
+    .quantize_row = QC_QUANTIZE_ROW_TABLE(scalar),
+    .store_f16 = store_f16_scalar,
     .pack_int4 = pack_int4_scalar,
     .unpack_int4 = unpack_int4_scalar,
 };

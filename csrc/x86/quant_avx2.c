@@ -11,6 +11,7 @@
  * Every function carries the target attribute; the file needs no -mavx2.
  */
 #include "avx2_common.h"
+#include "../quantize_row.h"
 
 #if defined(QC_HAVE_X86)
 
@@ -33,7 +34,7 @@ AVX2 static void load_f64_avx2(const double *src, int64_t n, float *dst) {
         dst[i] = (float)src[i];
 }
 
-AVX2 static int stats_avx2(const float *x, int64_t n, qc_stats *s) {
+AVX2 static inline int stats_avx2(const float *x, int64_t n, qc_stats *s) {
     if (n < 8) {
         return qc_kernels_scalar.stats(x, n, s);
     }
@@ -207,6 +208,17 @@ QC_DEFINE_KIND_WRAPPERS(SYM4)
 QC_DEFINE_KIND_WRAPPERS(ASYM4)
 QC_DEFINE_KIND_WRAPPERS(MIN4)
 
+QC_DEFINE_QUANTIZE_ROW(avx2, AVX2, stats_avx2, quantize_avx2)
+
+AVX2 static void store_f16_avx2(const float *src, int64_t n, uint16_t *dst) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(dst + i),
+                         _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+    for (; i < n; i++)
+        dst[i] = qc_fp32_to_fp16(src[i]);
+}
+
 AVX2 static void pack_int4_avx2(const uint8_t *src, int64_t n, uint8_t *dst) {
     int64_t i = 0;
     for (; i + 32 <= n; i += 32) {
@@ -241,6 +253,8 @@ const qc_kernels qc_kernels_avx2 = {
                  quantize_ASYM4_avx2, quantize_MIN4_avx2},
     .dequantize = {dequantize_SYM8_avx2, dequantize_ASYM8_avx2, dequantize_SYM4_avx2,
                    dequantize_ASYM4_avx2, dequantize_MIN4_avx2},
+    .quantize_row = QC_QUANTIZE_ROW_TABLE(avx2),
+    .store_f16 = store_f16_avx2,
     .pack_int4 = pack_int4_avx2,
     .unpack_int4 = unpack_int4_avx2,
 };
