@@ -39,6 +39,7 @@ C_SOURCES = [
     "csrc/ref/linear_scalar.c",
     "csrc/x86/quant_avx2.c",
     "csrc/x86/linear_avx2.c",
+    "csrc/x86/gemm_avx2.c",
     "csrc/arm/quant_neon.c",
 ]
 

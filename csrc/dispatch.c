@@ -111,6 +111,13 @@ static void fill(qc_isa isa) {
         QC_FILL_FROM(l, ls, gemv_f32[i])
         QC_FILL_FROM(l, ls, gemv_i8[i])
     }
+#ifdef QC_HAVE_X86
+    if (isa == QC_ISA_AVX2) /* the tiled GEMM kernels live in x86/gemm_avx2.c */
+        for (int i = 0; i < QC_NUM_KINDS; i++) {
+            l.gemm_f32[i] = qc_gemm_f32_avx2[i];
+            l.gemm_i8[i] = qc_gemm_i8_avx2[i];
+        }
+#endif
     active_linear[isa] = l;
 #undef QC_FILL
 #undef QC_FILL_FROM
