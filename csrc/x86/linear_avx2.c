@@ -209,6 +209,16 @@ AVX2 static inline float row_q4(qc_kind kind, int i8, const qc_wview *v, int64_t
     return hsum8(_mm256_add_ps(acc0, acc1)) + hsum8(corr) + tail;
 }
 
+/* The 32 code bytes of block b of an 8-bit row; a block the row ends inside goes
+ * through a zeroed copy, so nothing past the row is read. */
+AVX2 static inline __m256i load_q8(const uint8_t *row, int64_t rb, int64_t b) {
+    if ((b + 1) * 32 <= rb)
+        return _mm256_loadu_si256((const __m256i *)(row + b * 32));
+    uint8_t tmp[32] = {0};
+    memcpy(tmp, row + b * 32, (size_t)(rb - b * 32));
+    return _mm256_loadu_si256((const __m256i *)tmp);
+}
+
 /* One 8-bit block: (i8) int32 dot as float, or (f32) sum of q * x, 8 lanes. */
 AVX2 static inline __m256 block_q8(qc_kind kind, int i8, __m256i wv, const void *xa, int64_t b) {
     if (i8) {
@@ -255,16 +265,8 @@ AVX2 static inline float row_q8(qc_kind kind, int i8, const qc_wview *v, int64_t
             }
         }
         float tail = 0.0f, sx = 0.0f;
-        for (; b < nb; b++) {
-            uint8_t tmp[32] = {0};
-            const uint8_t *src = row + b * 32;
-            if ((b + 1) * 32 > rb) {
-                memcpy(tmp, src, (size_t)(rb - b * 32));
-                src = tmp;
-            }
-            __m256 f = block_q8(kind, i8, _mm256_loadu_si256((const __m256i *)src), xa, b);
-            tail += hsum8(f) * (i8 ? xd[b] : 1.0f);
-        }
+        for (; b < nb; b++)
+            tail += hsum8(block_q8(kind, i8, load_q8(row, rb, b), xa, b)) * (i8 ? xd[b] : 1.0f);
         if (c != 0.0f)
             for (int64_t j = 0; j < nb; j++)
                 sx += xs[j];
@@ -287,16 +289,10 @@ AVX2 static inline float row_q8(qc_kind kind, int i8, const qc_wview *v, int64_t
     }
     float tail = 0.0f;
     for (; b < nb; b++) {
-        uint8_t tmp[32] = {0};
-        const uint8_t *src = row + b * 32;
-        if ((b + 1) * 32 > rb) {
-            memcpy(tmp, src, (size_t)(rb - b * 32));
-            src = tmp;
-        }
         float d, c;
         qc_group_dc(v, qc_group_index(v, n, b), &d, &c);
         c += shift * d;
-        __m256 f = block_q8(kind, i8, _mm256_loadu_si256((const __m256i *)src), xa, b);
+        __m256 f = block_q8(kind, i8, load_q8(row, rb, b), xa, b);
         tail += d * hsum8(f) * (i8 ? xd[b] : 1.0f) + c * xs[b];
     }
     return hsum8(_mm256_add_ps(acc0, acc1)) + hsum8(corr) + tail;
