@@ -171,6 +171,7 @@ def _peers(ctx: BenchContext, cfg_name: str, m: int, k: int, n: int) -> List[Pee
                       key=("naive", "linear", cfg_name.split("/")[0], m, k, n, threads)))
     torch = _torch()
     if torch is None:
+        ctx.note("PyTorch not installed: its columns are empty (pip install 'quantcore[bench]')")
         peers += [Peer("torch", note="not installed"), Peer("torch_i8", note="not installed")]
     else:
         torch.set_num_threads(threads)
@@ -205,6 +206,8 @@ def _peers(ctx: BenchContext, cfg_name: str, m: int, k: int, n: int) -> List[Pee
     for acc in (0, 4):
         name = f"ort_a{acc}"
         if ort is None:
+            ctx.note("ONNX Runtime not installed: its columns are empty "
+                     "(pip install 'quantcore[bench]')")
             peers.append(Peer(name, note="not installed"))
             continue
         if k % 32:
