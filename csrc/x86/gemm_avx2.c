@@ -31,12 +31,15 @@
  *   K * eps of the scalar reference (which sums d * sum(q x) + c * sum(x)).
  * I8 family: integer dots per 32-block, then one float step per block; exact:
  *   4-bit: panels of uint8 codes [block][8 steps][half][lane][4 codes];
- *          vpmaddubsw(codes <= 15, 4 broadcast int8 activations |aq| <= 127):
+ *          vpmaddubsw(codes <= 15, 4 broadcast int8 activations |aq| <= 127)
+ *          (a step takes the even or the odd codes of 8, so that a panel is a
+ *          dword transpose and a nibble split; the activations follow):
  *          a pair <= 3810, the 8 steps of a block summed in int16 (<= 30480),
  *          then vpmaddwd(.., 1) to int32.  K tile 16 blocks.
  *   8-bit: panels of int16 codes [block][16 steps][half][lane][2 codes] (SYM8
- *          sign-extended, ASYM8 zero-extended, so its offset is c as is), the
- *          activations widened to int16 per M x K tile; vpmaddwd(codes, 2
+ *          sign-extended, ASYM8 zero-extended, so its offset is c as is; codes
+ *          0 2 / 1 3 of each 4 per step), the activations widened to int16 (in
+ *          that order) per M x K tile; vpmaddwd(codes, 2
  *          broadcast activations) + vpaddd, exact in int32.  (vpmaddubsw needs
  *          a vpmaddwd per step here anyway, as 8-bit pairs overflow int16; the
  *          int16 route saves the sign trick.)  K tile 16 blocks.
@@ -102,6 +105,9 @@
 #define I_KB8 16
 #endif
 #define I_MR_MAX 8
+#ifndef PF_PANELS
+#define PF_PANELS 2 /* panels of weights prefetched ahead */
+#endif
 #ifndef I_NC
 #define I_NC 256
 #endif
@@ -164,18 +170,38 @@ AVX2 static QC_INLINE void gather_block8(int bits8, const uint8_t *const rows[8]
     }
 }
 
-/* 8 float16/float32 values p[gi0 + i * stride] (i < nv; 0 beyond) as floats. */
+/* 8 float16/float32 values p[gi0 + i * stride] (i < nv; 0 beyond) as floats.
+ * Put together in registers: eight narrow stores and one wide load would stall
+ * on store forwarding, and these run once per group and panel half. */
 AVX2 static QC_INLINE __m256 gather8_f(const void *p, int f16, int64_t gi0, int64_t stride, int nv) {
     if (f16) {
-        uint16_t t[8] = {0};
-        for (int i = 0; i < nv; i++)
-            t[i] = ((const uint16_t *)p)[gi0 + i * stride];
-        return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)t));
+        const uint16_t *h = (const uint16_t *)p + gi0;
+        if (stride == 1 && nv == 8)
+            return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)h));
+        uint64_t lo = 0, hi = 0;
+        for (int i = 0; i < nv; i++) {
+            const uint64_t v = h[i * stride];
+            if (i < 4)
+                lo |= v << (16 * i);
+            else
+                hi |= v << (16 * (i - 4));
+        }
+        return _mm256_cvtph_ps(_mm_set_epi64x((long long)hi, (long long)lo));
     }
-    float t[8] = {0};
+    const float *f = (const float *)p + gi0;
+    if (stride == 1 && nv == 8)
+        return _mm256_loadu_ps(f);
+#define QC_F(i) (nv > (i) ? f[(i) * stride] : 0.0f)
+    return _mm256_setr_ps(QC_F(0), QC_F(1), QC_F(2), QC_F(3), QC_F(4), QC_F(5), QC_F(6), QC_F(7));
+#undef QC_F
+}
+
+/* 8 uint8 zero points z[gi0 + i * stride] (i < nv; 0 beyond) as int32. */
+AVX2 static QC_INLINE __m256i gather8_u8(const uint8_t *z, int64_t gi0, int64_t stride, int nv) {
+    uint64_t v = 0;
     for (int i = 0; i < nv; i++)
-        t[i] = ((const float *)p)[gi0 + i * stride];
-    return _mm256_loadu_ps(t);
+        v |= (uint64_t)z[gi0 + i * stride] << (8 * i);
+    return _mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)v));
 }
 
 /* Parameters of block b for 8 rows n..n+7 (lanes >= nv: zeros).  F32: d, the
@@ -189,10 +215,7 @@ AVX2 static QC_INLINE void params8(qc_kind kind, int i8, const qc_wview *v, int6
     __m256 d = gather8_f(w->scales, f16, gi0, st, nv), c = _mm256_setzero_ps();
     __m256i z = _mm256_setzero_si256();
     if (kind == QC_ASYM8 || kind == QC_ASYM4) {
-        int32_t t[8] = {0};
-        for (int i = 0; i < nv; i++)
-            t[i] = ((const uint8_t *)w->zeros)[gi0 + i * st];
-        z = _mm256_loadu_si256((const __m256i *)t);
+        z = gather8_u8((const uint8_t *)w->zeros, gi0, st, nv);
         if (i8)
             c = _mm256_mul_ps(_mm256_xor_ps(d, _mm256_set1_ps(-0.0f)), _mm256_cvtepi32_ps(z));
     } else if (kind == QC_SYM4) {
@@ -253,13 +276,40 @@ AVX2 static void prefetch_tile(const qc_wview *v, int64_t n, int64_t rows, int64
         hi = rb;
     if (n + rows > v->w->n)
         rows = v->w->n - n;
+    const qc_qweight *w = v->w;
+    const int64_t ssz = w->scale_dtype == QC_F16 ? 2 : 4;
+    const int64_t zsz = w->kind == QC_MIN4 ? ssz : 1;
+    const int64_t blast = (b0 + nblk) * QC_BLK < v->kp ? b0 + nblk - 1 : v->nb - 1;
     for (int64_t r = 0; r < rows; r++) {
-        const char *row = (const char *)v->w->data + (n + r) * rb;
+        const char *row = (const char *)w->data + (n + r) * rb;
         for (int64_t o = lo; o < hi; o += 64)
             prefetch_l2(row + o);
         if (lo < hi)
             prefetch_l2(row + hi - 1);
+        /* and the scales (zero points, minima) of those blocks */
+        const int64_t g0 = qc_group_index(v, n + r, b0), g1 = qc_group_index(v, n + r, blast);
+        for (int64_t o = g0 * ssz; o <= g1 * ssz; o += 64)
+            prefetch_l2((const char *)w->scales + o);
+        if (w->zeros)
+            for (int64_t o = g0 * zsz; o <= g1 * zsz; o += 64)
+                prefetch_l2((const char *)w->zeros + o);
     }
+}
+
+/* While panel p of np (rows nt + p * nr, blocks [b0, b0 + kb)) is used, prefetch
+ * the codes of the panel PF_PANELS ahead: in this K tile, or else in the next
+ * one.  Far enough ahead that its rows arrive from memory in time when few rows
+ * of x make each panel short work. */
+AVX2 static void prefetch_panel(const qc_wview *v, int64_t nt, int64_t np, int64_t p, int64_t nr,
+                                int64_t b0, int64_t kb, int64_t nb) {
+    int64_t q = p + PF_PANELS;
+    if (q >= np) { /* that panel is in the next K tile */
+        q -= np;
+        b0 += kb;
+        if (b0 >= nb || q >= np)
+            return;
+    }
+    prefetch_tile(v, nt + q * nr, nr, b0, kb);
 }
 
 /* Prefetch into L2 slice `part` of `parts` of the rows [r0, r1) of the
@@ -476,10 +526,7 @@ AVX2 static QC_INLINE void gemm_f32(qc_kind kind, const qc_wview *v, const qc_ac
                                         (kp - xk < F_KC ? kp - xk : F_KC) * 4, p, np);
                     /* the panel is expanded into L1 right before its use */
                     f32_expand_panel(kind, v, nt + p * F_NR, ncol, k0, kc, bp);
-                    if (p + 1 < np)
-                        prefetch_tile(v, nt + (p + 1) * F_NR, F_NR, k0 / QC_BLK, kc / QC_BLK);
-                    else if (k0 + kc < kp)
-                        prefetch_tile(v, nt, F_NR, (k0 + kc) / QC_BLK, F_KC / QC_BLK);
+                    prefetch_panel(v, nt, np, p, F_NR, k0 / QC_BLK, F_KC / QC_BLK, kp / QC_BLK);
                     float *yc = y + (nt + p * F_NR - n0);
                     for (int64_t m = mt, mr; m < me; m += mr) {
                         mr = next_mr(me - m, F_MR);
@@ -500,12 +547,17 @@ AVX2 static QC_INLINE void gemm_f32(qc_kind kind, const qc_wview *v, const qc_ac
  * 8-bit, 16 steps of 2 codes (int16); a step holds 2 halves x 8 rows x 4 bytes. */
 #define BLK_BYTES(bits8) ((bits8) ? 1024 : 512)
 
-/* Pack rows n..n+nv-1 (nv <= 16), blocks [b0, b1) into a panel:
- *   4-bit: codes[(b - b0) * 512 + s * 64 + h * 32 + 4 * lane + j] = code 4 s + j
- *   8-bit: int16 at codes + (b - b0) * 1024 + s * 64 + h * 32 + 4 * lane + 2 * j
- *          = code 2 s + j (int8 q sign-extended, ASYM8 uint8 q zero-extended)
- * of block b of row n + 8 h + lane, and per block sc[(b - b0) * 32 + h * 8 + lane] = d,
- * sc[... + 16] = c (qc_group_dc's offset).  Rows >= nv: zeros. */
+/* Pack rows n..n+nv-1 (nv <= 16), blocks [b0, b1) into a panel: step s of
+ * block b, half h, holds 4 bytes per row (lane) of row n + 8 h + lane:
+ *   4-bit: at codes + (b - b0) * 512 + s * 64 + h * 32 + 4 * lane, codes
+ *          8 t + e + 2 j (j = 0..3) for s = 2 t + e (the even, then the odd
+ *          codes of each 8), as uint8;
+ *   8-bit: at codes + (b - b0) * 1024 + s * 64 + h * 32 + 4 * lane, codes
+ *          4 t + e and 4 t + e + 2 for s = 2 t + e, as int16 (SYM8 sign-extended,
+ *          ASYM8 zero-extended);
+ * pack_act puts the activations in the same order.  Per block
+ * sc[(b - b0) * 32 + h * 8 + lane] = d, sc[... + 16] = c (qc_group_dc's offset).
+ * Rows >= nv: zeros. */
 AVX2 static QC_INLINE void i8_pack_panel(qc_kind kind, const qc_wview *v, int64_t n, int nv,
                                          int64_t b0, int64_t b1, uint8_t *codes, float *sc) {
     const int bits8 = QC_KINDS[kind].bits == 8;
@@ -537,34 +589,28 @@ AVX2 static QC_INLINE void i8_pack_panel(qc_kind kind, const qc_wview *v, int64_
             for (int i = 0; i < 8; i++)
                 src[i] = row_bytes_at(rows[i], rb, b * (bits8 ? 32 : 16), bits8 ? 32 : 16, tmp[i]);
             __m256i y[4], t[4];
-            if (bits8) {
-                /* 8 codes of rows i and i + 4, widened to int16: 4 dwords (code pairs) each */
-                for (int q = 0; q < 4; q++) {
-                    for (int i = 0; i < 4; i++) {
-                        __m128i r = _mm_unpacklo_epi64(_mm_loadl_epi64((const __m128i *)(src[i] + 8 * q)),
-                                                       _mm_loadl_epi64((const __m128i *)(src[i + 4] + 8 * q)));
-                        y[i] = kind == QC_SYM8 ? _mm256_cvtepi8_epi16(r) : _mm256_cvtepu8_epi16(r);
-                    }
-                    transpose4_epi32(y, t);
-                    for (int j = 0; j < 4; j++)
-                        _mm256_store_si256((__m256i *)(o + (4 * q + j) * 64), t[j]);
-                }
-            } else {
-                /* nibbles to bytes first: [row i | row i + 4], codes 0..15 then 16..31 */
-                __m256i hi4[4];
-                for (int i = 0; i < 4; i++) {
-                    __m256i r = load2x128(src[i], src[i + 4]);
-                    __m256i l = _mm256_and_si256(r, m4);
-                    __m256i u = _mm256_and_si256(_mm256_srli_epi16(r, 4), m4);
-                    y[i] = _mm256_unpacklo_epi8(l, u);
-                    hi4[i] = _mm256_unpackhi_epi8(l, u);
-                }
+            /* dwords of 4 code bytes (8-bit) or 8 nibbles (4-bit) of rows i and i + 4,
+             * transposed: t[j] = dword j of the 8 rows; then each dword is split in
+             * its even and odd codes, which the activations' order (pack_act) follows */
+            for (int q = 0; q < (bits8 ? 2 : 1); q++) {
+                for (int i = 0; i < 4; i++)
+                    y[i] = load2x128(src[i] + 16 * q, src[i + 4] + 16 * q);
                 transpose4_epi32(y, t);
-                for (int j = 0; j < 4; j++)
-                    _mm256_store_si256((__m256i *)(o + j * 64), t[j]);
-                transpose4_epi32(hi4, t);
-                for (int j = 0; j < 4; j++)
-                    _mm256_store_si256((__m256i *)(o + (4 + j) * 64), t[j]);
+                for (int j = 0; j < 4; j++) {
+                    __m256i ev, od;
+                    if (!bits8) { /* nibbles 0, 2, 4, 6 and 1, 3, 5, 7 as bytes */
+                        ev = _mm256_and_si256(t[j], m4);
+                        od = _mm256_and_si256(_mm256_srli_epi16(t[j], 4), m4);
+                    } else if (kind == QC_SYM8) { /* bytes 0, 2 and 1, 3 as int16 */
+                        ev = _mm256_srai_epi16(_mm256_slli_epi16(t[j], 8), 8);
+                        od = _mm256_srai_epi16(t[j], 8);
+                    } else {
+                        ev = _mm256_and_si256(t[j], _mm256_set1_epi16(0xff));
+                        od = _mm256_srli_epi16(t[j], 8);
+                    }
+                    _mm256_store_si256((__m256i *)(o + (8 * q + 2 * j) * 64), ev);
+                    _mm256_store_si256((__m256i *)(o + (8 * q + 2 * j + 1) * 64), od);
+                }
             }
         }
     }
@@ -774,8 +820,9 @@ typedef void (*i8_micro_fn)(int mr, int64_t nblk, const void *x, int64_t ldx, co
                             float *c, int64_t ldc, int accum, int nc);
 
 /* Activation rows [m, m + rows), blocks [b0, b0 + nblk) copied to xt (rows
- * nblk * 32 elements apart): int8 as they are (4-bit weights) or widened to
- * int16 (8-bit weights), so that the microkernel's rows are close in cache. */
+ * nblk * 32 elements apart, close in cache for the microkernel) in the panels'
+ * order: int8, the even then the odd codes of each 8 (4-bit weights); widened to
+ * int16, codes 0 2 1 3 of each 4 (8-bit weights). */
 AVX2 static void pack_act(int bits8, const qc_act *a, int64_t m, int64_t rows, int64_t b0,
                           int64_t nblk, void *xt) {
     for (int64_t r = 0; r < rows; r++) {
@@ -785,14 +832,19 @@ AVX2 static void pack_act(int bits8, const qc_act *a, int64_t m, int64_t rows, i
             for (int64_t e = 0; e < nblk * QC_BLK; e += 64)
                 _mm_prefetch((const char *)(src + F_XPF * a->kp + e), _MM_HINT_T0);
 #endif
-        if (bits8) {
+        if (bits8) { /* 4 codes a0 a1 a2 a3 -> int16 a0 a2 a1 a3 */
+            const __m128i perm = _mm_setr_epi8(0, 2, 1, 3, 4, 6, 5, 7, 8, 10, 9, 11, 12, 14, 13, 15);
             int16_t *dst = (int16_t *)xt + r * nblk * QC_BLK;
             for (int64_t e = 0; e < nblk * QC_BLK; e += 16)
-                _mm256_store_si256((__m256i *)(dst + e), _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(src + e))));
-        } else {
+                _mm256_store_si256((__m256i *)(dst + e),
+                                   _mm256_cvtepi8_epi16(_mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(src + e)), perm)));
+        } else { /* 8 codes a0 .. a7 -> a0 a2 a4 a6 a1 a3 a5 a7 */
+            const __m256i perm = _mm256_setr_epi8(0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15,
+                                                  0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15);
             int8_t *dst = (int8_t *)xt + r * nblk * QC_BLK;
             for (int64_t e = 0; e < nblk * QC_BLK; e += 32)
-                _mm256_store_si256((__m256i *)(dst + e), _mm256_loadu_si256((const __m256i *)(src + e)));
+                _mm256_store_si256((__m256i *)(dst + e),
+                                   _mm256_shuffle_epi8(_mm256_loadu_si256((const __m256i *)(src + e)), perm));
         }
     }
 }
@@ -835,10 +887,7 @@ AVX2 static QC_INLINE void gemm_i8(qc_kind kind, const qc_wview *v, const qc_act
                                         (nb - xb < kb ? nb - xb : kb) * QC_BLK, p, np);
                     /* the panel is packed into L1 right before its use */
                     i8_pack_panel(kind, v, nt + p * 16, ncol, b0, b0 + nblk, codes, sc);
-                    if (p + 1 < np)
-                        prefetch_tile(v, nt + (p + 1) * 16, 16, b0, nblk);
-                    else if (b0 + nblk < nb)
-                        prefetch_tile(v, nt, 16, b0 + nblk, kb);
+                    prefetch_panel(v, nt, np, p, 16, b0, kb, nb);
                     float *yc = y + (nt + p * 16 - n0);
                     for (int64_t m = mt, mr; m < me; m += mr) {
                         mr = next_mr(me - m, mrmax);
