@@ -369,8 +369,10 @@ def _plain_array(value: Any, name: str) -> np.ndarray:
     if value.dtype.name not in _NP_TO_ST:
         raise TypeError(f"tensors[{name!r}] has dtype {value.dtype}, which safetensors cannot "
                         f"store (use one of {', '.join(sorted(_NP_TO_ST))})")
-    return np.ascontiguousarray(value, dtype=value.dtype.newbyteorder("<")
-                                if value.dtype.itemsize > 1 else value.dtype)
+    dt = value.dtype.newbyteorder("<") if value.dtype.itemsize > 1 else value.dtype
+    if value.flags.c_contiguous and value.dtype == dt:
+        return value
+    return np.array(value, dtype=dt, order="C")  # (np.ascontiguousarray makes 0-d arrays 1-d)
 
 
 def save(path: Any, tensors: Mapping, metadata: Optional[Mapping] = None) -> None:
@@ -410,7 +412,7 @@ def save(path: Any, tensors: Mapping, metadata: Optional[Mapping] = None) -> Non
             parts = {"qdata": value.data, "scales": value.scales, "zeros": value.zero_points}
             for part, arr in parts.items():
                 if arr is not None:
-                    put(f"{name}.{part}", _plain_array(np.ascontiguousarray(arr), name), name)
+                    put(f"{name}.{part}", _plain_array(arr, name), name)
         else:
             put(name, _plain_array(value, name), name)
     for name in qmeta:  # a plain tensor may not take a quantized tensor's own name
