@@ -272,6 +272,8 @@ def _entry_set(name, key, value):
     (_entry_set("b", "shape", [-6]), "shape"),
     (_entry_set("b", "shape", [True] * 6), "shape"),
     (_entry_set("b", "shape", [1] * 100), "shape"),
+    (_entry_set("b", "shape", [0, 10 ** 30]), "shape"),
+    (_entry_set("b", "shape", [2 ** 40, 2 ** 40, 0]), "needs"),
     (_entry_set("b", "dtype", "F128"), "dtype"),
     (_entry_set("b", "dtype", "F16"), "needs"),
     (_entry_set("b", "extra", 1), "keys"),
@@ -324,6 +326,9 @@ def _meta_edit(fn):
     (_meta_edit(lambda m: m["tensors"]["w"]["config"].__setitem__("symmetric", True)), "zero points"),
     (_meta_edit(lambda m: m["tensors"]["w"].__setitem__("shape", [6, 71])), "shape"),
     (_meta_edit(lambda m: m["tensors"]["w"].__setitem__("shape", [0, 70])), "shape"),
+    (_meta_edit(lambda m: m["tensors"]["w"].__setitem__("shape", [1, 10 ** 30])), "claims more"),
+    (_meta_edit(lambda m: m["tensors"]["w"].__setitem__("shape", [2 ** 40, 2 ** 40])), "claims more"),
+    (_meta_edit(lambda m: m["tensors"]["w"].__setitem__("shape", [6, 1 << 20])), "shape"),
     (_meta_edit(lambda m: m["tensors"]["w"].__setitem__("dtype", "int8")), "dtype"),
     (_meta_edit(lambda m: m["tensors"]["w"].__setitem__("x", 1)), "keys"),
     (_meta_edit(lambda m: m.__setitem__("version", 99)), "newer"),
@@ -415,3 +420,14 @@ def test_bit_flips_raise_value_error_or_load(good, tmp_path, rng):
             continue
         for v in out.values():  # what loads is usable
             np.asarray(v)
+
+
+def test_zero_size_tensors(tmp_path):
+    p = tmp_path / "z.safetensors"
+    _write(p, {"e": {"dtype": "F32", "shape": [3, 0], "data_offsets": [0, 0]},
+               "x": {"dtype": "U8", "shape": [2], "data_offsets": [0, 2]}}, b"\x01\x02")
+    out = qc.load(p)
+    assert out["e"].shape == (3, 0) and out["x"].tolist() == [1, 2]
+    _write(p, {"e": {"dtype": "F32", "shape": [2 ** 40, 2 ** 40, 0], "data_offsets": [0, 0]}}, b"")
+    with pytest.raises(ValueError, match="'e'"):
+        qc.load(p)

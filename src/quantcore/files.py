@@ -45,6 +45,7 @@ FORMAT_VERSION = 1
 META_KEY = "quantcore"
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors library's own limit
 _MAX_NDIM = 64
+_MAX_DIM = 1 << 48
 PARTS = ("qdata", "scales", "zeros")
 
 # safetensors dtype -> (itemsize, numpy dtype or None when NumPy has none)
@@ -162,9 +163,9 @@ class Header:
         if not isinstance(dtype, str) or dtype not in _DTYPES:
             raise ValueError(f"{where}: unknown dtype {dtype!r}")
         if not isinstance(shape, list) or len(shape) > _MAX_NDIM or \
-                not all(_int(s) and s >= 0 for s in shape):
+                not all(_int(s) and 0 <= s <= _MAX_DIM for s in shape):
             raise ValueError(f"{where}: shape must be a list of at most {_MAX_NDIM} "
-                             f"non-negative ints, got {shape!r}"[:300])
+                             f"ints in [0, 2^48], got {shape!r}"[:300])
         if not isinstance(offs, list) or len(offs) != 2 or not all(_int(o) for o in offs):
             raise ValueError(f"{where}: data_offsets must be [begin, end] ints, got {offs!r}"[:300])
         begin, end = offs
@@ -196,7 +197,10 @@ class Header:
             arr = buf != 0
         else:
             arr = buf.view(dt)
-        arr = arr.reshape(e.shape)
+        try:
+            arr = arr.reshape(e.shape)
+        except ValueError as err:  # a zero-size shape NumPy cannot index (dims overflow)
+            raise ValueError(f"{self.path}: tensor {e.name!r}: shape {e.shape}: {err}") from None
         if arr.dtype.byteorder == ">":  # not on little-endian hosts
             arr = arr.astype(arr.dtype.newbyteorder("="))
         return arr
@@ -299,6 +303,10 @@ class Layout:
                 not all(_int(s) and s >= 1 for s in shape):
             raise ValueError(f"{where}: shape must be a list of positive ints, got {shape!r}"[:300])
         shape = tuple(shape)
+        # the codes take at least half a byte per value, and they lie in the file
+        if math.prod(shape) > 2 * self.header.file_size:
+            raise ValueError(f"{where}: shape {shape} claims more values than the "
+                             f"{self.header.file_size}-byte file can hold"[:300])
         if dtype not in ("float16", "float32", "float64"):
             raise ValueError(f"{where}: dtype must be float16, float32 or float64, got {dtype!r}")
         if not isinstance(cfgd, dict):
