@@ -140,11 +140,11 @@ class Header:
             self.entries[name] = self._entry(name, spec, buffer_len)
         # the tensors must tile the data area exactly, as the safetensors format requires
         pos = 0
-        for e in sorted(self.entries.values(), key=lambda e: (e.begin, e.end)):
-            if e.begin != pos:
-                what = "overlaps another tensor" if e.begin < pos else f"leaves a gap at byte {pos}"
-                raise ValueError(f"{path}: corrupt: tensor {e.name!r} at offset {e.begin} {what}")
-            pos = e.end
+        for ent in sorted(self.entries.values(), key=lambda x: (x.begin, x.end)):
+            if ent.begin != pos:
+                what = "overlaps another tensor" if ent.begin < pos else f"leaves a gap at byte {pos}"
+                raise ValueError(f"{path}: corrupt: tensor {ent.name!r} at offset {ent.begin} {what}")
+            pos = ent.end
         if pos != buffer_len:
             raise ValueError(f"{path}: corrupt or truncated: the tensors cover {pos} bytes of "
                              f"data, the file holds {buffer_len}")
@@ -315,19 +315,19 @@ class Layout:
             cfg = QuantConfig.from_dict(cfgd)
         except (TypeError, ValueError) as e:
             raise ValueError(f"{where}: bad config: {e}") from None
-        entries = {}
+        entries: Dict[str, _Entry] = {}
         for part, (sdt, pshape) in _expected_parts(shape, cfg).items():
             key = f"{name}.{part}"
-            e = self.header.entries.get(key)
-            if e is None:
+            ent = self.header.entries.get(key)
+            if ent is None:
                 raise ValueError(f"{where}: tensor {key!r} is missing from the file")
-            if e.dtype != sdt or e.shape != pshape:
+            if ent.dtype != sdt or ent.shape != pshape:
                 raise ValueError(f"{where}: {key!r} must be {sdt} of shape {pshape} for shape "
-                                 f"{shape} and its config, got {e.dtype} of shape {e.shape}")
+                                 f"{shape} and its config, got {ent.dtype} of shape {ent.shape}")
             if key in claimed:
                 raise ValueError(f"{where}: {key!r} is already part of {claimed[key]!r}")
             claimed[key] = name
-            entries[part] = e
+            entries[part] = ent
         extra = f"{name}.zeros"
         if "zeros" not in entries and extra in self.header.entries:
             raise ValueError(f"{where}: {extra!r} is stored but its config "

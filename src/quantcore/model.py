@@ -135,13 +135,13 @@ def quantize_model(weights: Mapping, config: Optional[QuantConfig] = None, *,
         if not isinstance(overrides, Mapping):
             raise TypeError(f"overrides must be a mapping of pattern -> QuantConfig, "
                             f"got {type(overrides).__name__}")
-        for pat, cfg in overrides.items():
+        for pat, ocfg in overrides.items():
             if not isinstance(pat, str):
                 raise TypeError(f"overrides keys must be str glob patterns, got {pat!r}")
-            if cfg is not None and not isinstance(cfg, QuantConfig):
+            if ocfg is not None and not isinstance(ocfg, QuantConfig):
                 raise TypeError(f"overrides[{pat!r}] must be a QuantConfig or None, "
-                                f"got {type(cfg).__name__}")
-            ovr.append((pat, cfg))
+                                f"got {type(ocfg).__name__}")
+            ovr.append((pat, ocfg))
     for name in weights:
         if not isinstance(name, str):
             raise TypeError(f"weights keys must be str, got {type(name).__name__} {name!r}")
