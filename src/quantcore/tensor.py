@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Optional, Tuple
 
 import numpy as np
 
 from . import _ext
 from .config import QuantConfig
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .matmulnbits import MatMulNBitsWeights
 
 __all__ = ["QuantizedTensor", "quantize", "pack_int4", "unpack_int4"]
 
@@ -263,6 +266,23 @@ class QuantizedTensor:
             raise ValueError(f"reference must have shape {self._shape}, got {ref.shape}")
         diff = self.dequantize().astype(np.float64) - ref.astype(np.float64)
         return float(np.mean(diff * diff))
+
+    # ---- other layouts -----------------------------------------------------------
+    def to_matmulnbits(self) -> "MatMulNBitsWeights":
+        """This (N, K) weight in ONNX Runtime's ``com.microsoft.MatMulNBits`` layout:
+        B, scales, zero_points (or None), K, N, bits, block_size (see
+        ``quantcore.matmulnbits``).  Q4_1 raises ValueError (it does not map)."""
+        from .matmulnbits import to_matmulnbits
+        return to_matmulnbits(self)
+
+    @classmethod
+    def from_matmulnbits(cls, B: Any, scales: Any, zero_points: Any = None, *, K: int, N: int,
+                         bits: int = 4, block_size: int, compute: str = "auto") -> "QuantizedTensor":
+        """The (N, K) tensor a MatMulNBits node's weight inputs and attributes hold
+        (see ``quantcore.matmulnbits.from_matmulnbits``)."""
+        from .matmulnbits import from_matmulnbits
+        return from_matmulnbits(B, scales, zero_points, K=K, N=N, bits=bits,
+                                block_size=block_size, compute=compute)
 
     # ---- Python protocols ---------------------------------------------------------
     def __reduce__(self):
