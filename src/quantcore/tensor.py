@@ -132,6 +132,8 @@ class QuantizedTensor:
         rb = _ext.row_bytes(kind, k)
         data = take(data, "data", np.dtype(np.int8 if kind == _ext.KIND_SYM8 else np.uint8),
                     (rows, rb), lead + (rb,))
+        if kind == _ext.KIND_SYM8 and np.any(data == -128):
+            raise ValueError("data: symmetric int8 codes must lie in [-127, 127], found -128")
         scales = take(scales, "scales", sdt, (srows, sng), pshape)
         if not np.all(np.isfinite(scales)):
             raise ValueError("scales must be finite")
