@@ -9,14 +9,14 @@ __version__ = "0.1.0"
 from . import _ext  # noqa: F401  (the compiled core; fails loudly if the build is missing)
 from .config import QuantConfig
 from .linear import QuantizedLinear
-from .runtime import (available_isas, get_isa, get_num_threads, info, set_isa,
+from .runtime import (available_isas, get_include, get_isa, get_num_threads, info, set_isa,
                       set_num_threads, show_config)
 from .tensor import QuantizedTensor, pack_int4, quantize, unpack_int4
 
 __all__ = [
     "QuantConfig", "QuantizedTensor", "QuantizedLinear", "quantize", "pack_int4", "unpack_int4",
     "set_num_threads", "get_num_threads", "info", "show_config", "set_isa", "get_isa",
-    "available_isas", "__version__",
+    "available_isas", "get_include", "__version__",
 ]
 
 from .runtime import _apply_environment as _apply_env

@@ -112,7 +112,7 @@ def to_blocks(qt: QuantizedTensor) -> np.ndarray:
     rows = math.prod(qt.shape[:-1])
     nb = k // _BLOCK
     d = np.asarray(qt._scales).astype("<f2").view(np.uint8).reshape(rows, nb, 2)
-    parts = [d]
+    parts: List[np.ndarray] = [d]
     if fmt == "q4_1":
         parts.append(np.asarray(qt._zeros).astype("<f2").view(np.uint8).reshape(rows, nb, 2))
     data = np.asarray(qt._data)

@@ -38,7 +38,7 @@ the benchmark and the tests run through onnxruntime.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Dict, Optional
+from typing import TYPE_CHECKING, Any, Dict, Optional, TypedDict
 
 import numpy as np
 
@@ -48,7 +48,16 @@ from .config import QuantConfig
 if TYPE_CHECKING:  # pragma: no cover
     from .tensor import QuantizedTensor
 
-__all__ = ["MatMulNBitsWeights", "to_matmulnbits", "from_matmulnbits", "make_model"]
+__all__ = ["MatMulNBitsWeights", "MatMulNBitsAttributes", "to_matmulnbits", "from_matmulnbits",
+           "make_model"]
+
+
+class MatMulNBitsAttributes(TypedDict):
+    """The node attributes that describe the weight (``accuracy_level`` is not one)."""
+    K: int
+    N: int
+    bits: int
+    block_size: int
 
 
 @dataclass(frozen=True)
@@ -75,7 +84,7 @@ class MatMulNBitsWeights:
         return int(self.B.nbytes + self.scales.nbytes +
                    (0 if self.zero_points is None else self.zero_points.nbytes))
 
-    def attributes(self) -> Dict[str, int]:
+    def attributes(self) -> MatMulNBitsAttributes:
         """``{"K": .., "N": .., "bits": .., "block_size": ..}``."""
         return {"K": self.K, "N": self.N, "bits": self.bits, "block_size": self.block_size}
 
@@ -131,7 +140,7 @@ def to_matmulnbits(qt: "QuantizedTensor") -> MatMulNBitsWeights:
             "quantize with QuantConfig.int4(symmetric=False) or QuantConfig.q4_0() instead")
     n, k = qt.shape
     bits = cfg.bits
-    if cfg.granularity == "group" and cfg.group_size < k:
+    if cfg.granularity == "group" and cfg.group_size is not None and cfg.group_size < k:
         bs = int(cfg.group_size)
     else:
         bs = _pow2_at_least(k)
@@ -142,9 +151,9 @@ def to_matmulnbits(qt: "QuantizedTensor") -> MatMulNBitsWeights:
         codes = (data.view(np.uint8) ^ np.uint8(0x80))
     else:
         codes = data.view(np.uint8)
-    B = np.zeros((n, nb * blob), np.uint8)
-    B[:, :codes.shape[1]] = codes
-    B = B.reshape(n, nb, blob)
+    flat = np.zeros((n, nb * blob), np.uint8)
+    flat[:, :codes.shape[1]] = codes
+    B = flat.reshape(n, nb, blob)
 
     scales = np.asarray(qt._scales, dtype=np.float32)
     if cfg.granularity == "tensor":
@@ -295,7 +304,8 @@ def make_model(weights: MatMulNBitsWeights, bias: Optional[np.ndarray] = None,
         inputs += [""] * (5 - len(inputs)) + ["bias"]
         inits.append(numpy_helper.from_array(b, "bias"))
     node = helper.make_node("MatMulNBits", inputs, ["Y"], domain="com.microsoft",
-                            accuracy_level=int(accuracy_level), **weights.attributes())
+                            accuracy_level=int(accuracy_level), K=weights.K, N=weights.N,
+                            bits=weights.bits, block_size=weights.block_size)
     graph = helper.make_graph(
         [node], "quantcore_matmulnbits",
         [helper.make_tensor_value_info("A", TensorProto.FLOAT, ["M", weights.K])],
