@@ -18,7 +18,10 @@ SRC = os.path.dirname(os.path.dirname(os.path.abspath(quantcore.__file__)))
 
 def _mypy(path, tmp_path):
     pytest.importorskip("mypy", reason="mypy is not installed (pip install mypy)")
-    env = dict(os.environ, MYPYPATH=SRC)  # the quantcore under test, not an installed one
+    env = dict(os.environ)
+    if os.path.basename(SRC) not in ("site-packages", "dist-packages"):
+        env["MYPYPATH"] = SRC  # a source tree: the quantcore under test, not an installed one
+    # (an installed quantcore is found by mypy itself, through its py.typed)
     cache = os.environ.get("QUANTCORE_MYPY_CACHE", str(tmp_path / "mypy_cache"))
     # --follow-imports=silent: quantcore is analysed for its types but, as for an
     # installed package, only the user's file is reported on
