@@ -121,6 +121,10 @@ def test_float_and_other_types(tmp_path, values):
         qg.load(p, names=["nope"])
 
 
+def test_submodule_is_reachable_from_the_package():
+    assert quantcore.gguf is qg and quantcore.matmulnbits.to_matmulnbits is not None
+
+
 def test_reader_agrees_with_gguf_reader(tmp_path, values):
     p = tmp_path / "mix.gguf"
     x = values((3, 5, 64))

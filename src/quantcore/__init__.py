@@ -23,3 +23,12 @@ from .runtime import _apply_environment as _apply_env
 
 _apply_env()
 del _apply_env
+
+
+def __getattr__(name: str):
+    """Submodules imported on first use: ``quantcore.gguf`` (GGUF files) and
+    ``quantcore.matmulnbits`` (ONNX Runtime's MatMulNBits layout)."""
+    if name in ("gguf", "matmulnbits"):
+        import importlib
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'quantcore' has no attribute {name!r}")
