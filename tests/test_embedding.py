@@ -96,6 +96,66 @@ SETUP_PY = textwrap.dedent('''
 ''')
 
 
+C_CONSUMER = textwrap.dedent('''
+    /* A plain C extension using quantcore's kernels through quantcore_api.h. */
+    #define PY_SSIZE_T_CLEAN
+    #include <Python.h>
+    #include "quantcore_api.h"
+
+    static PyObject *isa(PyObject *self, PyObject *args) {
+        (void)self; (void)args;
+        return PyUnicode_FromString(qc_isa_name(qc_current_isa()));
+    }
+
+    static PyObject *row_bytes(PyObject *self, PyObject *args) {
+        int kind;
+        long long cols;
+        (void)self;
+        if (!PyArg_ParseTuple(args, "iL", &kind, &cols))
+            return NULL;
+        return PyLong_FromLongLong((long long)qc_row_bytes((qc_kind)kind, (int64_t)cols));
+    }
+
+    static PyMethodDef methods[] = {
+        {"isa", isa, METH_NOARGS, "the kernel set in use"},
+        {"row_bytes", row_bytes, METH_VARARGS, "bytes per packed row"},
+        {NULL, NULL, 0, NULL}};
+
+    static struct PyModuleDef def = {PyModuleDef_HEAD_INIT, "cconsumer", NULL, -1, methods,
+                                     NULL, NULL, NULL, NULL};
+
+    PyMODINIT_FUNC PyInit_cconsumer(void) {
+        if (qc_import_api() < 0)
+            return NULL;
+        return PyModule_Create(&def);
+    }
+''')
+
+C_SETUP_PY = textwrap.dedent('''
+    import quantcore
+    from setuptools import Extension, setup
+
+    setup(name="cconsumer", ext_modules=[Extension(
+        "cconsumer", ["cconsumer.c"], include_dirs=[quantcore.get_include()],
+        extra_compile_args=["-Wall", "-Wextra"])])
+''')
+
+
+def _build_and_import(d, modname, env_src):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([env_src] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    r = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=d, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, f"{modname} build failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
+    built = [f for f in os.listdir(d) if f.startswith(modname) and f.endswith(suffix)]
+    assert built, os.listdir(d)
+    spec = importlib.util.spec_from_file_location(modname, os.path.join(d, built[0]))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod, r.stdout + r.stderr
+
+
 def _have_compiler() -> bool:
     cc = (sysconfig.get_config_var("CC") or "cc").split()[0]
     return shutil.which(cc) is not None
@@ -109,20 +169,20 @@ def thirdparty(tmp_path_factory):
     d = tmp_path_factory.mktemp("thirdparty")
     (d / "thirdparty.pyx").write_text(THIRD_PARTY_PYX)
     (d / "setup.py").write_text(SETUP_PY)
-    env = dict(os.environ)
     # the quantcore under test must be the one whose .pxd and headers are used
     src = os.path.dirname(os.path.dirname(os.path.abspath(quantcore.__file__)))
-    env["PYTHONPATH"] = os.pathsep.join([src] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-    r = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=d, env=env,
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, f"third-party build failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
-    built = [f for f in os.listdir(d) if f.startswith("thirdparty") and f.endswith(
-        sysconfig.get_config_var("EXT_SUFFIX") or ".so")]
-    assert built, os.listdir(d)
-    spec = importlib.util.spec_from_file_location("thirdparty", d / built[0])
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return _build_and_import(str(d), "thirdparty", src)[0]
+
+
+@pytest.fixture(scope="module")
+def cconsumer(tmp_path_factory):
+    if not _have_compiler():
+        pytest.skip("no C compiler found (CC / cc)")
+    d = tmp_path_factory.mktemp("cconsumer")
+    (d / "cconsumer.c").write_text(C_CONSUMER)
+    (d / "setup.py").write_text(C_SETUP_PY)
+    src = os.path.dirname(os.path.dirname(os.path.abspath(quantcore.__file__)))
+    return _build_and_import(str(d), "cconsumer", src)
 
 
 def test_get_include_has_the_headers():
@@ -167,3 +227,13 @@ def test_third_party_shares_kernel_set_and_threads(thirdparty, all_isas, threads
     assert thirdparty.threads() == 1
     threads(3)
     assert thirdparty.threads() == 3
+
+
+def test_plain_c_extension(cconsumer, all_isas):
+    mod, log = cconsumer
+    assert "quantcore_api.h" not in log and "quantcore.h" not in log, log  # no warnings
+    for name in all_isas:
+        quantcore.set_isa(name)
+        assert mod.isa() == name
+    assert mod.row_bytes(quantcore._ext.KIND_SYM4, 33) == 17
+    assert mod.row_bytes(quantcore._ext.KIND_SYM8, 33) == 33
