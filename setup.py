@@ -33,6 +33,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 C_SOURCES = [
     "csrc/api.c",
     "csrc/api_linear.c",
+    "csrc/api_table.c",
     "csrc/cpu.c",
     "csrc/dispatch.c",
     "csrc/ref/quant_scalar.c",
@@ -112,11 +113,13 @@ class BuildExt(build_ext):
 
 
 def _copy_public_header():
-    """Ship the C header inside the package (quantcore.get_include())."""
+    """Ship the C headers inside the package (quantcore.get_include())."""
+    src = os.path.join(HERE, "csrc", "include")
     dst = os.path.join(HERE, "src", "quantcore", "include")
     os.makedirs(dst, exist_ok=True)
-    shutil.copyfile(os.path.join(HERE, "csrc", "include", "quantcore.h"),
-                    os.path.join(dst, "quantcore.h"))
+    for name in sorted(os.listdir(src)):
+        if name.endswith(".h"):
+            shutil.copyfile(os.path.join(src, name), os.path.join(dst, name))
 
 
 _copy_public_header()

@@ -6,6 +6,10 @@
  * functions without the GIL.  Every entry point returns a qc_status; on error a
  * qc_error (when given) says where in the input the problem was found.
  *
+ * From another Python extension, include quantcore_api.h instead: the kernels
+ * live inside quantcore._ext, and that header calls them through the table the
+ * module exports (no linking; see the README, "Embedding quantcore").
+ *
  * Data layout shared by all entry points
  * --------------------------------------
  * A quantized tensor is seen as `rows` x `cols` (the last axis of the original

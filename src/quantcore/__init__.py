@@ -13,14 +13,14 @@ from .linear import QuantizedLinear
 from .metrics import CompressionMetrics, ModelCompressionMetrics
 from .model import QuantizedModel, quantize_model
 from .prune import prune_magnitude
-from .runtime import (available_isas, get_isa, get_num_threads, info, set_isa,
+from .runtime import (available_isas, get_include, get_isa, get_num_threads, info, set_isa,
                       set_num_threads, show_config)
 from .tensor import QuantizedTensor, pack_int4, quantize, unpack_int4
 
 __all__ = [
     "QuantConfig", "QuantizedTensor", "QuantizedLinear", "quantize", "pack_int4", "unpack_int4",
     "set_num_threads", "get_num_threads", "info", "show_config", "set_isa", "get_isa",
-    "available_isas", "__version__",
+    "available_isas", "get_include", "__version__",
     "CompressionMetrics", "ModelCompressionMetrics", "prune_magnitude", "quantize_model",
     "QuantizedModel", "save", "load",
 ]
@@ -29,3 +29,12 @@ from .runtime import _apply_environment as _apply_env
 
 _apply_env()
 del _apply_env
+
+
+def __getattr__(name: str):
+    """Submodules imported on first use: ``quantcore.gguf`` (GGUF files) and
+    ``quantcore.matmulnbits`` (ONNX Runtime's MatMulNBits layout)."""
+    if name in ("gguf", "matmulnbits"):
+        import importlib
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'quantcore' has no attribute {name!r}")

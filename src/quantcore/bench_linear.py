@@ -126,30 +126,18 @@ def _ort():
 
 
 def _ort_session(ort, bits: int, k: int, n: int, acc: int, threads: int):
-    """A one-node MatMulNBits model over quantcore's own codes and scales (block 32)."""
-    from onnx import TensorProto, helper, numpy_helper
+    """A one-node MatMulNBits model over quantcore's own codes and scales (block 32),
+    exported by QuantizedTensor.to_matmulnbits."""
     cfg = QuantConfig(bits=bits, group_size=32)
     key = ("ort_w", bits, k, n)
     if key not in _cache:
-        qt = qc.quantize(_weights(k, n), cfg)
-        if bits == 4:
-            b = np.ascontiguousarray(qt._data).reshape(n, k // 32, 16)
-        else:  # MatMulNBits 8-bit codes are unsigned with zero point 128
-            b = (np.ascontiguousarray(qt._data).view(np.uint8) ^ 0x80).reshape(n, k // 32, 32)
-        _cache[key] = (b, np.ascontiguousarray(qt._scales).reshape(-1))
-    b, s = _cache[key]
-    node = helper.make_node("MatMulNBits", ["A", "B", "scales"], ["Y"], domain="com.microsoft",
-                            K=k, N=n, bits=bits, block_size=32, accuracy_level=acc)
-    graph = helper.make_graph(
-        [node], "qc_bench", [helper.make_tensor_value_info("A", TensorProto.FLOAT, ["M", k])],
-        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["M", n])],
-        initializer=[numpy_helper.from_array(b, "B"), numpy_helper.from_array(s, "scales")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21),
-                                                    helper.make_opsetid("com.microsoft", 1)])
+        _cache[key] = qc.quantize(_weights(k, n), cfg).to_matmulnbits()
+    mw = _cache[key]
+    model = mw.make_model(accuracy_level=acc)
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"]), b.nbytes + s.nbytes
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"]), mw.nbytes
 
 
 def _peers(ctx: BenchContext, cfg_name: str, m: int, k: int, n: int) -> List[Peer]:

@@ -59,7 +59,7 @@ class QuantizedLinear:
             raise ValueError(f"weight_q must be 2-D (out_features, in_features), got shape {weight_q.shape}")
         n, k = weight_q.shape
         cfg = weight_q.config
-        group = cfg.group_size if cfg.granularity == "group" else 0
+        group = (cfg.group_size or 0) if cfg.granularity == "group" else 0
         if group and group < k and group % 32:
             raise ValueError(f"QuantizedLinear needs group_size >= 32 (got {group}); "
                              f"quantize the weight with group_size=32 or more")

@@ -19,7 +19,7 @@ from typing import Any, Dict, Optional
 from . import _ext
 
 __all__ = ["set_num_threads", "get_num_threads", "info", "show_config", "set_isa", "get_isa",
-           "available_isas"]
+           "available_isas", "get_include"]
 
 
 def set_num_threads(n: Optional[int]) -> None:
@@ -56,6 +56,20 @@ def set_isa(name: Optional[str]) -> None:
     if not isinstance(name, str):
         raise TypeError(f"name must be a str, got {type(name).__name__}")
     _ext.select_isa(name.strip().lower())
+
+
+def get_include() -> str:
+    """The folder with quantcore's C headers (``quantcore.h``, ``quantcore_api.h``),
+    for ``include_dirs`` of an extension that calls the kernels; see the
+    README, "Embedding quantcore".  The Cython declarations are
+    ``quantcore/kernels.pxd`` (``from quantcore.kernels cimport *``)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    for d in (os.path.join(here, "include"),
+              os.path.join(here, os.pardir, os.pardir, "csrc", "include")):  # a source tree
+        if os.path.isfile(os.path.join(d, "quantcore_api.h")):
+            return os.path.normpath(d)
+    raise RuntimeError(f"quantcore's C headers are missing from {os.path.join(here, 'include')}; "
+                       f"reinstall quantcore (setup.py copies csrc/include there)")
 
 
 def info() -> Dict[str, Any]:

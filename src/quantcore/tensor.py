@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Optional, Tuple, cast
 
 import numpy as np
 
@@ -12,6 +12,7 @@ from .config import QuantConfig
 
 if TYPE_CHECKING:  # pragma: no cover
     from .metrics import CompressionMetrics
+    from .matmulnbits import MatMulNBitsWeights
 
 __all__ = ["QuantizedTensor", "quantize", "pack_int4", "unpack_int4"]
 
@@ -53,6 +54,12 @@ class QuantizedTensor:
     """
 
     __slots__ = ("_data", "_scales", "_zeros", "_shape", "_dtype", "_config")
+    _data: np.ndarray           # (rows, row bytes) codes
+    _scales: np.ndarray         # (rows, n_groups), (1, 1) per tensor
+    _zeros: Optional[np.ndarray]
+    _shape: Tuple[int, ...]
+    _dtype: np.dtype
+    _config: QuantConfig
 
     # ---- construction -----------------------------------------------------------
     @classmethod
@@ -68,7 +75,7 @@ class QuantizedTensor:
         if config.method != "absmax":
             raise NotImplementedError("method='mse' is not implemented yet (tracked in issue 4); "
                                       "use method='absmax'")
-        group = config.group_size if config.granularity == "group" else 0
+        group = (config.group_size or 0) if config.granularity == "group" else 0
         data, scales, zeros = _ext.quantize_2d(
             _rows_view(a), config.kind, group, config.granularity == "tensor",
             config.scale_dtype == "float16", "array")
@@ -106,12 +113,13 @@ class QuantizedTensor:
         rows = math.prod(shape[:-1])
         kind = config.kind
         per_tensor = config.granularity == "tensor"
-        group = config.group_size if config.granularity == "group" else 0
+        group = (config.group_size or 0) if config.granularity == "group" else 0
         ng = _ext.num_groups(k, group)
         srows, sng = (1, 1) if per_tensor else (rows, ng)
         sdt = np.dtype(config.scale_dtype)
 
         lead = shape[:-1]
+        pshape: Tuple[int, ...]
         if per_tensor:
             pshape = ()
         elif config.granularity == "channel":
@@ -132,6 +140,8 @@ class QuantizedTensor:
         rb = _ext.row_bytes(kind, k)
         data = take(data, "data", np.dtype(np.int8 if kind == _ext.KIND_SYM8 else np.uint8),
                     (rows, rb), lead + (rb,))
+        if kind == _ext.KIND_SYM8 and np.any(data == -128):
+            raise ValueError("data: symmetric int8 codes must lie in [-127, 127], found -128")
         scales = take(scales, "scales", sdt, (srows, sng), pshape)
         if not np.all(np.isfinite(scales)):
             raise ValueError("scales must be finite")
@@ -181,7 +191,7 @@ class QuantizedTensor:
 
     @property
     def granularity(self) -> str:
-        return self._config.granularity
+        return cast(str, self._config.granularity)  # resolved by QuantConfig.__post_init__
 
     def _param_shape(self) -> Tuple[int, ...]:
         g = self._config.granularity
@@ -253,7 +263,7 @@ class QuantizedTensor:
         return out if out is not None else res.reshape(self._shape)
 
     def _group(self) -> int:
-        return self._config.group_size if self._config.granularity == "group" else 0
+        return (self._config.group_size or 0) if self._config.granularity == "group" else 0
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         a = self.dequantize()
@@ -276,6 +286,23 @@ class QuantizedTensor:
         ``quantcore.metrics.tensor_metrics``."""
         from .metrics import tensor_metrics
         return tensor_metrics(self, reference)
+
+    # ---- other layouts -----------------------------------------------------------
+    def to_matmulnbits(self) -> "MatMulNBitsWeights":
+        """This (N, K) weight in ONNX Runtime's ``com.microsoft.MatMulNBits`` layout:
+        B, scales, zero_points (or None), K, N, bits, block_size (see
+        ``quantcore.matmulnbits``).  Q4_1 raises ValueError (it does not map)."""
+        from .matmulnbits import to_matmulnbits
+        return to_matmulnbits(self)
+
+    @classmethod
+    def from_matmulnbits(cls, B: Any, scales: Any, zero_points: Any = None, *, K: int, N: int,
+                         bits: int = 4, block_size: int, compute: str = "auto") -> "QuantizedTensor":
+        """The (N, K) tensor a MatMulNBits node's weight inputs and attributes hold
+        (see ``quantcore.matmulnbits.from_matmulnbits``)."""
+        from .matmulnbits import from_matmulnbits
+        return from_matmulnbits(B, scales, zero_points, K=K, N=N, bits=bits,
+                                block_size=block_size, compute=compute)
 
     # ---- Python protocols ---------------------------------------------------------
     def __reduce__(self):
@@ -344,7 +371,7 @@ def pack_int4(values: Any) -> np.ndarray:
     else:
         signed = bool(v.size) and int(v.min()) < 0
         lo, hi = (-8, 7) if signed else (0, 15)
-        bad = np.flatnonzero((v < lo) | (v > hi)) if v.size else ()
+        bad = np.flatnonzero((v < lo) | (v > hi))
         if len(bad):
             where = np.unravel_index(bad[0], v.shape)
             raise ValueError(f"values must lie in [-8, 7] (signed int4) or [0, 15] (unsigned int4); "
