@@ -180,8 +180,9 @@ class QuantizedLinear:
             raise ValueError(f"x must have shape (..., in_features={self.in_features}), got {a.shape}")
         lead = a.shape[:-1]
         a2 = a.reshape(-1, self.in_features)
-        if a2.dtype != np.float32 or a2.strides[-1] != 4 or (a2.shape[0] > 1 and (a2.strides[0] < 4 * self.in_features or a2.strides[0] % 4)):
-            a2 = np.ascontiguousarray(a2, dtype=np.float32)
+        if a2.dtype != np.float32 or a2.strides[-1] != 4 or not a2.flags.aligned or (a2.shape[0] > 1 and (a2.strides[0] < 4 * self.in_features or a2.strides[0] % 4)):
+            # a copy (np.ascontiguousarray would keep a misaligned contiguous array)
+            a2 = np.array(a2, dtype=np.float32, order="C", copy=True)
         return a2, lead
 
     def forward(self, x: Any, out: Optional[np.ndarray] = None) -> np.ndarray:
@@ -204,6 +205,8 @@ class QuantizedLinear:
                 raise ValueError("out must be writeable")
             if not out.flags.c_contiguous:
                 raise ValueError("out must be C-contiguous")
+            if not out.flags.aligned:
+                raise ValueError("out must be aligned to 4 bytes (its data pointer is not)")
             y = out
         if m == 0:
             return y
