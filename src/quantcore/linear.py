@@ -96,7 +96,7 @@ class QuantizedLinear:
         w = _to_numpy(weight, "weight")
         if w.ndim != 2:
             raise ValueError(f"weight must be 2-D (out_features, in_features), got shape {w.shape}")
-        return cls(QuantizedTensor.quantize(w, config), bias)
+        return cls(QuantizedTensor._quantize(w, config, "weight"), bias)
 
     # ---- attributes ---------------------------------------------------------------
     @property
@@ -171,7 +171,10 @@ class QuantizedLinear:
         if isinstance(x, np.ndarray):
             a = x
         else:
-            a = _to_numpy(x, "x") if hasattr(x, "detach") else np.asarray(x)
+            try:
+                a = _to_numpy(x, "x") if hasattr(x, "detach") else np.asarray(x)
+            except (TypeError, ValueError) as e:  # ragged lists and the like
+                raise TypeError(f"x must be an array of floats: {e}") from None
         if a.dtype.kind != "f":
             raise TypeError(f"x must be a float array, got dtype {a.dtype}")
         if a.ndim < 1:

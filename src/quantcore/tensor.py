@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import operator
 from typing import Any, Optional, Tuple
 
 import numpy as np
@@ -61,14 +62,19 @@ class QuantizedTensor:
             config = QuantConfig.int8()
         if not isinstance(config, QuantConfig):
             raise TypeError(f"config must be a QuantConfig, got {type(config).__name__}")
-        a = _as_float_array(array)
+        return cls._quantize(array, config, "array")
+
+    @classmethod
+    def _quantize(cls, array: Any, config: QuantConfig, what: str) -> "QuantizedTensor":
+        """quantize() with errors naming the argument `what`."""
+        a = _as_float_array(array, what)
         if config.method != "absmax":
             raise NotImplementedError("method='mse' is not implemented yet (tracked in issue 4); "
                                       "use method='absmax'")
         group = config.group_size if config.granularity == "group" else 0
         data, scales, zeros = _ext.quantize_2d(
             _rows_view(a), config.kind, group, config.granularity == "tensor",
-            config.scale_dtype == "float16", "array")
+            config.scale_dtype == "float16", what)
         return cls._make(data, scales, zeros, tuple(a.shape), a.dtype, config)
 
     @classmethod
@@ -91,7 +97,7 @@ class QuantizedTensor:
         if not isinstance(config, QuantConfig):
             raise TypeError(f"config must be a QuantConfig, got {type(config).__name__}")
         try:
-            shape = tuple(int(s) for s in shape)
+            shape = tuple(operator.index(s) for s in shape)  # ints only: no 8.5 -> 8
         except TypeError:
             raise TypeError(f"shape must be a tuple of ints, got {shape!r}") from None
         if len(shape) < 1 or any(s < 1 for s in shape):
@@ -129,6 +135,8 @@ class QuantizedTensor:
         rb = _ext.row_bytes(kind, k)
         data = take(data, "data", np.dtype(np.int8 if kind == _ext.KIND_SYM8 else np.uint8),
                     (rows, rb), lead + (rb,))
+        if kind == _ext.KIND_SYM8 and np.any(data == -128):
+            raise ValueError("data holds the int8 code -128; 8-bit symmetric codes lie in [-127, 127]")
         scales = take(scales, "scales", sdt, (srows, sng), pshape)
         if not np.all(np.isfinite(scales)):
             raise ValueError("scales must be finite")
