@@ -292,6 +292,8 @@ CASES = [
     Case("linear-1d", lambda: QuantizedLinear(qc.quantize(np.ones(16, np.float32))), VE, ["weight_q", "2-D"]),
     Case("linear-3d", lambda: QuantizedLinear(qc.quantize(np.ones((2, 3, 16), np.float32))), VE, ["weight_q"]),
     Case("linear-group16", lambda: QuantizedLinear(_qt(QuantConfig(bits=4, group_size=16))), VE, ["group_size"]),
+    Case("linear-huge-scales", lambda: QuantizedLinear(QuantizedTensor.from_arrays(
+        _qt().data, np.full(8, 1e36, np.float32), None, (8, 64), QuantConfig.int8())), VE, ["scales"]),
     Case("linear-bias-shape", lambda: QuantizedLinear(_qt(), np.ones(7, np.float32)), VE, ["bias", "shape"]),
     Case("linear-bias-nan", lambda: QuantizedLinear(_qt(), _with(np.ones(8, np.float32), 3, np.nan)),
          VE, ["bias", "nan"]),

@@ -12,6 +12,7 @@ from .tensor import QuantizedTensor, _as_float_array
 
 __all__ = ["QuantizedLinear"]
 
+_MAX_SCALE = 1e30  # largest weight scale (or Q4_1 minimum) the linear kernels take
 _KIND_NAMES = {_ext.KIND_SYM8: "int8", _ext.KIND_ASYM8: "uint8", _ext.KIND_SYM4: "int4",
                _ext.KIND_ASYM4: "uint4", _ext.KIND_MIN4: "q4_1"}
 
@@ -63,6 +64,15 @@ class QuantizedLinear:
         if group and group < k and group % 32:
             raise ValueError(f"QuantizedLinear needs group_size >= 32 (got {group}); "
                              f"quantize the weight with group_size=32 or more")
+        # The kernels sum d * (block dot product) before applying the activation
+        # scale: beyond ~1e30 that overflows float32 where x @ W.T does not.
+        for what, arr in (("scales", weight_q._scales),
+                          ("zero_points", weight_q._zeros if cfg.kind == _ext.KIND_MIN4 else None)):
+            if arr is not None:
+                big = float(np.max(np.abs(arr.astype(np.float32))))
+                if big > _MAX_SCALE:
+                    raise ValueError(f"weight_q has {what} up to {big:.3g}; QuantizedLinear needs "
+                                     f"|{what}| <= {_MAX_SCALE:g} (its kernels would overflow float32)")
         self._wq = weight_q
         self._bias = None
         if bias is not None:
