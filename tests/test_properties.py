@@ -24,7 +24,7 @@ from hypothesis.extra import numpy as hnp  # noqa: E402
 import oracle as O  # noqa: E402
 import quantcore  # noqa: E402
 from conftest import ISAS  # noqa: E402
-from helpers import (GRANULARITIES, assert_bits_equal, assert_quantized_equal,  # noqa: E402
+from helpers import (GRANULARITIES, as_2d, assert_bits_equal, assert_quantized_equal,  # noqa: E402
                      check_against_oracle, run_dequantize, run_quantize)
 
 settings.register_profile("ci", max_examples=60, deadline=None, database=None, derandomize=True,
@@ -214,8 +214,17 @@ def test_forward_any_layout_matches_oracle_on_every_isa(data, cfg, compute, k, n
     x64 = x.astype(np.float64).reshape(-1, k)
     wd = layer.dequantized_weight().astype(np.float64)
     ref = x64 @ wd.T + (0.0 if b is None else b.astype(np.float64))
-    # float32 rounding of the factored kernels: |x| (|W| + the group's offset), see fuzz_loaders
-    mag = np.abs(x64) @ (np.abs(wd) + np.abs(wd).max(axis=1, keepdims=True) * 2).T
+    # float32 rounding of the factored kernels (d * sum(x q) + c * sum(x)) scales with
+    # |x| (|d| qmax + |c|), not only |x| |W| (see tests/fuzz/fuzz_loaders.py)
+    qt = layer.weight_quantized
+    q2 = as_2d(qt)
+    group = cfg.group_size if cfg.granularity == "group" else 0
+    per_tensor = cfg.granularity == "tensor"
+    dexp = np.abs(O._expand(q2.scales.astype(np.float64), n, k, group, per_tensor))
+    wmag = np.abs(wd) + dexp * (O.QMAX[cfg.kind] + 1)
+    if cfg.kind == O.MIN4:
+        wmag = wmag + np.abs(O._expand(q2.zeros.astype(np.float64), n, k, group, per_tensor))
+    mag = np.abs(x64) @ wmag.T
     tol = 4 * (k + 4) * 2.0**-23 * (mag + (0.0 if b is None else np.abs(b))) + 1e-30
     if layer.compute == "int8" and x64.shape[0]:
         tol = tol + layer.int8_error_bound(x64) * 1.0001
