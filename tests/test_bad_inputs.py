@@ -256,6 +256,7 @@ CASES = [
     Case("from-arrays-shape-str", lambda: _from_arrays(shape="ab"), TVE, ["shape"]),
     Case("from-arrays-shape-float", lambda: _from_arrays(shape=(8.5, 64)), TVE, ["shape"]),
     Case("from-arrays-shape-huge", lambda: _from_arrays(shape=(2**62, 2**62)), VE, ["shape"]),
+    Case("from-arrays-shape-2-70", lambda: _from_arrays(shape=(2**70,)), VE, ["shape"]),
     Case("from-arrays-dtype", lambda: QuantizedTensor.from_arrays(
         _qt().data, _qt().scales, None, (8, 64), QuantConfig.int8(), dtype="int32"), TE, ["dtype"]),
     Case("from-arrays-config", lambda: _from_arrays(config="int8"), TE, ["config"]),

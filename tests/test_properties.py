@@ -33,6 +33,10 @@ settings.register_profile("ci", max_examples=60, deadline=None, database=None, d
 settings.register_profile("explore", max_examples=1000, deadline=None, database=None,
                           suppress_health_check=[HealthCheck.too_slow,
                                                  HealthCheck.data_too_large])
+# tests/sanitize/run.sh: the same properties, fewer examples (ASan+UBSan run ~3x slower)
+settings.register_profile("sanitize", max_examples=20, deadline=None, database=None, derandomize=True,
+                          suppress_health_check=[HealthCheck.too_slow,
+                                                 HealthCheck.data_too_large])
 PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci")
 
 BOUND = float(np.float32(1e37))  # exactly representable in float32

@@ -69,7 +69,7 @@ class QuantizedLinear:
         for what, arr in (("scales", weight_q._scales),
                           ("zero_points", weight_q._zeros if cfg.kind == _ext.KIND_MIN4 else None)):
             if arr is not None:
-                big = float(np.max(np.abs(arr.astype(np.float32))))
+                big = max(abs(float(arr.max())), abs(float(arr.min())))  # no temporary copy
                 if big > _MAX_SCALE:
                     raise ValueError(f"weight_q has {what} up to {big:.3g}; QuantizedLinear needs "
                                      f"|{what}| <= {_MAX_SCALE:g} (its kernels would overflow float32)")

@@ -102,6 +102,8 @@ class QuantizedTensor:
             raise TypeError(f"shape must be a tuple of ints, got {shape!r}") from None
         if len(shape) < 1 or any(s < 1 for s in shape):
             raise ValueError(f"shape must have ndim >= 1 and positive sizes, got {shape}")
+        if math.prod(shape) >= 2**62:
+            raise ValueError(f"shape {shape} has more than 2**62 elements")
         dtype = np.dtype(dtype)
         if dtype.kind != "f":
             raise TypeError(f"dtype must be a float dtype, got {dtype}")
