@@ -1,7 +1,7 @@
 """The fuzz harness (tests/fuzz/fuzz_loaders.py) in CI: every file of
 tests/fuzz/corpus (seeds and the cases fuzzing has found) replayed as a
 regression test in a crash-attributing child, and a short atheris run
-(QUANTCORE_FUZZ_SECONDS, default 20 s) from a copy of the corpus.  Longer runs
+(QUANTCORE_FUZZ_SECONDS, default 10 s) from a copy of the corpus.  Longer runs
 by hand: ``python tests/fuzz/fuzz_loaders.py tests/fuzz/corpus -max_total_time=600``.
 """
 
@@ -53,7 +53,7 @@ def test_corpus_case(name, outcomes):
 
 @pytest.mark.skipif(importlib.util.find_spec("atheris") is None, reason="atheris is not installed")
 def test_fuzz_for_a_bounded_time(tmp_path):
-    seconds = int(os.environ.get("QUANTCORE_FUZZ_SECONDS", "20"))
+    seconds = int(os.environ.get("QUANTCORE_FUZZ_SECONDS", "10"))
     corpus = tmp_path / "corpus"
     shutil.copytree(CORPUS, corpus)  # libFuzzer adds what it finds to the first corpus dir
     r = subprocess.run([sys.executable, os.path.join(FUZZ, "fuzz_loaders.py"), str(corpus),
