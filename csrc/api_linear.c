@@ -4,12 +4,14 @@
  *
  * Activations: float32 rows copied into zero-padded blocks of 32 (F32 mode, with
  * per-block sums), or quantized into Q8_0 blocks (I8 mode).  A row holding NaN or
- * Inf cannot be quantized; in I8 mode such a row is computed on the F32 path
- * instead, so it propagates as IEEE arithmetic would and other rows are untouched.
+ * Inf cannot be quantized; in either mode such a row is recomputed one weight row
+ * at a time from dequantized values (exact_row), so it propagates as IEEE
+ * arithmetic over x @ dequantize(W).T would and other rows are untouched.
  * Threads: OpenMP over output features in chunks of 16; every thread runs all m
  * rows of its chunk, so the weights are read once per call (GEMV) or once per
  * M-tile (GEMM).  Memory: O(m * k) scratch, nothing proportional to the weights.
  */
+#include <math.h>
 #include <stdlib.h>
 
 #include "kernels.h"
@@ -81,6 +83,47 @@ static void prep_f32_row(const float *x, int64_t k, int64_t kp, int deint, float
     }
 }
 
+/* y[j] = sum_k x[k] * W[j, k] for one row x, with each W[j, k] dequantized as
+ * qc_dequantize does (one weight row at a time: O(k) scratch).  For rows holding
+ * NaN or Inf (or whose block sums overflow): the kernels factor each group as
+ * d * sum(x q) + c * sum(x), which turns inf * 0 into NaN where x @ W^T has +-inf;
+ * this gives the class IEEE arithmetic gives x @ dequantize(W).T (NaN, +inf or
+ * -inf do not depend on the summation order). */
+static qc_status exact_row(const qc_wview *v, const float *x, float *y, float *wrow) {
+    const qc_qweight *w = v->w;
+    const int64_t ssize = w->scale_dtype == QC_F16 ? 2 : 4;
+    const int64_t zsize = QC_KINDS[w->kind].has_zero == 2 ? ssize : 1;
+    qc_qdesc desc = {w->kind, w->group, w->per_tensor, w->scale_dtype};
+    for (int64_t j = 0; j < w->n; j++) {
+        const int64_t gi = j * v->srow;
+        const void *zp = w->zeros ? (const uint8_t *)w->zeros + gi * zsize : NULL;
+        qc_status st = qc_dequantize(&desc, w->data + j * v->row_bytes,
+                                     (const uint8_t *)w->scales + gi * ssize, zp, 1, w->k,
+                                     wrow, w->k, NULL);
+        if (st != QC_OK)
+            return st;
+        float acc = 0.0f;
+        for (int64_t e = 0; e < w->k; e++)
+            acc += x[e] * wrow[e];
+        y[j] = acc;
+    }
+    return QC_OK;
+}
+
+/* Redo the rows flagged in bad[] with exact_row. */
+static qc_status redo_exact(const qc_wview *v, const float *x, int64_t m, int64_t ldx,
+                            const uint8_t *bad, float *y, int64_t ldy) {
+    float *wrow = (float *)malloc((size_t)v->w->k * sizeof(float));
+    if (!wrow)
+        return QC_ERR_NOMEM;
+    qc_status st = QC_OK;
+    for (int64_t r = 0; r < m && st == QC_OK; r++)
+        if (bad[r])
+            st = exact_row(v, x + r * ldx, y + r * ldy, wrow);
+    free(wrow);
+    return st;
+}
+
 static int threads_for(int64_t work) {
     return work < (1 << 18) ? 1 : qc_get_num_threads();
 }
@@ -137,6 +180,21 @@ qc_status qc_linear(const qc_qweight *w, const float *x, int64_t m, int64_t x_ro
         a.xf = xf;
         a.xs = xs;
         run_split(fn, &v, &a, 0, m, y, y_row_stride, nt);
+        /* a non-finite block sum: NaN/Inf in the row (or an overflowing sum) */
+        for (int64_t r = 0; r < m; r++) {
+            for (int64_t b = 0; b < nb; b++) {
+                if (!isfinite(xs[r * nb + b])) {
+                    if (!bad && !(bad = (uint8_t *)calloc((size_t)m, 1))) {
+                        st = QC_ERR_NOMEM;
+                        goto done;
+                    }
+                    bad[r] = 1;
+                    break;
+                }
+            }
+        }
+        if (bad && (st = redo_exact(&v, x, m, x_row_stride, bad, y, y_row_stride)) != QC_OK)
+            goto done;
     } else {
         xq = (int8_t *)malloc((size_t)(m * kp));
         xd = (float *)malloc((size_t)(m * nb) * sizeof(float));
@@ -162,25 +220,9 @@ qc_status qc_linear(const qc_qweight *w, const float *x, int64_t m, int64_t x_ro
         a.xd = xd;
         a.xs = xs;
         run_split(fn, &v, &a, 0, m, y, y_row_stride, nt);
-        if (nbad) { /* rows with NaN/Inf: redo them in float32, one at a time */
-            float *rf = (float *)malloc((size_t)kp * sizeof(float));
-            float *rs = (float *)malloc((size_t)nb * sizeof(float));
-            if (!rf || !rs) {
-                free(rf);
-                free(rs);
-                st = QC_ERR_NOMEM;
+        if (nbad) { /* rows with NaN/Inf: redo them on the exact float32 path */
+            if ((st = redo_exact(&v, x, m, x_row_stride, bad, y, y_row_stride)) != QC_OK)
                 goto done;
-            }
-            qc_act one = {1, kp, nb, QC_KINDS[w->kind].bits == 4, rf, NULL, NULL, rs};
-            for (int64_t r = 0; r < m; r++) {
-                if (!bad[r])
-                    continue;
-                prep_f32_row(x + r * x_row_stride, k, kp, one.deinterleaved, rf, rs);
-                run_split(l->gemv_f32[w->kind], &v, &one, 0, 1, y + r * y_row_stride,
-                          y_row_stride, nt);
-            }
-            free(rf);
-            free(rs);
         }
     }
     if (bias) {

@@ -51,18 +51,21 @@ cdef class QWeight:
         the GIL."""
         if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim != 2:
             raise TypeError("x must be a 2-D float32 array")
-        if x.shape[1] != self.w.k or (x.shape[0] > 1 and x.strides[0] % 4) or x.strides[1] != 4:
-            raise ValueError(f"x must have shape (m, {self.w.k}) with contiguous rows")
+        if x.shape[1] != self.w.k or (x.shape[0] > 1 and x.strides[0] % 4) or x.strides[1] != 4 \
+                or not x.flags.aligned:
+            raise ValueError(f"x must have shape (m, {self.w.k}) with contiguous, aligned rows")
         if not isinstance(out, np.ndarray) or out.dtype != np.float32 or out.ndim != 2:
             raise TypeError("out must be a 2-D float32 array")
         if out.shape != (x.shape[0], self.w.n) or out.strides[1] != 4 or \
-                (out.shape[0] > 1 and out.strides[0] % 4) or not out.flags.writeable:
+                (out.shape[0] > 1 and out.strides[0] % 4) or not out.flags.writeable or \
+                not out.flags.aligned:
             raise ValueError(f"out must be a writeable float32 array of shape "
-                             f"{(x.shape[0], self.w.n)} with contiguous rows")
+                             f"{(x.shape[0], self.w.n)} with contiguous, aligned rows")
         cdef const float *bp = NULL
         if bias is not None:
             if not isinstance(bias, np.ndarray) or bias.dtype != np.float32 or \
-                    bias.shape != (self.w.n,) or not bias.flags.c_contiguous:
+                    bias.shape != (self.w.n,) or not bias.flags.c_contiguous or \
+                    not bias.flags.aligned:
                 raise TypeError(f"bias must be a contiguous float32 array of shape ({self.w.n},)")
             bp = <const float *>cnp.PyArray_DATA(bias)
         if mode != <int>QC_COMPUTE_F32 and mode != <int>QC_COMPUTE_I8:

@@ -39,7 +39,8 @@ cdef _as_kernel_input(a, str what):
     cdef Py_ssize_t isz = a.dtype.itemsize
     cdef size_t addr = <size_t>cnp.PyArray_DATA(<cnp.ndarray>a)
     if (addr % isz) or (a.strides[0] % isz) or (a.strides[1] % isz):
-        a = np.ascontiguousarray(a)
+        # np.ascontiguousarray keeps a contiguous but misaligned array as it is
+        a = np.array(a, order="C", copy=True)
     return a
 
 
@@ -98,6 +99,8 @@ def _need(arr, str what, dtype, shape):
         raise TypeError(f"{what} must have dtype {np.dtype(dtype)}, got {arr.dtype}")
     if arr.shape != shape:
         raise ValueError(f"{what} must have shape {shape}, got {arr.shape}")
+    if not arr.flags.aligned:
+        return np.array(arr, order="C", copy=True)
     return np.ascontiguousarray(arr)
 
 
@@ -136,6 +139,8 @@ def dequantize_2d(data, scales, zeros, int kind, int64_t rows, int64_t cols, int
             raise ValueError("out must be writeable")
         if out.strides[1] != 4 or out.strides[0] % 4 or out.strides[0] < 4 * cols:
             raise ValueError("out must have contiguous rows (C order)")
+        if not out.flags.aligned:
+            raise ValueError("out must be aligned to 4 bytes (its data pointer is not)")
     cdef const uint8_t *dp = <const uint8_t *>cnp.PyArray_DATA(data)
     cdef const void *sp = cnp.PyArray_DATA(scales)
     cdef const void *zp = NULL if zeros is None else cnp.PyArray_DATA(zeros)

@@ -29,7 +29,7 @@ class QuantConfig:
     Parameters
     ----------
     bits : 8 or 4
-    group_size : None or a power of two >= 16
+    group_size : None or a power of two in [16, 2**31]
         Elements per scale along the last axis (the input features of a
         ``(out_features, in_features)`` weight).  Giving it implies
         ``granularity="group"``.  A last axis that is not a multiple of it works:
@@ -77,8 +77,8 @@ class QuantConfig:
         if gs is not None:
             if isinstance(gs, bool) or not isinstance(gs, int):
                 raise ValueError(f"group_size must be None or an int, got {gs!r}")
-            if gs < 16 or gs & (gs - 1):
-                raise ValueError(f"group_size must be a power of two >= 16 (e.g. 32, 64, 128), got {gs}")
+            if gs < 16 or gs & (gs - 1) or gs > 2**31:
+                raise ValueError(f"group_size must be a power of two in [16, 2**31] (e.g. 32, 64, 128), got {gs}")
         if not isinstance(self.symmetric, bool):
             raise ValueError(f"symmetric must be True or False, got {self.symmetric!r}")
         gran = self.granularity

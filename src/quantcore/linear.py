@@ -12,6 +12,7 @@ from .tensor import QuantizedTensor, _as_float_array
 
 __all__ = ["QuantizedLinear"]
 
+_MAX_SCALE = 1e30  # largest weight scale (or Q4_1 minimum) the linear kernels take
 _KIND_NAMES = {_ext.KIND_SYM8: "int8", _ext.KIND_ASYM8: "uint8", _ext.KIND_SYM4: "int4",
                _ext.KIND_ASYM4: "uint4", _ext.KIND_MIN4: "q4_1"}
 
@@ -63,6 +64,15 @@ class QuantizedLinear:
         if group and group < k and group % 32:
             raise ValueError(f"QuantizedLinear needs group_size >= 32 (got {group}); "
                              f"quantize the weight with group_size=32 or more")
+        # The kernels sum d * (block dot product) before applying the activation
+        # scale: beyond ~1e30 that overflows float32 where x @ W.T does not.
+        for what, arr in (("scales", weight_q._scales),
+                          ("zero_points", weight_q._zeros if cfg.kind == _ext.KIND_MIN4 else None)):
+            if arr is not None:
+                big = max(abs(float(arr.max())), abs(float(arr.min())))  # no temporary copy
+                if big > _MAX_SCALE:
+                    raise ValueError(f"weight_q has {what} up to {big:.3g}; QuantizedLinear needs "
+                                     f"|{what}| <= {_MAX_SCALE:g} (its kernels would overflow float32)")
         self._wq = weight_q
         self._bias = None
         if bias is not None:
@@ -96,7 +106,7 @@ class QuantizedLinear:
         w = _to_numpy(weight, "weight")
         if w.ndim != 2:
             raise ValueError(f"weight must be 2-D (out_features, in_features), got shape {w.shape}")
-        return cls(QuantizedTensor.quantize(w, config), bias)
+        return cls(QuantizedTensor._quantize(w, config, "weight"), bias)
 
     # ---- attributes ---------------------------------------------------------------
     @property
@@ -179,7 +189,10 @@ class QuantizedLinear:
         if isinstance(x, np.ndarray):
             a = x
         else:
-            a = _to_numpy(x, "x") if hasattr(x, "detach") else np.asarray(x)
+            try:
+                a = _to_numpy(x, "x") if hasattr(x, "detach") else np.asarray(x)
+            except (TypeError, ValueError) as e:  # ragged lists and the like
+                raise TypeError(f"x must be an array of floats: {e}") from None
         if a.dtype.kind != "f":
             raise TypeError(f"x must be a float array, got dtype {a.dtype}")
         if a.ndim < 1:
@@ -188,8 +201,9 @@ class QuantizedLinear:
             raise ValueError(f"x must have shape (..., in_features={self.in_features}), got {a.shape}")
         lead = a.shape[:-1]
         a2 = a.reshape(-1, self.in_features)
-        if a2.dtype != np.float32 or a2.strides[-1] != 4 or (a2.shape[0] > 1 and (a2.strides[0] < 4 * self.in_features or a2.strides[0] % 4)):
-            a2 = np.ascontiguousarray(a2, dtype=np.float32)
+        if a2.dtype != np.float32 or a2.strides[-1] != 4 or not a2.flags.aligned or (a2.shape[0] > 1 and (a2.strides[0] < 4 * self.in_features or a2.strides[0] % 4)):
+            # a copy (np.ascontiguousarray would keep a misaligned contiguous array)
+            a2 = np.array(a2, dtype=np.float32, order="C", copy=True)
         return a2, lead
 
     def forward(self, x: Any, out: Optional[np.ndarray] = None) -> np.ndarray:
@@ -212,6 +226,8 @@ class QuantizedLinear:
                 raise ValueError("out must be writeable")
             if not out.flags.c_contiguous:
                 raise ValueError("out must be C-contiguous")
+            if not out.flags.aligned:
+                raise ValueError("out must be aligned to 4 bytes (its data pointer is not)")
             y = out
         if m == 0:
             return y

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import operator
 from typing import TYPE_CHECKING, Any, Optional, Tuple, cast
 
 import numpy as np
@@ -71,14 +72,19 @@ class QuantizedTensor:
             config = QuantConfig.int8()
         if not isinstance(config, QuantConfig):
             raise TypeError(f"config must be a QuantConfig, got {type(config).__name__}")
-        a = _as_float_array(array)
+        return cls._quantize(array, config, "array")
+
+    @classmethod
+    def _quantize(cls, array: Any, config: QuantConfig, what: str) -> "QuantizedTensor":
+        """quantize() with errors naming the argument `what`."""
+        a = _as_float_array(array, what)
         if config.method != "absmax":
             raise NotImplementedError("method='mse' is not implemented yet (tracked in issue 4); "
                                       "use method='absmax'")
         group = (config.group_size or 0) if config.granularity == "group" else 0
         data, scales, zeros = _ext.quantize_2d(
             _rows_view(a), config.kind, group, config.granularity == "tensor",
-            config.scale_dtype == "float16", "array")
+            config.scale_dtype == "float16", what)
         return cls._make(data, scales, zeros, tuple(a.shape), a.dtype, config)
 
     @classmethod
@@ -101,11 +107,13 @@ class QuantizedTensor:
         if not isinstance(config, QuantConfig):
             raise TypeError(f"config must be a QuantConfig, got {type(config).__name__}")
         try:
-            shape = tuple(int(s) for s in shape)
+            shape = tuple(operator.index(s) for s in shape)  # ints only: no 8.5 -> 8
         except TypeError:
             raise TypeError(f"shape must be a tuple of ints, got {shape!r}") from None
         if len(shape) < 1 or any(s < 1 for s in shape):
             raise ValueError(f"shape must have ndim >= 1 and positive sizes, got {shape}")
+        if math.prod(shape) >= 2**62:
+            raise ValueError(f"shape {shape} has more than 2**62 elements")
         dtype = np.dtype(dtype)
         if dtype.kind != "f":
             raise TypeError(f"dtype must be a float dtype, got {dtype}")
