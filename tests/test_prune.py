@@ -112,9 +112,10 @@ def test_torch_and_lists():
     assert isinstance(p, np.ndarray) and mask.tolist() == [[False, True], [False, True]]
 
 
-def test_empty_returns_empty():
-    p, mask = prune_magnitude(np.zeros((0, 4), np.float32), 0.5)
-    assert p.shape == (0, 4) and mask.shape == (0, 4)
+def test_empty_raises():
+    # SPEC.md: empty arrays are bad input, as for quantize
+    with pytest.raises(ValueError, match="array is empty"):
+        prune_magnitude(np.zeros((0, 4), np.float32), 0.5)
 
 
 @pytest.mark.parametrize("sparsity", [-0.1, 1.5, float("nan"), float("inf")])

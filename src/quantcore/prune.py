@@ -30,7 +30,7 @@ def prune_magnitude(array: Any, sparsity: float, per_row: bool = False
     * Ties: among weights of equal magnitude the one earlier in C order is
       pruned first, so the result is deterministic; ``-0.0`` and ``0.0`` are equal.
     * `array`: a float or integer array of ndim >= 1 (a 0-d array or a scalar is
-      rejected); NaN raises ValueError (it has no magnitude order); +-Inf are
+      rejected, and so is an empty array); NaN raises ValueError (it has no magnitude order); +-Inf are
       the largest magnitudes.  `sparsity` in [0, 1].
     """
     if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float, np.integer, np.floating)):
@@ -47,11 +47,11 @@ def prune_magnitude(array: Any, sparsity: float, per_row: bool = False
         raise TypeError(f"array must have a float or integer dtype, got {a.dtype}")
     if a.ndim < 1:
         raise ValueError("array must have ndim >= 1, got a 0-d array")
+    if a.size == 0:
+        raise ValueError(f"array is empty (shape {a.shape}); nothing to prune")
     if a.dtype.kind == "f" and np.isnan(a).any():
         raise ValueError("array contains NaN; magnitude pruning needs ordered values")
 
-    if a.size == 0:
-        return a.copy(), np.ones(a.shape, dtype=bool)
     rows = a.reshape(-1, a.shape[-1]) if per_row else a.reshape(1, -1)
     n = rows.shape[1]
     k = _prune_count(n, s)
