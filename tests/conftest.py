@@ -80,3 +80,16 @@ def values(rng):
     def make(shape, scale=1.0, dist="normal", dtype=np.float32):
         return random_values(rng, shape, scale, dist, dtype)
     return make
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked slow (the >2 GiB layer: minutes and ~8 GB of memory) run only
+    when asked for, with ``-m slow`` or QUANTCORE_SLOW=1, so the README's plain
+    ``python -m pytest tests`` stays quick on a small machine."""
+    import os
+    if config.getoption("-m") or os.environ.get("QUANTCORE_SLOW", "0") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow (minutes, ~8 GB): run with -m slow or QUANTCORE_SLOW=1")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

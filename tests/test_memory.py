@@ -150,8 +150,17 @@ def test_forward_python_allocations(cfg, m):
 
 
 FORWARD_PEAK_CHILD = r"""
-import resource, sys, numpy as np, quantcore as qc
+import sys, numpy as np, quantcore as qc
 from quantcore import QuantConfig, QuantizedTensor, QuantizedLinear
+def hwm():
+    # VmHWM: this process's own peak RSS.  Not ru_maxrss: Linux carries the
+    # parent's peak across fork+exec into it, so a large pytest parent would hide
+    # everything this child does.
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 n, k, m, bits = (int(a) for a in sys.argv[1:5])
 cfg = QuantConfig.int4(compute=sys.argv[5]) if bits == 4 else QuantConfig.int8(compute=sys.argv[5])
 # synthetic codes, generated in slices: no float weight and no big temporary ever
@@ -171,12 +180,12 @@ layer = QuantizedLinear(qt)
 x = np.random.default_rng(0).standard_normal((m, k)).astype(np.float32)
 out = np.empty((m, n), np.float32)
 layer(x[:1], out=out[:1])  # threads started, code paged in
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+base = hwm()
 if len(sys.argv) > 6 and sys.argv[6] == "control":
     w = qt.dequantize()  # what a forward must not do: a float32 copy of W
 else:
     layer(x, out=out)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+peak = hwm()
 print(peak - base, qt.nbytes)
 """
 
