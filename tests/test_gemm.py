@@ -29,6 +29,8 @@ from quantcore import QuantConfig, QuantizedLinear, QuantizedTensor, _ext
 
 pytestmark = pytest.mark.skipif("avx2" not in quantcore.available_isas(),
                                 reason="the AVX2 kernel set is not available here")
+# the kernel sets with a tiled GEMM of their own (gemm_avx2.c, gemm_avx512.c)
+GEMM_ISAS = [i for i in ("avx2", "avx512") if i in quantcore.available_isas()]
 
 MS = (8, 9, 17, 64, 130)
 KS = (32, 33, 100, 256, 1000)
@@ -41,11 +43,12 @@ MODES = {"float32": _ext.COMPUTE_F32, "int8": _ext.COMPUTE_I8}
 REL = 1e-4
 
 
-@pytest.fixture
-def restore_isa():
-    """The tests switch kernel sets; the best one is in use again afterwards."""
+@pytest.fixture(params=GEMM_ISAS)
+def restore_isa(request):
+    """The GEMM kernel set under test (every one this CPU runs); the tests switch
+    kernel sets, and the best one is in use again afterwards."""
     try:
-        yield
+        yield request.param
     finally:
         quantcore.set_isa(None)
 
@@ -135,9 +138,9 @@ class Layer:
         return half @ wabs.reshape(self.n, -1, 32).sum(-1).T
 
 
-def check_layer(layer: Layer, x: np.ndarray, what: str) -> None:
+def check_layer(layer: Layer, x: np.ndarray, what: str, isa: str) -> None:
     m = x.shape[0]
-    quantcore.set_isa("avx2")
+    quantcore.set_isa(isa)
     assert layer.uses_gemm(m), f"{what}: the GEMM path was not taken"
     y = layer.forward(x)
     quantcore.set_isa("scalar")
@@ -174,7 +177,7 @@ def test_gemm_matches_oracle_and_scalar(kind, mode, granularity, group_size, sca
         bias = rng.standard_normal(n).astype(np.float32)
         x = rng.standard_normal((m, k)).astype(np.float32)
         layer = Layer(w, bias, kind, granularity, group_size, scale_dtype, mode)
-        check_layer(layer, x, f"{name} M={m} K={k} N={n}")
+        check_layer(layer, x, f"{restore_isa} {name} M={m} K={k} N={n}", restore_isa)
 
 
 @pytest.mark.parametrize("mode", list(MODES))
@@ -186,7 +189,7 @@ def test_gemm_large_values_and_wide_range(kind, mode, restore_isa):
     w = (rng.standard_normal((n, k)) * 10.0 ** rng.integers(-3, 4, (n, 1))).astype(np.float32)
     x = (rng.standard_normal((m, k)) * 10.0 ** rng.integers(-3, 4, (m, 1))).astype(np.float32)
     layer = Layer(w, np.zeros(n, np.float32), kind, "group", 64, "float32", mode)
-    check_layer(layer, x, f"wide {O.KIND_NAMES[kind]} {mode}")
+    check_layer(layer, x, f"{restore_isa} wide {O.KIND_NAMES[kind]} {mode}", restore_isa)
 
 
 @pytest.mark.parametrize("mode", list(MODES))
@@ -200,7 +203,7 @@ def test_gemm_writes_only_its_columns(kind, mode, restore_isa):
         data, scales, zeros = _ext.quantize_2d(w, kind, 32, False, False)
         qw = _ext.QWeight(data, scales, zeros, kind, n, k, 32, False)
         x = rng.standard_normal((m, k)).astype(np.float32)
-        quantcore.set_isa("avx2")
+        quantcore.set_isa(restore_isa)
         big = np.full((m, n + 21), 12345.0, np.float32)
         qw.forward(x, None, big[:, :n], MODES[mode])
         want = qw.forward(x, None, np.empty((m, n), np.float32), MODES[mode])
@@ -242,7 +245,7 @@ def test_gemm_stops_at_the_end_of_the_weights(kind, mode, restore_isa):
         qw = _ext.QWeight(gdata, scales, zeros, kind, n, k, 0, False)
         ref = _ext.QWeight(data, scales, zeros, kind, n, k, 0, False)
         x = rng.standard_normal((m, k)).astype(np.float32)
-        quantcore.set_isa("avx2")
+        quantcore.set_isa(restore_isa)
         assert qw.uses_gemm(m, MODES[mode])
         got = qw.forward(x, None, np.empty((m, n), np.float32), MODES[mode])
         want = ref.forward(x, None, np.empty((m, n), np.float32), MODES[mode])
@@ -259,7 +262,7 @@ def test_gemm_thread_count_changes_no_bit(bits, group, mode, restore_isa):
     layer = QuantizedLinear.from_linear(w, None, QuantConfig(bits=bits, group_size=group,
                                                              compute=mode))
     x = rng.standard_normal((m, k)).astype(np.float32)
-    quantcore.set_isa("avx2")
+    quantcore.set_isa(restore_isa)
     before = quantcore.get_num_threads()
     try:
         quantcore.set_num_threads(1)
@@ -284,7 +287,7 @@ def test_gemm_nan_row_stays_in_its_row(restore_isa):
     layer = QuantizedLinear.from_linear(w, None, QuantConfig(bits=4, group_size=32,
                                                              compute="int8"))
     x = rng.standard_normal((m, k)).astype(np.float32)
-    quantcore.set_isa("avx2")
+    quantcore.set_isa(restore_isa)
     clean = layer.forward(x)
     x[5, 17] = np.nan
     dirty = layer.forward(x)
