@@ -1,4 +1,5 @@
-"""The tiled GEMM path of the linear layer (m >= 8 rows of x; csrc/x86/gemm_avx2.c).
+"""The tiled GEMM paths of the linear layer (m >= 8 rows of x; csrc/x86/gemm_avx2.c and,
+where the CPU has AVX-512 VNNI, csrc/x86/gemm_avx512.c: every test runs on each).
 
 Every kind x compute mode x scale group x scale dtype, over shapes that cover
 every M in {8, 9, 17, 64, 130}, and every pair of K in {32, 33, 100, 256, 1000}
