@@ -183,8 +183,9 @@ def test_gemm_matches_oracle_and_scalar(kind, mode, granularity, group_size, sca
 
 # Tile edges of both GEMMs: microkernel rows (AVX2 4/6, AVX-512 6/14) split at
 # M = 10..17 and 31..33; 16- and 32-row panels at N = 15, 31..33, 63, 65 and the
-# 256-row N tile plus one; K tiles of 16 blocks (512) plus one block, K not a
-# multiple of 32 nor of the group.
+# 256-row N tile plus one; K tiles (AVX2 I8 16 blocks, AVX-512 I8 32 blocks, F32
+# 256 columns) plus one block (K = 544, 2080, 4128), K not a multiple of 32 nor of
+# the group.
 EDGE_SHAPES = [(10, 544, 257), (13, 33, 31), (16, 520, 65), (31, 100, 63), (32, 1000, 32),
                (33, 64, 15), (14, 96, 2), (15, 513, 47), (17, 2080, 40), (12, 4128, 33)]
 
