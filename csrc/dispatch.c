@@ -23,6 +23,8 @@ static const qc_kernels *compiled_table(qc_isa isa) {
 #ifdef QC_HAVE_X86
     case QC_ISA_AVX2:
         return &qc_kernels_avx2;
+    case QC_ISA_AVX512: /* MINIMAL avx512 wiring (vnnigemm branch): the AVX2 quantize set */
+        return &qc_kernels_avx2;
 #endif
 #ifdef QC_HAVE_NEON
     case QC_ISA_NEON:
@@ -37,6 +39,8 @@ static const qc_linear_kernels *compiled_linear(qc_isa isa) {
     switch (isa) {
 #ifdef QC_HAVE_X86
     case QC_ISA_AVX2:
+        return &qc_linear_avx2;
+    case QC_ISA_AVX512: /* MINIMAL avx512 wiring: AVX2 GEMV, AVX-512 GEMM (fill) */
         return &qc_linear_avx2;
 #endif
     default: /* an ISA without linear kernels of its own runs the scalar ones */
@@ -54,7 +58,9 @@ static int cpu_runs(qc_isa isa) {
         return (f & need) == need;
     }
     case QC_ISA_AVX512: {
-        uint32_t need = QC_CPU_AVX512F | QC_CPU_AVX512BW | QC_CPU_AVX512VL;
+        /* MINIMAL avx512 wiring: the AVX2 tables run here too, the GEMM needs VNNI */
+        uint32_t need = QC_CPU_AVX512F | QC_CPU_AVX512BW | QC_CPU_AVX512VL | QC_CPU_AVX512VNNI |
+                        QC_CPU_AVX2 | QC_CPU_FMA | QC_CPU_F16C;
         return (f & need) == need;
     }
     case QC_ISA_NEON:
@@ -117,6 +123,14 @@ static void fill(qc_isa isa) {
             l.gemm_f32[i] = qc_gemm_f32_avx2[i];
             l.gemm_i8[i] = qc_gemm_i8_avx2[i];
         }
+    if (isa == QC_ISA_AVX512) { /* MINIMAL avx512 wiring: x86/gemm_avx512.c */
+        k.name = l.name = "avx512";
+        active_tables[isa] = k;
+        for (int i = 0; i < QC_NUM_KINDS; i++) {
+            l.gemm_f32[i] = qc_gemm_f32_avx512[i];
+            l.gemm_i8[i] = qc_gemm_i8_avx512[i];
+        }
+    }
 #endif
     active_linear[isa] = l;
 #undef QC_FILL

@@ -143,6 +143,7 @@ extern const qc_linear_kernels qc_linear_scalar;
 extern const qc_kernels qc_kernels_avx2;
 extern const qc_linear_kernels qc_linear_avx2;
 extern const qc_linear_fn qc_gemm_f32_avx2[QC_NUM_KINDS], qc_gemm_i8_avx2[QC_NUM_KINDS];
+extern const qc_linear_fn qc_gemm_f32_avx512[QC_NUM_KINDS], qc_gemm_i8_avx512[QC_NUM_KINDS];
 #endif
 #if defined(__aarch64__)
 #define QC_HAVE_NEON 1

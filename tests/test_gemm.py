@@ -1,4 +1,5 @@
-"""The tiled GEMM path of the linear layer (m >= 8 rows of x; csrc/x86/gemm_avx2.c).
+"""The tiled GEMM paths of the linear layer (m >= 8 rows of x; csrc/x86/gemm_avx2.c and,
+where the CPU has AVX-512 VNNI, csrc/x86/gemm_avx512.c: every test runs on each).
 
 Every kind x compute mode x scale group x scale dtype, over shapes that cover
 every M in {8, 9, 17, 64, 130}, and every pair of K in {32, 33, 100, 256, 1000}
@@ -29,6 +30,8 @@ from quantcore import QuantConfig, QuantizedLinear, QuantizedTensor, _ext
 
 pytestmark = pytest.mark.skipif("avx2" not in quantcore.available_isas(),
                                 reason="the AVX2 kernel set is not available here")
+# the kernel sets with a tiled GEMM of their own (gemm_avx2.c, gemm_avx512.c)
+GEMM_ISAS = [i for i in ("avx2", "avx512") if i in quantcore.available_isas()]
 
 MS = (8, 9, 17, 64, 130)
 KS = (32, 33, 100, 256, 1000)
@@ -41,11 +44,12 @@ MODES = {"float32": _ext.COMPUTE_F32, "int8": _ext.COMPUTE_I8}
 REL = 1e-4
 
 
-@pytest.fixture
-def restore_isa():
-    """The tests switch kernel sets; the best one is in use again afterwards."""
+@pytest.fixture(params=GEMM_ISAS)
+def restore_isa(request):
+    """The GEMM kernel set under test (every one this CPU runs); the tests switch
+    kernel sets, and the best one is in use again afterwards."""
     try:
-        yield
+        yield request.param
     finally:
         quantcore.set_isa(None)
 
@@ -135,9 +139,9 @@ class Layer:
         return half @ wabs.reshape(self.n, -1, 32).sum(-1).T
 
 
-def check_layer(layer: Layer, x: np.ndarray, what: str) -> None:
+def check_layer(layer: Layer, x: np.ndarray, what: str, isa: str) -> None:
     m = x.shape[0]
-    quantcore.set_isa("avx2")
+    quantcore.set_isa(isa)
     assert layer.uses_gemm(m), f"{what}: the GEMM path was not taken"
     y = layer.forward(x)
     quantcore.set_isa("scalar")
@@ -174,7 +178,76 @@ def test_gemm_matches_oracle_and_scalar(kind, mode, granularity, group_size, sca
         bias = rng.standard_normal(n).astype(np.float32)
         x = rng.standard_normal((m, k)).astype(np.float32)
         layer = Layer(w, bias, kind, granularity, group_size, scale_dtype, mode)
-        check_layer(layer, x, f"{name} M={m} K={k} N={n}")
+        check_layer(layer, x, f"{restore_isa} {name} M={m} K={k} N={n}", restore_isa)
+
+
+# Tile edges of both GEMMs: microkernel rows (AVX2 4/6, AVX-512 6/14) split at
+# M = 10..17 and 31..33; 16- and 32-row panels at N = 15, 31..33, 63, 65 and the
+# 256-row N tile plus one; K tiles (AVX2 I8 16 blocks, AVX-512 I8 32 blocks, F32
+# 256 columns) plus one block (K = 544, 2080, 4128), K not a multiple of 32 nor of
+# the group.
+EDGE_SHAPES = [(10, 544, 257), (13, 33, 31), (16, 520, 65), (31, 100, 63), (32, 1000, 32),
+               (33, 64, 15), (14, 96, 2), (15, 513, 47), (17, 2080, 40), (12, 4128, 33)]
+
+
+@pytest.mark.parametrize("granularity,group_size", [("channel", None), ("group", 64)],
+                         ids=["row", "g64"])
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("kind", list(O.KIND_NAMES), ids=list(O.KIND_NAMES.values()))
+def test_gemm_tile_edges(kind, mode, granularity, group_size, restore_isa):
+    name = f"edges-{O.KIND_NAMES[kind]}-{mode}-{granularity}"
+    rng = np.random.default_rng(seed_for(name))
+    for m, k, n in EDGE_SHAPES:
+        w = rng.standard_normal((n, k)).astype(np.float32)
+        if kind in (O.ASYM8, O.ASYM4, O.MIN4):
+            w += np.float32(0.5)
+        bias = rng.standard_normal(n).astype(np.float32)
+        x = rng.standard_normal((m, k)).astype(np.float32)
+        layer = Layer(w, bias, kind, granularity, group_size, "float16", mode)
+        check_layer(layer, x, f"{restore_isa} {name} M={m} K={k} N={n}", restore_isa)
+
+
+def _int8_exact_reference(layer: Layer, x: np.ndarray) -> np.ndarray:
+    """int8 compute in float64 from the same quantized activations as the kernels
+    (Q8_0 blocks of 32): per block d * da * sum(q * aq) + c * da * sum(aq), the
+    integer dots exact."""
+    m, k = x.shape
+    kp = -(-k // 32) * 32
+    xp = np.zeros((m, kp), np.float32)
+    xp[:, :k] = x
+    blocks = xp.reshape(m, -1, 32)
+    amax = np.abs(blocks).max(-1)
+    da = (amax / np.float32(127.0)).astype(np.float32)
+    ida = np.where(da != 0, np.float32(1.0) / np.where(da != 0, da, 1), 0).astype(np.float32)
+    aq = np.round(np.abs(blocks * ida[..., None])) * np.sign(blocks)  # half away from zero
+    aq = aq.reshape(m, kp)[:, :k].astype(np.float64)
+    wdq = layer.dequantized()  # d * (q - z) etc., exact in float64
+    return (aq * np.repeat(da.astype(np.float64), 32, axis=1)[:, :k]) @ wdq.T
+
+
+@pytest.mark.parametrize("kind", list(O.KIND_NAMES), ids=list(O.KIND_NAMES.values()))
+def test_gemm_int8_dots_are_exact(kind, restore_isa):
+    """int8 compute with small integers: the weights take a few exact values and
+    x rows are multiples of one step, so every product and block sum is exact in
+    float32 and the kernels must agree with the float64 reference to the last
+    few ulps (an error in the integer part, such as a wrong SYM compensation,
+    shows up as whole units)."""
+    rng = np.random.default_rng(seed_for(f"exact-{kind}"))
+    m, k, n = 19, 544, 67
+    levels = 15 if O.BITS[kind] == 4 else 255
+    w = rng.integers(0, levels + 1, (n, k)).astype(np.float32) - np.float32(levels // 2)
+    w[:, 0] = -(levels // 2)  # each row spans the whole code range: scale 1 (or close)
+    w[:, 1] = levels - levels // 2
+    x = rng.integers(-127, 128, (m, k)).astype(np.float32)
+    x[:, ::32] = 127.0  # every 32-block's absmax is 127: da = 1, aq = x exactly
+    layer = Layer(w, np.zeros(n, np.float32), kind, "channel", None, "float32", "int8")
+    quantcore.set_isa(restore_isa)
+    assert layer.uses_gemm(m)
+    got = layer.forward(x).astype(np.float64)
+    quantcore.set_isa(None)
+    want = _int8_exact_reference(layer, x)
+    tol = 4e-7 * (np.abs(x.astype(np.float64)) @ np.abs(layer.dequantized()).T) + 1e-6
+    np.testing.assert_array_less(np.abs(got - want), tol)
 
 
 @pytest.mark.parametrize("mode", list(MODES))
@@ -186,7 +259,7 @@ def test_gemm_large_values_and_wide_range(kind, mode, restore_isa):
     w = (rng.standard_normal((n, k)) * 10.0 ** rng.integers(-3, 4, (n, 1))).astype(np.float32)
     x = (rng.standard_normal((m, k)) * 10.0 ** rng.integers(-3, 4, (m, 1))).astype(np.float32)
     layer = Layer(w, np.zeros(n, np.float32), kind, "group", 64, "float32", mode)
-    check_layer(layer, x, f"wide {O.KIND_NAMES[kind]} {mode}")
+    check_layer(layer, x, f"{restore_isa} wide {O.KIND_NAMES[kind]} {mode}", restore_isa)
 
 
 @pytest.mark.parametrize("mode", list(MODES))
@@ -200,7 +273,7 @@ def test_gemm_writes_only_its_columns(kind, mode, restore_isa):
         data, scales, zeros = _ext.quantize_2d(w, kind, 32, False, False)
         qw = _ext.QWeight(data, scales, zeros, kind, n, k, 32, False)
         x = rng.standard_normal((m, k)).astype(np.float32)
-        quantcore.set_isa("avx2")
+        quantcore.set_isa(restore_isa)
         big = np.full((m, n + 21), 12345.0, np.float32)
         qw.forward(x, None, big[:, :n], MODES[mode])
         want = qw.forward(x, None, np.empty((m, n), np.float32), MODES[mode])
@@ -242,7 +315,7 @@ def test_gemm_stops_at_the_end_of_the_weights(kind, mode, restore_isa):
         qw = _ext.QWeight(gdata, scales, zeros, kind, n, k, 0, False)
         ref = _ext.QWeight(data, scales, zeros, kind, n, k, 0, False)
         x = rng.standard_normal((m, k)).astype(np.float32)
-        quantcore.set_isa("avx2")
+        quantcore.set_isa(restore_isa)
         assert qw.uses_gemm(m, MODES[mode])
         got = qw.forward(x, None, np.empty((m, n), np.float32), MODES[mode])
         want = ref.forward(x, None, np.empty((m, n), np.float32), MODES[mode])
@@ -259,7 +332,7 @@ def test_gemm_thread_count_changes_no_bit(bits, group, mode, restore_isa):
     layer = QuantizedLinear.from_linear(w, None, QuantConfig(bits=bits, group_size=group,
                                                              compute=mode))
     x = rng.standard_normal((m, k)).astype(np.float32)
-    quantcore.set_isa("avx2")
+    quantcore.set_isa(restore_isa)
     before = quantcore.get_num_threads()
     try:
         quantcore.set_num_threads(1)
@@ -284,7 +357,7 @@ def test_gemm_nan_row_stays_in_its_row(restore_isa):
     layer = QuantizedLinear.from_linear(w, None, QuantConfig(bits=4, group_size=32,
                                                              compute="int8"))
     x = rng.standard_normal((m, k)).astype(np.float32)
-    quantcore.set_isa("avx2")
+    quantcore.set_isa(restore_isa)
     clean = layer.forward(x)
     x[5, 17] = np.nan
     dirty = layer.forward(x)
