@@ -37,9 +37,11 @@ C_SOURCES = [
     "csrc/dispatch.c",
     "csrc/ref/quant_scalar.c",
     "csrc/ref/linear_scalar.c",
+    "csrc/ref/mse_scalar.c",
     "csrc/x86/quant_avx2.c",
     "csrc/x86/linear_avx2.c",
     "csrc/x86/gemm_avx2.c",
+    "csrc/x86/mse_avx2.c",
     "csrc/arm/quant_neon.c",
 ]
 
