@@ -19,6 +19,7 @@ rounded products and sums, and a fused multiply-add the compiler invents would
 break their bit-exactness with the scalar reference and GGUF.
 """
 
+import glob
 import os
 import shutil
 import sys
@@ -128,6 +129,8 @@ extensions = [
         "quantcore._ext",
         sources=["src/quantcore/_ext.pyx"] + C_SOURCES,
         include_dirs=["csrc/include", "csrc", np.get_include()],
+        # headers and the per-ISA templates (*.inc): a change rebuilds the module
+        depends=sorted(glob.glob("csrc/**/*.h", recursive=True) + glob.glob("csrc/**/*.inc", recursive=True)),
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     )
 ]
