@@ -146,16 +146,29 @@ def test_all_zero_tensor_is_absmax():
 
 
 # ---- determinism, threads, kernel sets --------------------------------------------------------
-@pytest.mark.parametrize("name", CONFIGS)
-def test_every_isa_matches_scalar_bit_for_bit(name, all_isas, values):
-    x = values((9, 333), dist="heavy")
-    cfg = mse_of(CONFIGS[name])
+def _check_isas_match(x, cfg, all_isas, what):
     quantcore.set_isa("scalar")
     want = quantcore.quantize(x, cfg)
     for isa in all_isas:
         quantcore.set_isa(isa)
         got = quantcore.quantize(x, cfg)
-        assert got == want, f"{isa} differs from the scalar reference for {name}"
+        assert got == want, f"{isa} differs from the scalar reference for {what}"
+
+
+@pytest.mark.parametrize("dist", ["heavy", "ties", "constant", "sparse", "positive"])
+@pytest.mark.parametrize("name", CONFIGS)
+def test_every_isa_matches_scalar_bit_for_bit(name, dist, all_isas, values):
+    _check_isas_match(values((9, 333), dist=dist), mse_of(CONFIGS[name]), all_isas,
+                      f"{name}, {dist}")
+
+
+@pytest.mark.parametrize("name", ["int8", "int4_g16", "int4_asym", "q4_1", "int8_asym_g16",
+                                  "int4_channel"])
+def test_every_isa_matches_scalar_on_every_tail(name, all_isas, values):
+    """Row lengths 1..17, 31..33, 63..65: every tail of the 8-lane accumulation."""
+    for k in list(range(1, 18)) + [31, 32, 33, 63, 64, 65]:
+        _check_isas_match(values((2, k), dist="heavy"), mse_of(CONFIGS[name]), all_isas,
+                          f"{name}, k={k}")
 
 
 @pytest.mark.parametrize("name", ["int4", "q4_1", "int8_asym", "int4_tensor", "int8_tensor"])
