@@ -369,7 +369,8 @@ static qc_status quantize_impl(const qc_qdesc *desc, int mse, const void *src, q
             store_scale(zeros, 0, desc->scale_dtype, tensor_p.m);
     }
 
-    int nt = threads_for(rows * cols);
+    /* the group search costs ~20x absmax per element: threads pay off sooner */
+    int nt = threads_for(mse && !desc->per_tensor ? rows * cols * 16 : rows * cols);
     QC_UNUSED_NT(nt);
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nt)

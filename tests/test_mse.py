@@ -172,8 +172,9 @@ def test_every_isa_matches_scalar_on_every_tail(name, all_isas, values):
 
 
 @pytest.mark.parametrize("name", ["int4", "q4_1", "int8_asym", "int4_tensor", "int8_tensor"])
-def test_deterministic_and_thread_independent(name, threads, values):
-    x = values((300, 1000))  # above the one-thread threshold
+@pytest.mark.parametrize("shape", [(300, 1000), (37, 1000)])  # both above the 1-thread size
+def test_deterministic_and_thread_independent(name, shape, threads, values):
+    x = values(shape)
     cfg = mse_of(CONFIGS[name])
     threads(1)
     one = quantcore.quantize(x, cfg)
