@@ -110,6 +110,14 @@ static inline double qc_mse_min_fit(const qc_mse_sums *s, int64_t n, double sx, 
     return dd * sxq + mm * sx;
 }
 
+/* Integer zero point z for scale 1/id: the minimum at code 0 (anchor 0) or the
+ * maximum at qmax (anchor 1). */
+static inline int32_t qc_mse_zero(const qc_stats *st, float id, float qmax, int anchor) {
+    if (anchor == 0)
+        return (int32_t)qc_mse_round(qc_mse_clamp(-st->min * id, 0.0f, qmax));
+    return (int32_t)(qmax - qc_mse_round(qc_mse_clamp(st->max * id, 0.0f, qmax)));
+}
+
 /* Codes of a group for parameters p (p->id = 1/d, p->z, p->m), nearest-even,
  * packed as quantcore stores them. */
 static inline void qc_mse_codes(qc_kind kind, const float *x, int64_t n, const qc_qparams *p,
