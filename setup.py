@@ -44,6 +44,7 @@ C_SOURCES = [
     "csrc/x86/gemm_avx2.c",
     "csrc/x86/mse_avx2.c",
     "csrc/arm/quant_neon.c",
+    "csrc/arm/mse_neon.c",
 ]
 
 

@@ -173,6 +173,7 @@ QC_DECLARE_ROW_MSE_ALL(avx2)
 #if defined(__aarch64__)
 #define QC_HAVE_NEON 1
 extern const qc_kernels qc_kernels_neon;
+QC_DECLARE_ROW_MSE_ALL(neon)
 #endif
 
 /* The tables in use (set by dispatch.c); every entry callable, except the GEMM
