@@ -19,6 +19,7 @@ rounded products and sums, and a fused multiply-add the compiler invents would
 break their bit-exactness with the scalar reference and GGUF.
 """
 
+import glob
 import os
 import shutil
 import sys
@@ -38,11 +39,14 @@ C_SOURCES = [
     "csrc/dispatch.c",
     "csrc/ref/quant_scalar.c",
     "csrc/ref/linear_scalar.c",
+    "csrc/ref/mse_scalar.c",
     "csrc/x86/quant_avx2.c",
     "csrc/x86/linear_avx2.c",
     "csrc/x86/gemm_avx2.c",
     "csrc/x86/gemm_avx512.c",
+    "csrc/x86/mse_avx2.c",
     "csrc/arm/quant_neon.c",
+    "csrc/arm/mse_neon.c",
 ]
 
 
@@ -130,6 +134,8 @@ extensions = [
         "quantcore._ext",
         sources=["src/quantcore/_ext.pyx"] + C_SOURCES,
         include_dirs=["csrc/include", "csrc", np.get_include()],
+        # headers and the per-ISA templates (*.inc): a change rebuilds the module
+        depends=sorted(glob.glob("csrc/**/*.h", recursive=True) + glob.glob("csrc/**/*.inc", recursive=True)),
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     )
 ]

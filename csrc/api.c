@@ -8,7 +8,7 @@
  */
 #include <stdlib.h>
 
-#include "quantize_row.h"
+#include "quantize_mse.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -169,9 +169,157 @@ static qc_status tensor_stats(const qc_kernels *k, const char *src, qc_dtype dt,
     return st;
 }
 
-qc_status qc_quantize(const qc_qdesc *desc, const void *src, qc_dtype src_dtype, int64_t rows,
-                      int64_t cols, int64_t row_stride, int64_t col_stride, uint8_t *data,
-                      void *scales, void *zeros, qc_error *err) {
+/* ---- method="mse" per tensor: the search of quantize_mse.inc, its sums over
+ * every row (each candidate a pass over the tensor, threads over rows). */
+typedef struct {
+    int64_t n; /* elements */
+    const qc_kernels *k;
+    const char *src;
+    qc_dtype dt;
+    int64_t rows, cols, rs, cs;
+    qc_status st;
+    double *rowsums; /* 3 per row */
+} tensor_ctx;
+
+/* mode 0: t = {sum(x l), sum(l l), -}; 1: {sum(q), sum(q q), sum(x q)};
+ * 2: {sum(x), sum(x x), -}.  Rows in parallel, their sums added in row order
+ * (the result does not depend on the thread count). */
+static void tensor_sums(tensor_ctx *c, float id, float lo, float hi, float m, int mode,
+                        double t[3]) {
+    int failed = 0;
+    int nt = threads_for(c->n);
+    QC_UNUSED_NT(nt);
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt) reduction(| : failed)
+#endif
+    {
+        float *buf = (float *)malloc((size_t)c->cols * sizeof(float));
+        failed |= !buf;
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+        for (int64_t r = 0; r < c->rows; r++) {
+            if (!buf)
+                continue;
+            const float *x = load_row(c->k, c->src, c->dt, r, c->cols, c->rs, c->cs, buf);
+            double *u = c->rowsums + 3 * r;
+            u[0] = u[1] = u[2] = 0.0;
+            if (mode == 2)
+                qc_mse_moments(x, c->cols, &u[0], &u[1]);
+            else
+                qc_mse_row_sums(x, c->cols, id, lo, hi, m, mode, u);
+        }
+        free(buf);
+    }
+    if (failed)
+        c->st = QC_ERR_NOMEM;
+    t[0] = t[1] = t[2] = 0.0;
+    for (int64_t r = 0; r < c->rows && !failed; r++) {
+        t[0] += c->rowsums[3 * r];
+        t[1] += c->rowsums[3 * r + 1];
+        t[2] += c->rowsums[3 * r + 2];
+    }
+}
+
+static void tensor_eval_sym(tensor_ctx *c, float id, float lo, float hi, qc_mse_sums *s) {
+    double t[3];
+    tensor_sums(c, id, lo, hi, 0.0f, 0, t);
+    s->sxl = t[0];
+    s->sll = t[1];
+}
+
+static void tensor_eval_min(tensor_ctx *c, float id, float m, float hi, qc_mse_sums *s) {
+    double t[3];
+    tensor_sums(c, id, 0.0f, hi, m, 1, t);
+    s->sq = t[0];
+    s->sqq = t[1];
+    s->sxq = t[2];
+}
+
+static void tensor_moments(tensor_ctx *c, double *sx, double *sxx) {
+    double t[3];
+    tensor_sums(c, 0.0f, 0.0f, 0.0f, 0.0f, 2, t);
+    *sx = t[0];
+    *sxx = t[1];
+}
+
+#define QC_MSE_SUFFIX tensor
+#define QC_MSE_ATTR
+#define QC_MSE_CTX tensor_ctx
+#define QC_MSE_EVAL_SYM(c, id, lo, hi, s) tensor_eval_sym(c, id, lo, hi, s)
+#define QC_MSE_EVAL_MIN(c, id, m, hi, s) tensor_eval_min(c, id, m, hi, s)
+#define QC_MSE_MOMENTS(c, sx, sxx) tensor_moments(c, sx, sxx)
+#include "quantize_mse.inc"
+
+/* *p: the absmax parameters on entry; on return the search's where their exact
+ * error over the tensor is lower (*use_search = 1: codes by qc_mse_codes). */
+static qc_status tensor_mse(const qc_kernels *k, qc_kind kind, const char *src, qc_dtype dt,
+                            int64_t rows, int64_t cols, int64_t rs, int64_t cs, int f16,
+                            const qc_stats *s, qc_qparams *p, int *use_search) {
+    *use_search = 0;
+    tensor_ctx ctx = {rows * cols, k, src, dt, rows, cols, rs, cs, QC_OK, NULL};
+    ctx.rowsums = (double *)malloc((size_t)rows * 3 * sizeof(double));
+    if (!ctx.rowsums)
+        return QC_ERR_NOMEM;
+    qc_qparams c = {0.0f, 0.0f, 0.0f, 0};
+    int found;
+    if (kind == QC_SYM8 || kind == QC_SYM4)
+        found = search_sym_tensor(kind, &ctx, s, f16, &c);
+    else if (kind == QC_MIN4)
+        found = search_min_tensor(&ctx, s, f16, &c);
+    else
+        found = search_asym_tensor(kind, &ctx, s, f16, &c);
+    if (ctx.st != QC_OK || !found) {
+        free(ctx.rowsums);
+        return ctx.st;
+    }
+    qc_qparams ps = *p; /* absmax, as stored */
+    ps.d = qc_mse_stored(p->d, f16);
+    ps.m = qc_mse_stored(p->m, f16);
+    const int64_t rb = qc_row_bytes(kind, cols);
+    double e0 = 0.0, e1 = 0.0, *re = ctx.rowsums;
+    int failed = 0;
+    int nt = threads_for(rows * cols);
+    QC_UNUSED_NT(nt);
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt) reduction(| : failed)
+#endif
+    {
+        float *buf = (float *)malloc((size_t)cols * sizeof(float));
+        uint8_t *codes = (uint8_t *)malloc((size_t)rb);
+        failed |= !buf || !codes;
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+        for (int64_t r = 0; r < rows; r++) {
+            if (!buf || !codes)
+                continue;
+            const float *x = load_row(k, src, dt, r, cols, rs, cs, buf);
+            k->quantize[kind](x, cols, p, codes);
+            re[2 * r] = qc_mse_group_error(kind, x, cols, codes, &ps);
+            qc_mse_codes(kind, x, cols, &c, codes);
+            re[2 * r + 1] = qc_mse_group_error(kind, x, cols, codes, &c);
+        }
+        free(buf);
+        free(codes);
+    }
+    for (int64_t r = 0; r < rows && !failed; r++) {
+        e0 += re[2 * r];
+        e1 += re[2 * r + 1];
+    }
+    free(ctx.rowsums);
+    if (failed)
+        return QC_ERR_NOMEM;
+    if (e1 < e0) {
+        *p = c;
+        *use_search = 1;
+    }
+    return QC_OK;
+}
+
+static qc_status quantize_impl(const qc_qdesc *desc, int mse, const void *src, qc_dtype src_dtype,
+                               int64_t rows, int64_t cols, int64_t row_stride, int64_t col_stride,
+                               uint8_t *data, void *scales, void *zeros, qc_error *err) {
     qc_error dummy;
     if (!err)
         err = &dummy;
@@ -194,6 +342,7 @@ qc_status qc_quantize(const qc_qdesc *desc, const void *src, qc_dtype src_dtype,
     const char *base = (const char *)src;
 
     qc_qparams tensor_p;
+    int tensor_search = 0; /* per tensor, method="mse": codes by qc_mse_codes */
     if (desc->per_tensor) {
         qc_stats s;
         st = tensor_stats(k, base, src_dtype, rows, cols, row_stride, col_stride, &s, err);
@@ -202,6 +351,12 @@ qc_status qc_quantize(const qc_qdesc *desc, const void *src, qc_dtype src_dtype,
         if (kind == QC_MIN4 && s.min == 0.0f)
             s.min = 0.0f; /* per tensor, a zero minimum is stored as +0.0 */
         tensor_p = qc_params_from_stats(kind, &s);
+        if (mse) {
+            st = tensor_mse(k, kind, base, src_dtype, rows, cols, row_stride, col_stride,
+                            desc->scale_dtype == QC_F16, &s, &tensor_p, &tensor_search);
+            if (st != QC_OK)
+                return st;
+        }
         if (!params_fit(&tensor_p, desc->scale_dtype)) {
             err->row = 0;
             err->col = 0;
@@ -214,7 +369,8 @@ qc_status qc_quantize(const qc_qdesc *desc, const void *src, qc_dtype src_dtype,
             store_scale(zeros, 0, desc->scale_dtype, tensor_p.m);
     }
 
-    int nt = threads_for(rows * cols);
+    /* the group search costs ~20x absmax per element: threads pay off sooner */
+    int nt = threads_for(mse && !desc->per_tensor ? rows * cols * 16 : rows * cols);
     QC_UNUSED_NT(nt);
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nt)
@@ -227,19 +383,27 @@ qc_status qc_quantize(const qc_qdesc *desc, const void *src, qc_dtype src_dtype,
         if (!buf || !pd || !pz)
             record_error(&st, err, QC_ERR_NOMEM, -1, -1);
         float *pm = pd ? pd + ngroups : NULL;
+        uint8_t *scratch = mse ? (uint8_t *)malloc((size_t)qc_row_bytes(kind, group)) : NULL;
+        if (mse && !scratch)
+            record_error(&st, err, QC_ERR_NOMEM, -1, -1);
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
         for (int64_t r = 0; r < rows; r++) {
-            if (!buf || !pd || !pz)
+            if (!buf || !pd || !pz || (mse && !scratch))
                 continue; /* no early exit on errors: the smallest (row, col) must win */
             const float *x = load_row(k, base, src_dtype, r, cols, row_stride, col_stride, buf);
             uint8_t *out = data + r * rbytes;
             if (desc->per_tensor) {
-                k->quantize[kind](x, cols, &tensor_p, out);
+                if (tensor_search)
+                    qc_mse_codes(kind, x, cols, &tensor_p, out);
+                else
+                    k->quantize[kind](x, cols, &tensor_p, out);
                 continue;
             }
-            int64_t bad = k->quantize_row[kind](x, cols, group, out, pd, pm, pz);
+            int64_t bad = mse ? k->quantize_row_mse[kind](x, cols, group, desc->scale_dtype == QC_F16,
+                                                          out, pd, pm, pz, scratch)
+                              : k->quantize_row[kind](x, cols, group, out, pd, pm, pz);
             int64_t ndone = bad < 0 ? ngroups : bad / group; /* groups with parameters */
             for (int64_t g = 0; g < ndone; g++) {
                 qc_qparams p = {pd[g], 0.0f, pm[g], 0};
@@ -272,8 +436,23 @@ qc_status qc_quantize(const qc_qdesc *desc, const void *src, qc_dtype src_dtype,
         free(buf);
         free(pd);
         free(pz);
+        free(scratch);
     }
     return st;
+}
+
+qc_status qc_quantize(const qc_qdesc *desc, const void *src, qc_dtype src_dtype, int64_t rows,
+                      int64_t cols, int64_t row_stride, int64_t col_stride, uint8_t *data,
+                      void *scales, void *zeros, qc_error *err) {
+    return quantize_impl(desc, 0, src, src_dtype, rows, cols, row_stride, col_stride, data,
+                         scales, zeros, err);
+}
+
+qc_status qc_quantize_mse(const qc_qdesc *desc, const void *src, qc_dtype src_dtype,
+                          int64_t rows, int64_t cols, int64_t row_stride, int64_t col_stride,
+                          uint8_t *data, void *scales, void *zeros, qc_error *err) {
+    return quantize_impl(desc, 1, src, src_dtype, rows, cols, row_stride, col_stride, data,
+                         scales, zeros, err);
 }
 
 qc_status qc_dequantize(const qc_qdesc *desc, const uint8_t *data, const void *scales,

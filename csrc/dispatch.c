@@ -103,10 +103,18 @@ static void fill(qc_isa isa) {
     QC_FILL(store_f16)
     QC_FILL(pack_int4)
     QC_FILL(unpack_int4)
+#ifdef QC_HAVE_X86
+    /* An x86 ISA above AVX2 that has no mse search of its own runs the AVX2 one
+     * (bit-identical to the scalar reference, and much faster). */
+    if (isa != QC_ISA_SCALAR && isa != QC_ISA_AVX2 && cpu_runs(QC_ISA_AVX2))
+        for (int i = 0; i < QC_NUM_KINDS; i++)
+            QC_FILL_FROM(k, (&qc_kernels_avx2), quantize_row_mse[i])
+#endif
     for (int i = 0; i < QC_NUM_KINDS; i++) {
         QC_FILL(quantize[i])
         QC_FILL(dequantize[i])
         QC_FILL(quantize_row[i])
+        QC_FILL(quantize_row_mse[i])
     }
     active_tables[isa] = k;
 

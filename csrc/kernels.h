@@ -26,6 +26,12 @@ typedef void (*qc_dequantize_fn)(const uint8_t *src, int64_t n, const qc_qparams
 /* Quantize a whole row group by group (see quantize_row.h). */
 typedef int64_t (*qc_quantize_row_fn)(const float *x, int64_t n, int64_t group, uint8_t *dst,
                                       float *d, float *m, uint8_t *z);
+/* method="mse": as qc_quantize_row_fn, with the parameters searched for the
+ * least squared error as stored (scale_f16: float16 scales); scratch holds one
+ * group's codes (see quantize_mse.h). */
+typedef int64_t (*qc_quantize_row_mse_fn)(const float *x, int64_t n, int64_t group,
+                                          int scale_f16, uint8_t *dst, float *d, float *m,
+                                          uint8_t *z, uint8_t *scratch);
 /* float32 -> float16 (round to nearest even) for n values. */
 typedef void (*qc_store_f16_fn)(const float *src, int64_t n, uint16_t *dst);
 /* Pack n nibble values (already range-checked) into ceil(n/2) bytes, and back. */
@@ -121,7 +127,26 @@ typedef struct {
     qc_store_f16_fn store_f16;
     qc_pack4_fn pack_int4;
     qc_unpack4_fn unpack_int4;
+    /* NULL: the AVX2 one where the CPU runs it (x86), else the scalar one */
+    qc_quantize_row_mse_fn quantize_row_mse[QC_NUM_KINDS];
 } qc_kernels;
+
+/* The method="mse" row kernels of an ISA file (ref/mse_scalar.c, x86/mse_avx2.c). */
+#define QC_DECLARE_ROW_MSE(K, ISA)                                                              \
+    int64_t qc_quantize_row_mse_##K##_##ISA(const float *x, int64_t n, int64_t group,          \
+                                            int scale_f16, uint8_t *dst, float *d, float *m,   \
+                                            uint8_t *z, uint8_t *scratch);
+#define QC_DECLARE_ROW_MSE_ALL(ISA)                                                             \
+    QC_DECLARE_ROW_MSE(SYM8, ISA)                                                               \
+    QC_DECLARE_ROW_MSE(ASYM8, ISA)                                                              \
+    QC_DECLARE_ROW_MSE(SYM4, ISA)                                                               \
+    QC_DECLARE_ROW_MSE(ASYM4, ISA)                                                              \
+    QC_DECLARE_ROW_MSE(MIN4, ISA)
+#define QC_ROW_MSE_TABLE(ISA)                                                                   \
+    {qc_quantize_row_mse_SYM8_##ISA, qc_quantize_row_mse_ASYM8_##ISA,                           \
+     qc_quantize_row_mse_SYM4_##ISA, qc_quantize_row_mse_ASYM4_##ISA,                           \
+     qc_quantize_row_mse_MIN4_##ISA}
+QC_DECLARE_ROW_MSE_ALL(scalar)
 
 /* The linear-layer part of an ISA's table (linear_<isa>.c). */
 typedef struct {
@@ -144,10 +169,12 @@ extern const qc_kernels qc_kernels_avx2;
 extern const qc_linear_kernels qc_linear_avx2;
 extern const qc_linear_fn qc_gemm_f32_avx2[QC_NUM_KINDS], qc_gemm_i8_avx2[QC_NUM_KINDS];
 extern const qc_linear_fn qc_gemm_f32_avx512[QC_NUM_KINDS], qc_gemm_i8_avx512[QC_NUM_KINDS];
+QC_DECLARE_ROW_MSE_ALL(avx2)
 #endif
 #if defined(__aarch64__)
 #define QC_HAVE_NEON 1
 extern const qc_kernels qc_kernels_neon;
+QC_DECLARE_ROW_MSE_ALL(neon)
 #endif
 
 /* The tables in use (set by dispatch.c); every entry callable, except the GEMM

@@ -477,9 +477,6 @@ def test_quantize_nonfinite_strided(values):
         quantcore.quantize(base[::2, ::2])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "NOT IMPLEMENTED: method='mse' raises NotImplementedError (tensor.py, 'tracked in "
-    "issue 4'); SPEC.md requires it and that it beat absmax"))
 @pytest.mark.parametrize("cfg", [QuantConfig.int8(), QuantConfig.int4()], ids=["int8", "int4"])
 def test_mse_method_beats_absmax(cfg, values):
     x = values((16, 256), dist="heavy")

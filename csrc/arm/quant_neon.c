@@ -325,6 +325,7 @@ const qc_kernels qc_kernels_neon = {
     .quantize_row = QC_QUANTIZE_ROW_TABLE(neon),
     .pack_int4 = pack_int4_neon,
     .unpack_int4 = unpack_int4_neon,
+    .quantize_row_mse = QC_ROW_MSE_TABLE(neon),
 };
 
 #endif /* QC_HAVE_NEON */

@@ -108,6 +108,15 @@ qc_status qc_quantize(const qc_qdesc *desc, const void *src, qc_dtype src_dtype,
                       int64_t cols, int64_t row_stride, int64_t col_stride, uint8_t *data,
                       void *scales, void *zeros, qc_error *err);
 
+/* As qc_quantize, with method="mse": each group's scale (and zero point or
+ * minimum) searched for the least squared error as stored, never worse than
+ * qc_quantize's group by group (per_tensor: over the whole tensor); same layout,
+ * so Q8_0 / Q4_0 / Q4_1 stay valid GGUF blocks.  Slower (a few dozen passes over
+ * each group). */
+qc_status qc_quantize_mse(const qc_qdesc *desc, const void *src, qc_dtype src_dtype,
+                          int64_t rows, int64_t cols, int64_t row_stride, int64_t col_stride,
+                          uint8_t *data, void *scales, void *zeros, qc_error *err);
+
 /* Dequantize into a float32 matrix whose rows are dst_row_stride floats apart. */
 qc_status qc_dequantize(const qc_qdesc *desc, const uint8_t *data, const void *scales,
                         const void *zeros, int64_t rows, int64_t cols, float *dst,

@@ -160,4 +160,5 @@ const qc_kernels qc_kernels_scalar = {
     .store_f16 = store_f16_scalar,
     .pack_int4 = pack_int4_scalar,
     .unpack_int4 = unpack_int4_scalar,
+    .quantize_row_mse = QC_ROW_MSE_TABLE(scalar),
 };

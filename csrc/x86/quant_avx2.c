@@ -257,6 +257,7 @@ const qc_kernels qc_kernels_avx2 = {
     .store_f16 = store_f16_avx2,
     .pack_int4 = pack_int4_avx2,
     .unpack_int4 = unpack_int4_avx2,
+    .quantize_row_mse = QC_ROW_MSE_TABLE(avx2),
 };
 
 #endif /* QC_HAVE_X86 */

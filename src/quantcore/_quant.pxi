@@ -45,8 +45,9 @@ cdef _as_kernel_input(a, str what):
 
 
 def quantize_2d(a, int kind, int64_t group=0, bint per_tensor=False, bint scale_f16=False,
-                str what="array"):
-    """Quantize a 2-D float array row by row.
+                str what="array", bint mse=False):
+    """Quantize a 2-D float array row by row (mse: method="mse", the search for
+    the least squared error; else absmax).
 
     Returns (data, scales, zeros): data is int8 (kind SYM8) or uint8, shape
     (rows, row_bytes); scales (rows, n_groups), or (1, 1) when per_tensor, in
@@ -87,7 +88,10 @@ def quantize_2d(a, int kind, int64_t group=0, bint per_tensor=False, bint scale_
     cdef qc_error err
     cdef qc_status st
     with nogil:
-        st = qc_quantize(&desc, src, sdtype, rows, cols, rs, cs, dp, sp, zp, &err)
+        if mse:
+            st = qc_quantize_mse(&desc, src, sdtype, rows, cols, rs, cs, dp, sp, zp, &err)
+        else:
+            st = qc_quantize(&desc, src, sdtype, rows, cols, rs, cs, dp, sp, zp, &err)
     raise_status(st, err, what)
     return data, scales, zeros
 

@@ -67,7 +67,9 @@ class QuantizedTensor:
     def quantize(cls, array: Any, config: Optional[QuantConfig] = None) -> "QuantizedTensor":
         """Quantize a float16/32/64 array (ndim >= 1, any strides) with `config`
         (default ``QuantConfig.int8()``).  The input is never modified.  NaN or Inf
-        raises ValueError."""
+        raises ValueError.  ``config.method == "mse"`` searches each group's
+        parameters for the least squared error (never above absmax's, group by
+        group); the storage layout is the same."""
         if config is None:
             config = QuantConfig.int8()
         if not isinstance(config, QuantConfig):
@@ -78,13 +80,10 @@ class QuantizedTensor:
     def _quantize(cls, array: Any, config: QuantConfig, what: str) -> "QuantizedTensor":
         """quantize() with errors naming the argument `what`."""
         a = _as_float_array(array, what)
-        if config.method != "absmax":
-            raise NotImplementedError("method='mse' is not implemented yet (tracked in issue 4); "
-                                      "use method='absmax'")
         group = (config.group_size or 0) if config.granularity == "group" else 0
         data, scales, zeros = _ext.quantize_2d(
             _rows_view(a), config.kind, group, config.granularity == "tensor",
-            config.scale_dtype == "float16", what)
+            config.scale_dtype == "float16", what, config.method == "mse")
         return cls._make(data, scales, zeros, tuple(a.shape), a.dtype, config)
 
     @classmethod

@@ -250,6 +250,8 @@ static qsizes sizes_for(const qc_qdesc *d, int64_t rows, int64_t cols) {
     return z;
 }
 
+static int use_mse; /* run_q: qc_quantize_mse instead of qc_quantize */
+
 static void run_q(qc_isa isa, const qc_qdesc *d, const void *src, qc_dtype dt, int64_t rows,
                   int64_t cols, int64_t rs, int64_t cs, const qsizes *z, qres *r) {
     use(isa);
@@ -262,7 +264,8 @@ static void run_q(qc_isa isa, const qc_qdesc *d, const void *src, qc_dtype dt, i
     memset(r->zeros, 0xa5, z->zbytes);
     memset(r->deq, 0xa5, z->deqn * sizeof(float));
     void *zp = QC_KINDS[d->kind].has_zero ? r->zeros : NULL;
-    r->st = qc_quantize(d, src, dt, rows, cols, rs, cs, r->data, r->scales, zp, &r->err);
+    r->st = (use_mse ? qc_quantize_mse : qc_quantize)(d, src, dt, rows, cols, rs, cs, r->data,
+                                                       r->scales, zp, &r->err);
     r->dst_st = QC_OK;
     if (r->st == QC_OK) {
         qc_error e2;
@@ -286,8 +289,8 @@ static void compare_case(const qc_qdesc *d, const void *src, qc_dtype dt, int64_
     run_q(QC_ISA_SCALAR, d, src, dt, rows, cols, rs, cs, &z, &a);
     run_q(simd, d, src, dt, rows, cols, rs, cs, &z, &b);
     char ctx[200];
-    snprintf(ctx, sizeof ctx, "%s kind=%s rows=%lld cols=%lld group=%lld per_tensor=%d scale=%s src=%s",
-             what, KIND_NAMES[d->kind], (long long)rows, (long long)cols, (long long)d->group,
+    snprintf(ctx, sizeof ctx, "%s%s kind=%s rows=%lld cols=%lld group=%lld per_tensor=%d scale=%s src=%s",
+             use_mse ? "mse " : "", what, KIND_NAMES[d->kind], (long long)rows, (long long)cols, (long long)d->group,
              d->per_tensor, d->scale_dtype == QC_F16 ? "f16" : "f32", DT_NAMES[dt]);
     if (a.st == QC_OK)
         n_ok_cases++;
@@ -730,6 +733,15 @@ static void test_pack(void) {
     }
 }
 
+/* method="mse" (quantize_mse.h): the same cases, the search's kernels compared */
+static void test_quant_mse(void) {
+    use_mse = 1;
+    test_quant_f32();
+    test_quant_f16_f64();
+    test_nonfinite();
+    use_mse = 0;
+}
+
 int main(void) {
     simd = qc_best_isa();
     printf("quantcore %d.%d.%d: comparing %s against scalar (cpu features 0x%x)\n", QC_VERSION_MAJOR,
@@ -752,6 +764,7 @@ int main(void) {
     SECTION(test_nonfinite)
     SECTION(test_dequant_random)
     SECTION(test_pack)
+    SECTION(test_quant_mse)
     printf("quantize cases: %ld returned QC_OK, %ld returned an error (compared too)\n", n_ok_cases,
            n_err_cases);
     printf("%ld passed, %ld failed\n", npass, nfail);
