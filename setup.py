@@ -40,6 +40,7 @@ C_SOURCES = [
     "csrc/x86/quant_avx2.c",
     "csrc/x86/linear_avx2.c",
     "csrc/x86/gemm_avx2.c",
+    "csrc/x86/linear_avx512.c",
     "csrc/arm/quant_neon.c",
 ]
 

@@ -65,16 +65,16 @@ int qc_linear_uses_gemm(const qc_qweight *w, int64_t m, qc_compute mode) {
     return gemm;
 }
 
-/* Copy row x into xf (zero padded to kp, in the 4-bit GEMV order when asked) and
- * sum its blocks. */
-static void prep_f32_row(const float *x, int64_t k, int64_t kp, int deint, float *xf, float *xs) {
+/* Copy row x into xf (zero padded to kp, in the 4-bit GEMV order with groups of
+ * `span` blocks when span > 0) and sum its blocks. */
+static void prep_f32_row(const float *x, int64_t k, int64_t kp, int span, float *xf, float *xs) {
     const int64_t nb = kp / QC_BLK;
     for (int64_t b = 0; b < nb; b++) {
         float s = 0.0f;
         for (int j = 0; j < QC_BLK; j++) {
             int64_t e = b * QC_BLK + j;
             float v = e < k ? x[e] : 0.0f;
-            xf[deint ? qc_act_pos4(nb, b, j) : e] = v;
+            xf[span ? qc_act_pos4(span, nb, b, j) : e] = v;
             s += v;
         }
         xs[b] = s;
@@ -85,9 +85,10 @@ static int threads_for(int64_t work) {
     return work < (1 << 18) ? 1 : qc_get_num_threads();
 }
 
-/* Run fn over all of [0, n) output features, split across threads. */
+/* Run fn over all of [0, n) output features, split across threads; each thread
+ * adds the bias (when given) to the part of y it wrote. */
 static void run_split(qc_linear_fn fn, const qc_wview *v, const qc_act *a, int64_t m0, int64_t m1,
-                      float *y, int64_t ldy, int nt) {
+                      const float *bias, float *y, int64_t ldy, int nt) {
     const int64_t n = v->w->n;
     int64_t chunk = (n + nt - 1) / nt;
     chunk = (chunk + 15) / 16 * 16;
@@ -98,6 +99,12 @@ static void run_split(qc_linear_fn fn, const qc_wview *v, const qc_act *a, int64
     for (int64_t c = 0; c < nchunks; c++) {
         int64_t n0 = c * chunk, n1 = n0 + chunk < n ? n0 + chunk : n;
         fn(v, a, m0, m1, n0, n1, y + n0, ldy);
+        if (bias)
+            for (int64_t r = 0; r < m1 - m0; r++) {
+                float *yr = y + r * ldy;
+                for (int64_t j = n0; j < n1; j++)
+                    yr[j] += bias[j];
+            }
     }
 }
 
@@ -112,7 +119,7 @@ qc_status qc_linear(const qc_qweight *w, const float *x, int64_t m, int64_t x_ro
     const qc_linear_kernels *l = qc_active_linear();
     int gemm;
     qc_linear_fn fn = pick(l, w->kind, m, mode, &gemm);
-    const int deint = !gemm && QC_KINDS[w->kind].bits == 4;
+    const int deint = !gemm && QC_KINDS[w->kind].bits == 4 ? l->act_span4 : 0;
     const int64_t kp = v.kp, nb = v.nb, k = w->k;
     const int nt = threads_for(m * w->n * k);
 
@@ -136,7 +143,7 @@ qc_status qc_linear(const qc_qweight *w, const float *x, int64_t m, int64_t x_ro
             prep_f32_row(x + r * x_row_stride, k, kp, deint, xf + r * kp, xs + r * nb);
         a.xf = xf;
         a.xs = xs;
-        run_split(fn, &v, &a, 0, m, y, y_row_stride, nt);
+        run_split(fn, &v, &a, 0, m, bias, y, y_row_stride, nt);
     } else {
         xq = (int8_t *)malloc((size_t)(m * kp));
         xd = (float *)malloc((size_t)(m * nb) * sizeof(float));
@@ -161,7 +168,7 @@ qc_status qc_linear(const qc_qweight *w, const float *x, int64_t m, int64_t x_ro
         a.xq = xq;
         a.xd = xd;
         a.xs = xs;
-        run_split(fn, &v, &a, 0, m, y, y_row_stride, nt);
+        run_split(fn, &v, &a, 0, m, bias, y, y_row_stride, nt);
         if (nbad) { /* rows with NaN/Inf: redo them in float32, one at a time */
             float *rf = (float *)malloc((size_t)kp * sizeof(float));
             float *rs = (float *)malloc((size_t)nb * sizeof(float));
@@ -171,23 +178,16 @@ qc_status qc_linear(const qc_qweight *w, const float *x, int64_t m, int64_t x_ro
                 st = QC_ERR_NOMEM;
                 goto done;
             }
-            qc_act one = {1, kp, nb, QC_KINDS[w->kind].bits == 4, rf, NULL, NULL, rs};
+            qc_act one = {1, kp, nb, QC_KINDS[w->kind].bits == 4 ? l->act_span4 : 0, rf, NULL, NULL, rs};
             for (int64_t r = 0; r < m; r++) {
                 if (!bad[r])
                     continue;
                 prep_f32_row(x + r * x_row_stride, k, kp, one.deinterleaved, rf, rs);
-                run_split(l->gemv_f32[w->kind], &v, &one, 0, 1, y + r * y_row_stride,
+                run_split(l->gemv_f32[w->kind], &v, &one, 0, 1, bias, y + r * y_row_stride,
                           y_row_stride, nt);
             }
             free(rf);
             free(rs);
-        }
-    }
-    if (bias) {
-        for (int64_t r = 0; r < m; r++) {
-            float *yr = y + r * y_row_stride;
-            for (int64_t j = 0; j < w->n; j++)
-                yr[j] += bias[j];
         }
     }
 done:
