@@ -251,10 +251,13 @@ AVX512 static QC_ALWAYS_INLINE void chunk_q4(int i8, int MB, int FULL, int group
                                      : tabw;
                 __m512 wl = _mm512_permutexvar_ps(cv, tab);
                 __m512 wh = _mm512_permutexvar_ps(_mm512_srli_epi32(cv, 4), tab);
+                /* four independent chains (low/high nibbles x even/odd block) so
+                 * the FMA latency does not bound one accumulator */
+                __m512 *al = acc + (2 * (j & 1)) * QC_MB, *ah = acc + (2 * (j & 1) + 1) * QC_MB;
                 for (int i = 0; i < MB; i++) {
                     const float *xp = ar->f[i] + bq * QC_BLK + 16 * j;
-                    acc[i] = _mm512_fmadd_ps(wl, _mm512_loadu_ps(xp), acc[i]);
-                    acc[i] = _mm512_fmadd_ps(wh, _mm512_loadu_ps(xp + 16 * r), acc[i]);
+                    al[i] = _mm512_fmadd_ps(wl, _mm512_loadu_ps(xp), al[i]);
+                    ah[i] = _mm512_fmadd_ps(wh, _mm512_loadu_ps(xp + 16 * r), ah[i]);
                 }
             }
         }
@@ -274,9 +277,12 @@ AVX512 static QC_ALWAYS_INLINE void row_q4(qc_kind kind, int i8, int MB, const q
         row_dc(kind, i8, v, n, &dw, &cw);
     /* f32 with one scale per row: the table of dequantized values is fixed */
     const __m512 tabw = _mm512_add_ps(_mm512_mul_ps(iota, _mm512_set1_ps(dw)), _mm512_set1_ps(cw));
-    __m512 acc[QC_MB], corr[QC_MB], s16[QC_MB];
-    for (int i = 0; i < MB; i++)
-        acc[i] = corr[i] = s16[i] = _mm512_setzero_ps();
+    __m512 acc[4 * QC_MB], corr[QC_MB], s16[QC_MB]; /* acc: 4 chains (f32) of MB rows */
+    for (int i = 0; i < MB; i++) {
+        corr[i] = s16[i] = _mm512_setzero_ps();
+        for (int c = 0; c < 4; c++)
+            acc[c * QC_MB + i] = _mm512_setzero_ps();
+    }
     for (int64_t b = 0; b < nb; b += 16) {
         const int64_t nv = nb - b < 16 ? nb - b : 16;
         const __mmask16 km = mask16(nv);
@@ -298,9 +304,13 @@ AVX512 static QC_ALWAYS_INLINE void row_q4(qc_kind kind, int i8, int MB, const q
         else
             chunk_q4(i8, MB, 0, grouped, pf, row, rb, b, nv, ar, s16, dd, cc, tabw, acc);
     }
-    for (int i = 0; i < MB; i++)
+    for (int i = 0; i < MB; i++) {
+        if (!i8)
+            acc[i] = _mm512_add_ps(_mm512_add_ps(acc[i], acc[QC_MB + i]),
+                                   _mm512_add_ps(acc[2 * QC_MB + i], acc[3 * QC_MB + i]));
         out[i] = i8 ? dw * _mm512_reduce_add_ps(acc[i]) + _mm512_reduce_add_ps(corr[i])
                     : _mm512_reduce_add_ps(acc[i]);
+    }
 }
 
 /* 16 codes of an 8-bit row as floats (len bytes readable, the rest read as 0). */
@@ -339,15 +349,17 @@ AVX512 static QC_ALWAYS_INLINE void chunk_q8(qc_kind kind, int i8, int MB, int F
                 const int64_t blen = len - 32 * j;
                 __m512 h0 = codes16(kind, FULL, wp + 32 * j, blen);
                 __m512 h1 = codes16(kind, FULL, wp + 32 * j + 16, blen - 16);
+                /* independent chains (halves x even/odd block), as in chunk_q4 */
+                __m512 *a0 = acc + (2 * (j & 1)) * QC_MB, *a1 = acc + (2 * (j & 1) + 1) * QC_MB;
                 for (int i = 0; i < MB; i++) {
                     const float *xp = ar->f[i] + (bp + j) * QC_BLK;
                     if (grouped) {
                         __m512 t = _mm512_mul_ps(h0, _mm512_loadu_ps(xp));
                         t = _mm512_fmadd_ps(h1, _mm512_loadu_ps(xp + 16), t);
-                        acc[i] = _mm512_fmadd_ps(t, _mm512_set1_ps(dd[p + j]), acc[i]);
+                        a0[i] = _mm512_fmadd_ps(t, _mm512_set1_ps(dd[p + j]), a0[i]);
                     } else {
-                        acc[i] = _mm512_fmadd_ps(h0, _mm512_loadu_ps(xp), acc[i]);
-                        acc[i] = _mm512_fmadd_ps(h1, _mm512_loadu_ps(xp + 16), acc[i]);
+                        a0[i] = _mm512_fmadd_ps(h0, _mm512_loadu_ps(xp), a0[i]);
+                        a1[i] = _mm512_fmadd_ps(h1, _mm512_loadu_ps(xp + 16), a1[i]);
                     }
                 }
             }
@@ -366,9 +378,12 @@ AVX512 static QC_ALWAYS_INLINE void row_q8(qc_kind kind, int i8, int MB, const q
     float dw = 1.0f, cw = 0.0f;
     if (!grouped)
         row_dc(kind, i8, v, n, &dw, &cw);
-    __m512 acc[QC_MB], corr[QC_MB], s16[QC_MB];
-    for (int i = 0; i < MB; i++)
-        acc[i] = corr[i] = s16[i] = _mm512_setzero_ps();
+    __m512 acc[4 * QC_MB], corr[QC_MB], s16[QC_MB]; /* acc: 4 chains (f32) of MB rows */
+    for (int i = 0; i < MB; i++) {
+        corr[i] = s16[i] = _mm512_setzero_ps();
+        for (int c = 0; c < 4; c++)
+            acc[c * QC_MB + i] = _mm512_setzero_ps();
+    }
     for (int64_t b = 0; b < nb; b += 16) {
         const int64_t nv = nb - b < 16 ? nb - b : 16;
         const __mmask16 km = mask16(nv);
@@ -390,8 +405,12 @@ AVX512 static QC_ALWAYS_INLINE void row_q8(qc_kind kind, int i8, int MB, const q
         else
             chunk_q8(kind, i8, MB, 0, grouped, pf, row, rb, b, nv, ar, s16, dd, acc);
     }
-    for (int i = 0; i < MB; i++)
+    for (int i = 0; i < MB; i++) {
+        if (!i8)
+            acc[i] = _mm512_add_ps(_mm512_add_ps(acc[i], acc[QC_MB + i]),
+                                   _mm512_add_ps(acc[2 * QC_MB + i], acc[3 * QC_MB + i]));
         out[i] = dw * _mm512_reduce_add_ps(acc[i]) + (has_c ? _mm512_reduce_add_ps(corr[i]) : 0.0f);
+    }
 }
 
 AVX512 static QC_ALWAYS_INLINE void rows_mb(qc_kind kind, int i8, int MB, const qc_wview *v,
