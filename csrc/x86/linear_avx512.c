@@ -24,9 +24,14 @@
  *   dequantized values (vpermps indexed by the nibble: w = d * q + c), so no
  *   offset term is needed; 8-bit codes are widened and converted, each block's
  *   sum(q * x) is scaled by d_b (or, for whole-row scales, d once at the end).
- * Accumulation: per activation row one 16-lane accumulator (plus one for the
- * offset term), reduced at the end; the order differs from the scalar reference,
- * so float results agree to a K * eps bound, integer dots exactly.
+ * Accumulation: per activation row one 16-lane accumulator on the I8 path (plus
+ * one for the offset term), four independent ones on the F32 path (one chain of
+ * dependent FMAs per row was bound by the FMA latency), reduced at the end; the
+ * order differs from the scalar reference, so float results agree to a K * eps
+ * bound, integer dots exactly.
+ * M = 2..7 is compute-bound: each activation row pays its own convert, scale and
+ * FMA per 32-block (the Q8_0 activation scales are per block), so 4 rows cost
+ * about 4x one row once the weights come from cache.
  * Memory: each thread streams one contiguous run of weight rows, one row at a
  * time (a single stream), prefetching QC_PF_DIST bytes ahead.  Measured here
  * (Zen 4, M=1, DRAM-resident weights): without the prefetch the 64-byte loads
