@@ -24,8 +24,8 @@
  *   dequantized values (vpermps indexed by the nibble: w = d * q + c), so no
  *   offset term is needed; 8-bit codes are widened and converted, each block's
  *   sum(q * x) is scaled by d_b (or, for whole-row scales, d once at the end).
- * Accumulation: per activation row one 16-lane accumulator on the I8 path (plus
- * one for the offset term), four independent ones on the F32 path (one chain of
+ * Accumulation: per activation row two independent 16-lane accumulators on the
+ * I8 path (plus one for the offset term), four on the F32 path (one chain of
  * dependent FMAs per row was bound by the FMA latency), reduced at the end; the
  * order differs from the scalar reference, so float results agree to a K * eps
  * bound, integer dots exactly.
@@ -243,7 +243,8 @@ AVX512 static QC_ALWAYS_INLINE void chunk_q4(int i8, int MB, int FULL, int group
                 }
                 __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, alo);
                 dot = _mm512_dpbusd_epi32(dot, hi, ahi);
-                acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_permutexvar_ps(pat, s16[i]), acc[i]);
+                __m512 *ac = acc + ((q >> 2) & 1) * QC_MB; /* two chains: even/odd group */
+                ac[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_permutexvar_ps(pat, s16[i]), ac[i]);
             }
         } else {
             for (int64_t j = 0; j < r; j++) {
@@ -310,9 +311,8 @@ AVX512 static QC_ALWAYS_INLINE void row_q4(qc_kind kind, int i8, int MB, const q
             chunk_q4(i8, MB, 0, grouped, pf, row, rb, b, nv, ar, s16, dd, cc, tabw, acc);
     }
     for (int i = 0; i < MB; i++) {
-        if (!i8)
-            acc[i] = _mm512_add_ps(_mm512_add_ps(acc[i], acc[QC_MB + i]),
-                                   _mm512_add_ps(acc[2 * QC_MB + i], acc[3 * QC_MB + i]));
+        acc[i] = _mm512_add_ps(_mm512_add_ps(acc[i], acc[QC_MB + i]),
+                               _mm512_add_ps(acc[2 * QC_MB + i], acc[3 * QC_MB + i]));
         out[i] = i8 ? dw * _mm512_reduce_add_ps(acc[i]) + _mm512_reduce_add_ps(corr[i])
                     : _mm512_reduce_add_ps(acc[i]);
     }
@@ -347,7 +347,8 @@ AVX512 static QC_ALWAYS_INLINE void chunk_q8(qc_kind kind, int i8, int MB, int F
                 const int8_t *ap = ar->q[i] + bp * QC_BLK;
                 __m512i ax = FULL || r == 2 ? _mm512_loadu_si512(ap) : _mm512_maskz_loadu_epi8(mask64(32), ap);
                 __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv, ax);
-                acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_permutexvar_ps(pat, s16[i]), acc[i]);
+                __m512 *ac = acc + ((p >> 1) & 1) * QC_MB; /* two chains: even/odd pair */
+                ac[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_permutexvar_ps(pat, s16[i]), ac[i]);
             }
         } else {
             for (int64_t j = 0; j < r; j++) {
@@ -411,9 +412,8 @@ AVX512 static QC_ALWAYS_INLINE void row_q8(qc_kind kind, int i8, int MB, const q
             chunk_q8(kind, i8, MB, 0, grouped, pf, row, rb, b, nv, ar, s16, dd, acc);
     }
     for (int i = 0; i < MB; i++) {
-        if (!i8)
-            acc[i] = _mm512_add_ps(_mm512_add_ps(acc[i], acc[QC_MB + i]),
-                                   _mm512_add_ps(acc[2 * QC_MB + i], acc[3 * QC_MB + i]));
+        acc[i] = _mm512_add_ps(_mm512_add_ps(acc[i], acc[QC_MB + i]),
+                               _mm512_add_ps(acc[2 * QC_MB + i], acc[3 * QC_MB + i]));
         out[i] = dw * _mm512_reduce_add_ps(acc[i]) + (has_c ? _mm512_reduce_add_ps(corr[i]) : 0.0f);
     }
 }
