@@ -67,16 +67,16 @@ int qc_linear_uses_gemm(const qc_qweight *w, int64_t m, qc_compute mode) {
     return gemm;
 }
 
-/* Copy row x into xf (zero padded to kp, in the 4-bit GEMV order when asked) and
- * sum its blocks. */
-static void prep_f32_row(const float *x, int64_t k, int64_t kp, int deint, float *xf, float *xs) {
+/* Copy row x into xf (zero padded to kp, in the 4-bit GEMV order with groups of
+ * `span` blocks when span > 0) and sum its blocks. */
+static void prep_f32_row(const float *x, int64_t k, int64_t kp, int span, float *xf, float *xs) {
     const int64_t nb = kp / QC_BLK;
     for (int64_t b = 0; b < nb; b++) {
         float s = 0.0f;
         for (int j = 0; j < QC_BLK; j++) {
             int64_t e = b * QC_BLK + j;
             float v = e < k ? x[e] : 0.0f;
-            xf[deint ? qc_act_pos4(nb, b, j) : e] = v;
+            xf[span ? qc_act_pos4(span, nb, b, j) : e] = v;
             s += v;
         }
         xs[b] = s;
@@ -89,7 +89,8 @@ static void prep_f32_row(const float *x, int64_t k, int64_t kp, int deint, float
  * d * sum(x q) + c * sum(x), which turns inf * 0 into NaN where x @ W^T has +-inf;
  * this gives the class IEEE arithmetic gives x @ dequantize(W).T (NaN, +inf or
  * -inf do not depend on the summation order). */
-static qc_status exact_row(const qc_wview *v, const float *x, float *y, float *wrow) {
+static qc_status exact_row(const qc_wview *v, const float *x, const float *bias, float *y,
+                           float *wrow) {
     const qc_qweight *w = v->w;
     const int64_t ssize = w->scale_dtype == QC_F16 ? 2 : 4;
     const int64_t zsize = QC_KINDS[w->kind].has_zero == 2 ? ssize : 1;
@@ -105,21 +106,21 @@ static qc_status exact_row(const qc_wview *v, const float *x, float *y, float *w
         float acc = 0.0f;
         for (int64_t e = 0; e < w->k; e++)
             acc += x[e] * wrow[e];
-        y[j] = acc;
+        y[j] = bias ? acc + bias[j] : acc;
     }
     return QC_OK;
 }
 
 /* Redo the rows flagged in bad[] with exact_row. */
 static qc_status redo_exact(const qc_wview *v, const float *x, int64_t m, int64_t ldx,
-                            const uint8_t *bad, float *y, int64_t ldy) {
+                            const uint8_t *bad, const float *bias, float *y, int64_t ldy) {
     float *wrow = (float *)malloc((size_t)v->w->k * sizeof(float));
     if (!wrow)
         return QC_ERR_NOMEM;
     qc_status st = QC_OK;
     for (int64_t r = 0; r < m && st == QC_OK; r++)
         if (bad[r])
-            st = exact_row(v, x + r * ldx, y + r * ldy, wrow);
+            st = exact_row(v, x + r * ldx, bias, y + r * ldy, wrow);
     free(wrow);
     return st;
 }
@@ -128,9 +129,10 @@ static int threads_for(int64_t work) {
     return work < (1 << 18) ? 1 : qc_get_num_threads();
 }
 
-/* Run fn over all of [0, n) output features, split across threads. */
+/* Run fn over all of [0, n) output features, split across threads; each thread
+ * adds the bias (when given) to the part of y it wrote. */
 static void run_split(qc_linear_fn fn, const qc_wview *v, const qc_act *a, int64_t m0, int64_t m1,
-                      float *y, int64_t ldy, int nt) {
+                      const float *bias, float *y, int64_t ldy, int nt) {
     const int64_t n = v->w->n;
     int64_t chunk = (n + nt - 1) / nt;
     chunk = (chunk + 15) / 16 * 16;
@@ -141,6 +143,12 @@ static void run_split(qc_linear_fn fn, const qc_wview *v, const qc_act *a, int64
     for (int64_t c = 0; c < nchunks; c++) {
         int64_t n0 = c * chunk, n1 = n0 + chunk < n ? n0 + chunk : n;
         fn(v, a, m0, m1, n0, n1, y + n0, ldy);
+        if (bias)
+            for (int64_t r = 0; r < m1 - m0; r++) {
+                float *yr = y + r * ldy;
+                for (int64_t j = n0; j < n1; j++)
+                    yr[j] += bias[j];
+            }
     }
 }
 
@@ -155,7 +163,7 @@ qc_status qc_linear(const qc_qweight *w, const float *x, int64_t m, int64_t x_ro
     const qc_linear_kernels *l = qc_active_linear();
     int gemm;
     qc_linear_fn fn = pick(l, w->kind, m, mode, &gemm);
-    const int deint = !gemm && QC_KINDS[w->kind].bits == 4;
+    const int deint = !gemm && QC_KINDS[w->kind].bits == 4 ? l->act_span4 : 0;
     const int64_t kp = v.kp, nb = v.nb, k = w->k;
     const int nt = threads_for(m * w->n * k);
 
@@ -179,7 +187,7 @@ qc_status qc_linear(const qc_qweight *w, const float *x, int64_t m, int64_t x_ro
             prep_f32_row(x + r * x_row_stride, k, kp, deint, xf + r * kp, xs + r * nb);
         a.xf = xf;
         a.xs = xs;
-        run_split(fn, &v, &a, 0, m, y, y_row_stride, nt);
+        run_split(fn, &v, &a, 0, m, bias, y, y_row_stride, nt);
         /* a non-finite block sum: NaN/Inf in the row (or an overflowing sum) */
         for (int64_t r = 0; r < m; r++) {
             for (int64_t b = 0; b < nb; b++) {
@@ -193,7 +201,7 @@ qc_status qc_linear(const qc_qweight *w, const float *x, int64_t m, int64_t x_ro
                 }
             }
         }
-        if (bad && (st = redo_exact(&v, x, m, x_row_stride, bad, y, y_row_stride)) != QC_OK)
+        if (bad && (st = redo_exact(&v, x, m, x_row_stride, bad, bias, y, y_row_stride)) != QC_OK)
             goto done;
     } else {
         xq = (int8_t *)malloc((size_t)(m * kp));
@@ -219,17 +227,10 @@ qc_status qc_linear(const qc_qweight *w, const float *x, int64_t m, int64_t x_ro
         a.xq = xq;
         a.xd = xd;
         a.xs = xs;
-        run_split(fn, &v, &a, 0, m, y, y_row_stride, nt);
+        run_split(fn, &v, &a, 0, m, bias, y, y_row_stride, nt);
         if (nbad) { /* rows with NaN/Inf: redo them on the exact float32 path */
-            if ((st = redo_exact(&v, x, m, x_row_stride, bad, y, y_row_stride)) != QC_OK)
+            if ((st = redo_exact(&v, x, m, x_row_stride, bad, bias, y, y_row_stride)) != QC_OK)
                 goto done;
-        }
-    }
-    if (bias) {
-        for (int64_t r = 0; r < m; r++) {
-            float *yr = y + r * y_row_stride;
-            for (int64_t j = 0; j < w->n; j++)
-                yr[j] += bias[j];
         }
     }
 done:

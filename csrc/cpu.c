@@ -6,6 +6,8 @@
  * enable is reported absent (as numpy's npy_cpu_features.c does).
  * aarch64: NEON is architectural; dot product from HWCAP on Linux.
  */
+#include <stdatomic.h>
+
 #include "quantcore.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -77,12 +79,14 @@ static uint32_t detect(void) {
 static uint32_t detect(void) { return 0; }
 #endif
 
+/* Cached in one atomic word (bit 31 marks it set): concurrent first calls all
+ * compute the same value and store it whole, so there is no data race. */
 uint32_t qc_cpu_features(void) {
-    static uint32_t cached;
-    static int done;
-    if (!done) { /* benign race: every thread computes the same value */
-        cached = detect();
-        done = 1;
+    static _Atomic uint32_t cached = 0;
+    uint32_t f = atomic_load_explicit(&cached, memory_order_relaxed);
+    if (!(f & 0x80000000u)) {
+        f = detect() | 0x80000000u;
+        atomic_store_explicit(&cached, f, memory_order_relaxed);
     }
-    return cached;
+    return f & 0x7fffffffu;
 }

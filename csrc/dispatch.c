@@ -1,10 +1,17 @@
 /*
  * dispatch.c -- the one dispatch table, and the thread count.
  *
- * At first use the best kernel set that is compiled in and that the CPU and OS
- * run is chosen; qc_select_isa() (QUANTCORE_ISA, read by the Python layer at
- * import) forces a lower one.  Entries an ISA leaves NULL come from the scalar
- * table, so callers never test for NULL.
+ * At first use (under a once-guard, so concurrent first calls do not race) the
+ * tables of every ISA this CPU and OS run are filled, and the best one is
+ * chosen; qc_select_isa() (QUANTCORE_ISA, read by the Python layer at import)
+ * forces a lower one.  Entries an ISA leaves NULL come from the scalar table,
+ * so callers never test for NULL.
+ *
+ * The avx512 set is AVX-512 F + BW + VL + VNNI (Ice Lake, Zen 4 and later; an
+ * AVX-512 CPU without VNNI, such as Skylake-SP, runs the avx2 set): its GEMV
+ * kernels are built around vpdpbusd.  It has linear kernels of its own
+ * (x86/linear_avx512.c) and reuses the AVX2 quantize/dequantize kernels, which
+ * are bound by the rounding rules rather than by the vector width.
  */
 #include <stdatomic.h>
 
@@ -22,8 +29,7 @@ static const qc_kernels *compiled_table(qc_isa isa) {
         return &qc_kernels_scalar;
 #ifdef QC_HAVE_X86
     case QC_ISA_AVX2:
-        return &qc_kernels_avx2;
-    case QC_ISA_AVX512: /* MINIMAL avx512 wiring (vnnigemm branch): the AVX2 quantize set */
+    case QC_ISA_AVX512: /* the quantize kernels of avx512 are the AVX2 ones */
         return &qc_kernels_avx2;
 #endif
 #ifdef QC_HAVE_NEON
@@ -40,8 +46,8 @@ static const qc_linear_kernels *compiled_linear(qc_isa isa) {
 #ifdef QC_HAVE_X86
     case QC_ISA_AVX2:
         return &qc_linear_avx2;
-    case QC_ISA_AVX512: /* MINIMAL avx512 wiring: AVX2 GEMV, AVX-512 GEMM (fill) */
-        return &qc_linear_avx2;
+    case QC_ISA_AVX512:
+        return &qc_linear_avx512;
 #endif
     default: /* an ISA without linear kernels of its own runs the scalar ones */
         return &qc_linear_scalar;
@@ -57,8 +63,7 @@ static int cpu_runs(qc_isa isa) {
         uint32_t need = QC_CPU_AVX2 | QC_CPU_FMA | QC_CPU_F16C;
         return (f & need) == need;
     }
-    case QC_ISA_AVX512: {
-        /* MINIMAL avx512 wiring: the AVX2 tables run here too, the GEMM needs VNNI */
+    case QC_ISA_AVX512: { /* the AVX2 quantize kernels run here too */
         uint32_t need = QC_CPU_AVX512F | QC_CPU_AVX512BW | QC_CPU_AVX512VL | QC_CPU_AVX512VNNI |
                         QC_CPU_AVX2 | QC_CPU_FMA | QC_CPU_F16C;
         return (f & need) == need;
@@ -85,13 +90,15 @@ const char *qc_isa_name(qc_isa isa) {
     return (isa >= 0 && isa < QC_NUM_ISAS) ? ISA_NAMES[isa] : "unknown";
 }
 
-/* The active tables: full copies, NULL entries filled from the scalar ones. */
+/* The tables of every supported ISA: full copies, NULL entries filled from the
+ * scalar ones; written once, under init_tables()'s guard, then only read. */
 static qc_kernels active_tables[QC_NUM_ISAS];
 static qc_linear_kernels active_linear[QC_NUM_ISAS];
 static _Atomic int active_isa = -1;
 
 static void fill(qc_isa isa) {
     qc_kernels k = *compiled_table(isa);
+    k.name = ISA_NAMES[isa];
     const qc_kernels *s = &qc_kernels_scalar;
 #define QC_FILL_FROM(dst, src, f)                                                               \
     if (!dst.f)                                                                                 \
@@ -126,15 +133,12 @@ static void fill(qc_isa isa) {
         QC_FILL_FROM(l, ls, gemv_i8[i])
     }
 #ifdef QC_HAVE_X86
-    if (isa == QC_ISA_AVX2) /* the tiled GEMM kernels live in x86/gemm_avx2.c */
-        for (int i = 0; i < QC_NUM_KINDS; i++) {
+    /* the tiled GEMM kernels: x86/gemm_avx2.c and x86/gemm_avx512.c */
+    for (int i = 0; i < QC_NUM_KINDS; i++) {
+        if (isa == QC_ISA_AVX2) {
             l.gemm_f32[i] = qc_gemm_f32_avx2[i];
             l.gemm_i8[i] = qc_gemm_i8_avx2[i];
-        }
-    if (isa == QC_ISA_AVX512) { /* MINIMAL avx512 wiring: x86/gemm_avx512.c */
-        k.name = l.name = "avx512";
-        active_tables[isa] = k;
-        for (int i = 0; i < QC_NUM_KINDS; i++) {
+        } else if (isa == QC_ISA_AVX512) {
             l.gemm_f32[i] = qc_gemm_f32_avx512[i];
             l.gemm_i8[i] = qc_gemm_i8_avx512[i];
         }
@@ -145,22 +149,38 @@ static void fill(qc_isa isa) {
 #undef QC_FILL_FROM
 }
 
+/* Fill the tables of every supported ISA and choose the best one, exactly once:
+ * the first caller does the work (0 -> 1 -> 2), any concurrent one waits for it
+ * (the work is a few struct copies, so a spin is enough). */
+static _Atomic int init_state = 0;
+
+static void init_tables(void) {
+    if (atomic_load_explicit(&init_state, memory_order_acquire) == 2)
+        return;
+    int expected = 0;
+    if (atomic_compare_exchange_strong(&init_state, &expected, 1)) {
+        for (int i = 0; i < QC_NUM_ISAS; i++)
+            if (qc_isa_supported((qc_isa)i))
+                fill((qc_isa)i);
+        atomic_store(&active_isa, (int)qc_best_isa());
+        atomic_store_explicit(&init_state, 2, memory_order_release);
+        return;
+    }
+    while (atomic_load_explicit(&init_state, memory_order_acquire) != 2)
+        ;
+}
+
 qc_status qc_select_isa(qc_isa isa) {
     if (!qc_isa_supported(isa))
         return QC_ERR_UNSUPPORTED;
-    if (!active_tables[isa].name)
-        fill(isa);
+    init_tables();
     atomic_store(&active_isa, (int)isa);
     return QC_OK;
 }
 
 qc_isa qc_current_isa(void) {
-    int isa = atomic_load(&active_isa);
-    if (isa < 0) {
-        qc_select_isa(qc_best_isa());
-        isa = atomic_load(&active_isa);
-    }
-    return (qc_isa)isa;
+    init_tables();
+    return (qc_isa)atomic_load(&active_isa);
 }
 
 const qc_kernels *qc_active(void) { return &active_tables[qc_current_isa()]; }

@@ -43,10 +43,12 @@ typedef void (*qc_unpack4_fn)(const uint8_t *src, int64_t n, int is_signed, uint
  * output features [n0, n1) across threads; a kernel computes y[m0:m1, n0:n1].
  * Activation rows are padded with zeros to kp = k rounded up to 32 and split
  * into nb = kp / 32 blocks.  Order inside a row: natural, except for 4-bit
- * weights on the GEMV paths, where blocks go in pairs and a pair holds the even
- * elements of its first block, those of its second, then the odd elements of
- * the first and of the second (an unpaired last block: its evens, then its
- * odds); see qc_act_pos4.  A 32-byte load of two blocks' nibbles then meets its
+ * weights on the GEMV paths, where blocks go in groups of `span` (the linear
+ * table's act_span4: 2 for AVX2 and the scalar reference, 4 for AVX-512) and a
+ * group holds the even elements of its first block, those of its second, ...,
+ * then the odd elements of the first, of the second, ...  The last group of a
+ * row may hold fewer blocks (r < span; same pattern with r blocks); see
+ * qc_act_pos4.  A load of r blocks' nibbles (16 r bytes) then meets its
  * activations with one mask (low nibbles) and one shift (high nibbles). */
 #define QC_BLK 32
 
@@ -63,19 +65,19 @@ typedef struct {
 
 typedef struct {
     int64_t m, kp, nb;
-    int deinterleaved; /* 4-bit GEMV order (qc_act_pos4), else natural        */
+    int deinterleaved; /* span of the 4-bit GEMV order (qc_act_pos4), 0: natural */
     const float *xf;   /* F32: m x kp floats                                 */
     const int8_t *xq;  /* I8: m x kp codes                                   */
     const float *xd;   /* I8: m x nb block scales da                         */
     const float *xs;   /* m x nb block sums: da * sum(aq) (I8), sum(x) (F32)  */
 } qc_act;
 
-/* Offset in an activation row of element j of block b in the 4-bit GEMV order. */
-static inline int64_t qc_act_pos4(int64_t nb, int64_t b, int64_t j) {
-    int64_t half = j >> 1, odd = j & 1;
-    if ((b | 1) < nb) /* b belongs to a full pair */
-        return (b >> 1) * 64 + odd * 32 + (b & 1) * 16 + half;
-    return b * 32 + odd * 16 + half;
+/* Offset in an activation row of element j of block b in the 4-bit GEMV order
+ * with groups of `span` blocks. */
+static inline int64_t qc_act_pos4(int span, int64_t nb, int64_t b, int64_t j) {
+    int64_t g = b / span * span;                /* first block of b's group */
+    int64_t r = nb - g < span ? nb - g : span;  /* blocks in that group     */
+    return g * QC_BLK + (j & 1) * 16 * r + (b - g) * 16 + (j >> 1);
 }
 
 /* Index into the scale array of the group holding block b of row r. */
@@ -108,9 +110,10 @@ static inline void qc_group_dc(const qc_wview *v, int64_t gi, float *d, float *c
     *c = cc;
 }
 
-/* Quantize one activation row (k floats) into kp codes in Q8_0 blocks; returns 1
+/* Quantize one activation row (k floats) into kp codes in Q8_0 blocks, in the
+ * 4-bit GEMV order with groups of `span` blocks (0: natural order); returns 1
  * (outputs unspecified) if the row holds NaN or Inf. */
-typedef int (*qc_act_quant_fn)(const float *x, int64_t k, int deinterleave, int8_t *xq,
+typedef int (*qc_act_quant_fn)(const float *x, int64_t k, int span, int8_t *xq,
                                 float *xd, float *xs);
 /* y[(m - m0) * ldy + (n - n0)] for m in [m0, m1), n in [n0, n1) (no bias). */
 typedef void (*qc_linear_fn)(const qc_wview *w, const qc_act *a, int64_t m0, int64_t m1,
@@ -151,7 +154,8 @@ QC_DECLARE_ROW_MSE_ALL(scalar)
 /* The linear-layer part of an ISA's table (linear_<isa>.c). */
 typedef struct {
     const char *name;
-    qc_act_quant_fn act_quant;
+    qc_act_quant_fn act_quant; /* handles span 0 and act_span4 (the scalar one: any) */
+    int act_span4;             /* blocks per group of the 4-bit GEMV activation order */
     /* GEMV paths: stream the weights once per call for a few rows of x (any m;
      * they loop).  GEMM paths (NULL: the GEMV ones are used): tiled, for many
      * rows; they take natural-order activations. */
@@ -170,6 +174,9 @@ extern const qc_linear_kernels qc_linear_avx2;
 extern const qc_linear_fn qc_gemm_f32_avx2[QC_NUM_KINDS], qc_gemm_i8_avx2[QC_NUM_KINDS];
 extern const qc_linear_fn qc_gemm_f32_avx512[QC_NUM_KINDS], qc_gemm_i8_avx512[QC_NUM_KINDS];
 QC_DECLARE_ROW_MSE_ALL(avx2)
+/* AVX-512 F+BW+VL+VNNI: own linear kernels (x86/linear_avx512.c); its quantize
+ * kernels are the AVX2 ones (dispatch.c), AVX-512 did not make them faster. */
+extern const qc_linear_kernels qc_linear_avx512;
 #endif
 #if defined(__aarch64__)
 #define QC_HAVE_NEON 1

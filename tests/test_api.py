@@ -8,6 +8,7 @@ import dataclasses
 import importlib.util
 import os
 import pickle
+import platform
 import subprocess
 import sys
 import threading
@@ -654,3 +655,41 @@ def test_cli_info():
                        text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert quantcore.__version__ in r.stdout
+
+
+def _cpu_has_avx512_set():
+    f = quantcore.info()["cpu_features"]
+    return all(x in f for x in ("avx512f", "avx512bw", "avx512vl", "avx512_vnni"))
+
+
+def test_avx512_set_listed_where_the_cpu_runs_it():
+    """The avx512 set (F+BW+VL+VNNI) is available exactly when CPUID and XCR0 say
+    so, and is then the best one; without VNNI an AVX-512 CPU runs avx2."""
+    info = quantcore.info()
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip("x86-64 only")
+    assert "avx512" in info["isa_compiled"]
+    assert ("avx512" in info["isa_available"]) == _cpu_has_avx512_set()
+    if _cpu_has_avx512_set():
+        assert info["isa_best"] == "avx512"
+
+
+@pytest.mark.skipif(not _cpu_has_avx512_set(), reason="CPU lacks AVX-512 F+BW+VL+VNNI")
+def test_env_isa_avx2_forces_avx2_on_an_avx512_cpu():
+    r = _python("import quantcore, numpy as np\n"
+                "l = quantcore.QuantizedLinear.from_linear(np.ones((4, 64), np.float32))\n"
+                "l(np.ones((1, 64), np.float32)); print(quantcore.get_isa(), l.kernel)",
+                QUANTCORE_ISA="avx2")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["avx2", "gemv_i8_int8_avx2"]
+
+
+def test_packed_data_is_cache_line_aligned(rng):
+    """quantize and from_arrays put the codes on a 64-byte boundary (full-width
+    SIMD loads of a row then never straddle two cache lines)."""
+    x = rng.standard_normal((33, 100)).astype(np.float32)
+    for cfg in (QuantConfig.int8(), QuantConfig.int4()):
+        qt = quantcore.quantize(x, cfg)
+        assert qt.data.ctypes.data % 64 == 0
+        qt2 = QuantizedTensor.from_arrays(qt.data, qt.scales, qt.zero_points, qt.shape, qt.config)
+        assert qt2.data.ctypes.data % 64 == 0 and qt2 == qt

@@ -241,3 +241,62 @@ def test_readonly_out_raises(rng):
     out.setflags(write=False)
     with pytest.raises(ValueError, match="writeable"):
         layer(np.zeros((2, 16), np.float32), out=out)
+
+
+# Group layouts the GEMV kernels treat differently: whole rows, one group per
+# 32-block, several blocks per group (g64, g128) and groups longer than the
+# 16-block chunks of the AVX-512 kernels (g1024), float16 scales, zero points.
+GEMV_CONFIGS = {
+    "int8": QuantConfig.int8(),
+    "int8_g64": QuantConfig(bits=8, group_size=64),
+    "int8_g128_asym_f16": QuantConfig(bits=8, group_size=128, symmetric=False, scale_dtype="float16"),
+    "int8_tensor_asym": QuantConfig(bits=8, granularity="tensor", symmetric=False),
+    "int4_g32": QuantConfig.int4(),
+    "int4_g64_asym_f16": QuantConfig(bits=4, group_size=64, symmetric=False, scale_dtype="float16"),
+    "int4_g128": QuantConfig(bits=4, group_size=128),
+    "int4_g1024": QuantConfig(bits=4, group_size=1024),
+    "int4_channel": QuantConfig(bits=4),
+    "q4_1": QuantConfig.q4_1(),
+}
+# every remainder of 32-blocks modulo 4 and 16, partial last blocks, odd K
+GEMV_KS = [1, 16, 31, 32, 33, 64, 95, 96, 97, 128, 129, 161, 200, 511, 513, 544, 1000, 2080]
+
+
+@pytest.mark.parametrize("compute", ["float32", "int8"])
+def test_gemv_k_sweep_matches_oracle_and_scalar(isa, compute, rng):
+    """Every GEMV tail (blocks per SIMD step, partial blocks, scale chunks) for
+    M = 1..7 against the oracle, and against the scalar reference on the same
+    quantized activations (integer dots exact, float sums in another order)."""
+    for name, cfg in GEMV_CONFIGS.items():
+        cfg = cfg.replace(compute=compute)
+        for k in GEMV_KS:
+            n = 3 + k % 17
+            w = rng.standard_normal((n, k)).astype(np.float32)
+            b = rng.standard_normal(n).astype(np.float32) if k % 2 else None
+            layer = QuantizedLinear.from_linear(w, b, cfg)
+            x = rng.standard_normal((7, k)).astype(np.float32)
+            for m in (1, 2, 3, 4, 5, 7):
+                qc.set_isa(isa)
+                y = layer(x[:m])
+                assert layer.kernel.endswith(isa) and layer.kernel.startswith("gemv"), layer.kernel
+                _check(layer, x[:m], y)
+                qc.set_isa("scalar")
+                ref = layer(x[:m])
+                np.testing.assert_allclose(y, ref, rtol=3e-5, atol=3e-5 * (np.abs(ref).max() + 1e-30),
+                                           err_msg=f"{name} k={k} m={m}")
+
+
+@pytest.mark.parametrize("nthreads", [2, 3])
+def test_bias_added_by_every_thread(nthreads, isa, threads, rng):
+    """Each thread adds the bias to its own chunk of outputs (GEMV and GEMM)."""
+    w = rng.standard_normal((301, 1000)).astype(np.float32)
+    b = rng.standard_normal(301).astype(np.float32) * 10
+    threads(nthreads)
+    for cfg in (QuantConfig.int8(compute="int8"), QuantConfig.int4(compute="float32")):
+        layer = QuantizedLinear.from_linear(w, b, cfg)
+        for m in (1, 5, 9):
+            x = rng.standard_normal((m, 1000)).astype(np.float32)
+            y = layer(x)
+            _check(layer, x, y)
+            plain = QuantizedLinear(layer.weight_quantized)(x)
+            np.testing.assert_allclose(y - plain, np.broadcast_to(b, y.shape), rtol=1e-5, atol=1e-4)

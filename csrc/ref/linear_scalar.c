@@ -12,11 +12,11 @@
 #include "../kernels.h"
 
 /* Position of element j of block b in an activation row. */
-static inline int64_t act_pos(int deint, int64_t nb, int64_t b, int64_t j) {
-    return deint ? qc_act_pos4(nb, b, j) : b * QC_BLK + j;
+static inline int64_t act_pos(int span, int64_t nb, int64_t b, int64_t j) {
+    return span ? qc_act_pos4(span, nb, b, j) : b * QC_BLK + j;
 }
 
-static int act_quant_scalar(const float *x, int64_t k, int deint, int8_t *xq, float *xd,
+static int act_quant_scalar(const float *x, int64_t k, int span, int8_t *xq, float *xd,
                             float *xs) {
     int64_t nb = (k + QC_BLK - 1) / QC_BLK;
     for (int64_t b = 0; b < nb; b++) {
@@ -37,7 +37,7 @@ static int act_quant_scalar(const float *x, int64_t k, int deint, int8_t *xq, fl
         for (int j = 0; j < QC_BLK; j++) {
             uint8_t q;
             qc_quantize_scalar(QC_SYM8, &v[j], 1, &p, &q);
-            xq[act_pos(deint, nb, b, j)] = (int8_t)q;
+            xq[act_pos(span, nb, b, j)] = (int8_t)q;
             sum += (int8_t)q;
         }
         xd[b] = p.d;
@@ -106,6 +106,7 @@ QC_DEFINE_LINEAR(MIN4)
 const qc_linear_kernels qc_linear_scalar = {
     .name = "scalar",
     .act_quant = act_quant_scalar,
+    .act_span4 = 2,
     .gemv_f32 = {gemv_f32_SYM8_scalar, gemv_f32_ASYM8_scalar, gemv_f32_SYM4_scalar,
                  gemv_f32_ASYM4_scalar, gemv_f32_MIN4_scalar},
     .gemv_i8 = {gemv_i8_SYM8_scalar, gemv_i8_ASYM8_scalar, gemv_i8_SYM4_scalar,

@@ -31,8 +31,11 @@ AVX2 static inline __m256i deinterleave32(__m256i v) {
     return _mm256_permute4x64_epi64(_mm256_shuffle_epi8(v, sh), 0xD8);
 }
 
-AVX2 static int act_quant_avx2(const float *x, int64_t k, int deint, int8_t *xq, float *xd,
+AVX2 static int act_quant_avx2(const float *x, int64_t k, int span, int8_t *xq, float *xd,
                                float *xs) {
+    if (span != 0 && span != 2) /* not an order this table asks for; stay correct anyway */
+        return qc_linear_scalar.act_quant(x, k, span, xq, xd, xs);
+    const int deint = span != 0;
     const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     const __m256 inf = _mm256_set1_ps(INFINITY);
     const __m256 lo = _mm256_set1_ps(-127.0f), hi = _mm256_set1_ps(127.0f);
@@ -65,8 +68,8 @@ AVX2 static int act_quant_avx2(const float *x, int64_t k, int deint, int8_t *xq,
         __m256i packed = pack32_epi8(q[0], q[1], q[2], q[3]);
         if (deint) { /* evens and odds to their places in the pair layout */
             packed = deinterleave32(packed);
-            _mm_storeu_si128((__m128i *)(xq + qc_act_pos4(nb, b, 0)), _mm256_castsi256_si128(packed));
-            _mm_storeu_si128((__m128i *)(xq + qc_act_pos4(nb, b, 1)), _mm256_extracti128_si256(packed, 1));
+            _mm_storeu_si128((__m128i *)(xq + qc_act_pos4(2, nb, b, 0)), _mm256_castsi256_si128(packed));
+            _mm_storeu_si128((__m128i *)(xq + qc_act_pos4(2, nb, b, 1)), _mm256_extracti128_si256(packed, 1));
         } else {
             _mm256_storeu_si256((__m256i *)(xq + b * QC_BLK), packed);
         }
@@ -187,7 +190,7 @@ AVX2 static inline float row_q4(qc_kind kind, int i8, const qc_wview *v, int64_t
         __m128i hi = _mm_and_si128(_mm_srli_epi16(qb, 4), _mm_set1_epi8(0x0f));
         float d, c, dot;
         qc_group_dc(v, qc_group_index(v, n, b), &d, &c);
-        const int64_t pe = qc_act_pos4(nb, b, 0), po = qc_act_pos4(nb, b, 1);
+        const int64_t pe = qc_act_pos4(2, nb, b, 0), po = qc_act_pos4(2, nb, b, 1);
         if (i8) {
             const int8_t *ap = (const int8_t *)xa;
             __m128i s16 = _mm_add_epi16(_mm_maddubs_epi16(lo, _mm_loadu_si128((const __m128i *)(ap + pe))),
@@ -335,6 +338,7 @@ QC_DEFINE_GEMV(MIN4)
 const qc_linear_kernels qc_linear_avx2 = {
     .name = "avx2",
     .act_quant = act_quant_avx2,
+    .act_span4 = 2,
     .gemv_f32 = {gemv_f32_SYM8_avx2, gemv_f32_ASYM8_avx2, gemv_f32_SYM4_avx2, gemv_f32_ASYM4_avx2,
                  gemv_f32_MIN4_avx2},
     .gemv_i8 = {gemv_i8_SYM8_avx2, gemv_i8_ASYM8_avx2, gemv_i8_SYM4_avx2, gemv_i8_ASYM4_avx2,

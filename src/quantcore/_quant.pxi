@@ -44,6 +44,21 @@ cdef _as_kernel_input(a, str what):
     return a
 
 
+QC_ALIGN = 64
+
+
+def aligned_empty(shape, dtype, align=QC_ALIGN):
+    """np.empty whose data starts on an `align`-byte boundary (a cache line), so
+    that the kernels' full-width loads of weight rows never straddle two lines."""
+    dtype = np.dtype(dtype)
+    n = 1
+    for s in shape:
+        n *= s
+    buf = np.empty(n * dtype.itemsize + align, np.uint8)
+    off = (-buf.ctypes.data) % align
+    return buf[off:off + n * dtype.itemsize].view(dtype).reshape(shape)
+
+
 def quantize_2d(a, int kind, int64_t group=0, bint per_tensor=False, bint scale_f16=False,
                 str what="array", bint mse=False):
     """Quantize a 2-D float array row by row (mse: method="mse", the search for
@@ -71,8 +86,8 @@ def quantize_2d(a, int kind, int64_t group=0, bint per_tensor=False, bint scale_
     cdef int64_t ng = 1 if per_tensor else qc_num_groups(cols, group)
     cdef int64_t srows = 1 if per_tensor else rows
     sdt = np.float16 if scale_f16 else np.float32
-    data = np.empty((rows, qc_row_bytes(desc.kind, cols)),
-                    dtype=np.int8 if kind == <int>QC_SYM8 else np.uint8)
+    data = aligned_empty((rows, qc_row_bytes(desc.kind, cols)),
+                         np.int8 if kind == <int>QC_SYM8 else np.uint8)
     scales = np.empty((srows, ng), dtype=sdt)
     zeros = None
     if kind == <int>QC_ASYM8 or kind == <int>QC_ASYM4:

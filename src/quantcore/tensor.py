@@ -142,7 +142,9 @@ class QuantizedTensor:
             if arr.shape not in (tuple(want), tuple(public)):
                 raise ValueError(f"{what} must have shape {tuple(public)} (or {tuple(want)}) for "
                                  f"shape {shape} and {config!r}, got {arr.shape}")
-            return np.array(arr, dtype=dt, order="C").reshape(want)
+            out = _ext.aligned_empty(tuple(want), dt)  # a copy, cache-line aligned
+            out[...] = arr.reshape(want)
+            return out
 
         rb = _ext.row_bytes(kind, k)
         data = take(data, "data", np.dtype(np.int8 if kind == _ext.KIND_SYM8 else np.uint8),
