@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -498,24 +497,6 @@ def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
-def time_batches(fn, batches, n: int, repeats: int, model: Optional[MiniLM] = None):
-    """(best seconds over `repeats` passes over all batches, embeddings, seconds in
-    the linear layers during that pass when `model` is a MiniLM); one warm-up
-    batch first."""
-    idx, ids, mask, types = batches[-1]
-    fn(ids, mask, types)
-    best, out, lin = math.inf, None, None
-    for _ in range(max(1, repeats)):
-        if model is not None:
-            model.linear_seconds = 0.0
-        t = time.perf_counter()
-        out = run_batches(fn, batches, n)
-        sec = time.perf_counter() - t
-        if sec < best:
-            best, lin = sec, (None if model is None else model.linear_seconds)
-    return best, out, lin
-
-
 def _limit_threads(threads: int):
     """quantcore, BLAS (through threadpoolctl, when installed) and torch to `threads`."""
     qc.set_num_threads(threads)
@@ -537,7 +518,11 @@ def run(configs: Sequence[str], n: int = 300, batch_size: int = 32, threads: int
     """Embed `n` generated sentences in float32 NumPy, each of `configs`, and (when
     torch is installed and `use_torch`) PyTorch float32 and PyTorch with quantcore
     layers; returns the figures as a dict (also what ``--json`` writes).  GPTQ
-    configs calibrate on `calibration` other generated sentences (seed + 1000)."""
+    configs calibrate on `calibration` other generated sentences (seed + 1000).
+
+    Timing: every forward is built first; then `repeats` rounds each run one pass
+    over all batches of every forward in turn (so that a busy machine slows them
+    alike), and the best pass of each is kept, after one warm-up batch each."""
     _limit_threads(threads)
     weights = load_weights()
     tok = load_tokenizer()
@@ -551,33 +536,23 @@ def run(configs: Sequence[str], n: int = 300, batch_size: int = 32, threads: int
         "quantcore_version": qc.__version__, "models": {},
     }
     log(f"{n} sentences, {tokens} tokens ({padded} with padding) in {len(batches)} batches of "
-        f"<= {batch_size}; {threads} threads; best of {repeats}; quantcore ISA {qc.get_isa()}")
+        f"<= {batch_size}; {threads} threads; best of {repeats} interleaved rounds; "
+        f"quantcore ISA {qc.get_isa()}")
 
-    def record(name, seconds, emb, ref, extra=None):
-        entry = {"seconds": seconds, "sentences_per_s": n / seconds}
-        if ref is not None:
-            cos = cosine_rows(emb, ref)
-            entry.update(cosine_mean=float(cos.mean()), cosine_min=float(cos.min()))
-        entry.update(extra or {})
-        res["models"][name] = entry
-        return entry
-
+    # name -> (fn(ids, mask, types), MiniLM or None, extra figures)
+    forwards: Dict[str, Tuple[Any, Optional[MiniLM], Dict[str, Any]]] = {}
     ref_model = MiniLM(weights, None)
-    sec, ref, lin = time_batches(ref_model.embed, batches, n, repeats, ref_model)
-    record("numpy_float32", sec, ref, None, {"linear_seconds": lin, "linear_bytes": ref_model.linear_nbytes})
-
+    forwards["numpy_float32"] = (ref_model.embed, ref_model, {"linear_bytes": ref_model.linear_nbytes})
     tmodel = calib = None
     if use_torch:
         try:
-            import torch  # noqa: F401
+            import torch  # noqa: F401  (is it installed?)
         except ImportError:
             log("torch is not installed: no PyTorch figures")
             use_torch = False
     if use_torch:
         tmodel = torch_model(weights)
-        sec, temb, _ = time_batches(torch_embed_fn(tmodel), batches, n, repeats)
-        record("torch_float32", sec, temb, ref)
-
+        forwards["torch_float32"] = (torch_embed_fn(tmodel), None, {})
     for name in configs:
         cfg = CONFIGS[name]
         if cfg is None:
@@ -590,17 +565,44 @@ def run(configs: Sequence[str], n: int = 300, batch_size: int = 32, threads: int
         else:
             model = MiniLM(weights, cfg)
         build = time.perf_counter() - t
-        sec, emb, lin = time_batches(model.embed, batches, n, repeats, model)
-        record(f"quantcore_{name}", sec, emb, ref,
-               {"linear_seconds": lin, "linear_bytes": model.linear_nbytes, "quantize_seconds": build,
-                "kernels": sorted({lin.kernel for lin in model.linears()}),
-                "config": repr(cfg)})
+        forwards[f"quantcore_{name}"] = (model.embed, model, {
+            "linear_bytes": model.linear_nbytes, "quantize_seconds": build, "config": repr(cfg)})
         if tmodel is not None and name not in GPTQ_CONFIGS:
             import copy
             from quantcore.torch import quantize_module
-            qt = quantize_module(copy.deepcopy(tmodel), cfg)
-            sec, temb, _ = time_batches(torch_embed_fn(qt), batches, n, repeats)
-            record(f"torch_quantcore_{name}", sec, temb, ref)
+            forwards[f"torch_quantcore_{name}"] = (
+                torch_embed_fn(quantize_module(copy.deepcopy(tmodel), cfg)), None, {})
+
+    best = {name: math.inf for name in forwards}
+    lin_best: Dict[str, Optional[float]] = {name: None for name in forwards}
+    emb: Dict[str, np.ndarray] = {}
+    _, ids, mask, types = batches[-1]
+    for fn, _, _ in forwards.values():
+        fn(ids, mask, types)  # warm-up
+    for _ in range(max(1, repeats)):
+        for name, (fn, model, _) in forwards.items():
+            if model is not None:
+                model.linear_seconds = 0.0
+            t = time.perf_counter()
+            out = run_batches(fn, batches, n)
+            sec = time.perf_counter() - t
+            emb.setdefault(name, out)
+            if sec < best[name]:
+                best[name] = sec
+                lin_best[name] = None if model is None else model.linear_seconds
+    ref = emb["numpy_float32"]
+    for name, (_, model, extra) in forwards.items():
+        entry: Dict[str, Any] = {"seconds": best[name], "sentences_per_s": n / best[name]}
+        if lin_best[name] is not None:
+            entry["linear_seconds"] = lin_best[name]
+        if name != "numpy_float32":
+            cos = cosine_rows(emb[name], ref)
+            entry.update(cosine_mean=float(cos.mean()), cosine_min=float(cos.min()))
+        entry.update(extra)
+        if model is not None and model.config is not None:  # what the largest batch ran
+            rows = batches[0][1].size
+            entry["kernels"] = sorted({lin.kernel_for(rows) for lin in model.linears()})
+        res["models"][name] = entry
     return res
 
 

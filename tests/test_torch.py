@@ -15,7 +15,6 @@ import pytest
 torch = pytest.importorskip("torch", reason="torch is not installed (pip install 'quantcore[torch]')")
 from torch import nn  # noqa: E402
 
-import quantcore as qc  # noqa: E402
 from quantcore import QuantConfig, QuantizedLinear  # noqa: E402
 from quantcore.torch import QuantizedLinearModule, QuantizeReport, quantize_module  # noqa: E402
 
