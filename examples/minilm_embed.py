@@ -545,9 +545,10 @@ def run(configs: Sequence[str], n: int = 300, batch_size: int = 32, threads: int
     layers; returns the figures as a dict (also what ``--json`` writes).  GPTQ
     configs calibrate on `calibration` other generated sentences (seed + 1000).
 
-    Timing: every forward is built first; then `repeats` rounds each run one pass
-    over all batches of every forward in turn (so that a busy machine slows them
-    alike), and the best pass of each is kept, after one warm-up batch each."""
+    Timing: every forward is built first and warmed up on one batch; then
+    `repeats` rounds run each batch through every forward in turn (so that a busy
+    machine slows them alike), and a forward's time is the sum over batches of its
+    best time on each batch."""
     _limit_threads(threads)
     weights = load_weights()
     tok = load_tokenizer()
@@ -561,7 +562,7 @@ def run(configs: Sequence[str], n: int = 300, batch_size: int = 32, threads: int
         "quantcore_version": qc.__version__, "models": {},
     }
     log(f"{n} sentences, {tokens} tokens ({padded} with padding) in {len(batches)} batches of "
-        f"<= {batch_size}; {threads} threads; best of {repeats} interleaved rounds; "
+        f"<= {batch_size}; {threads} threads; per batch the best of {repeats} interleaved rounds; "
         f"quantcore ISA {qc.get_isa()}")
 
     # name -> (fn(ids, mask, types), MiniLM or None, extra figures)
@@ -598,28 +599,31 @@ def run(configs: Sequence[str], n: int = 300, batch_size: int = 32, threads: int
             forwards[f"torch_quantcore_{name}"] = (
                 torch_embed_fn(quantize_module(copy.deepcopy(tmodel), cfg)), None, {})
 
-    best = {name: math.inf for name in forwards}
-    lin_best: Dict[str, Optional[float]] = {name: None for name in forwards}
-    emb: Dict[str, np.ndarray] = {}
+    nb = len(batches)
+    best = {name: [math.inf] * nb for name in forwards}
+    lin_best: Dict[str, List[float]] = {name: [0.0] * nb for name in forwards}
+    emb = {name: np.empty((n, HIDDEN), np.float32) for name in forwards}
     _, ids, mask, types = batches[-1]
     for fn, _, _ in forwards.values():
         fn(ids, mask, types)  # warm-up
     for _ in range(max(1, repeats)):
-        for name, (fn, model, _) in forwards.items():
-            if model is not None:
-                model.linear_seconds = 0.0
-            t = time.perf_counter()
-            out = run_batches(fn, batches, n)
-            sec = time.perf_counter() - t
-            emb.setdefault(name, out)
-            if sec < best[name]:
-                best[name] = sec
-                lin_best[name] = None if model is None else model.linear_seconds
+        for j, (idx, ids, mask, types) in enumerate(batches):
+            for name, (fn, model, _) in forwards.items():
+                if model is not None:
+                    model.linear_seconds = 0.0
+                t = time.perf_counter()
+                out = np.asarray(fn(ids, mask, types))
+                sec = time.perf_counter() - t
+                emb[name][idx] = out
+                if sec < best[name][j]:
+                    best[name][j] = sec
+                    lin_best[name][j] = 0.0 if model is None else model.linear_seconds
     ref = emb["numpy_float32"]
     for name, (_, model, extra) in forwards.items():
-        entry: Dict[str, Any] = {"seconds": best[name], "sentences_per_s": n / best[name]}
-        if lin_best[name] is not None:
-            entry["linear_seconds"] = lin_best[name]
+        sec = sum(best[name])
+        entry: Dict[str, Any] = {"seconds": sec, "sentences_per_s": n / sec}
+        if model is not None:
+            entry["linear_seconds"] = sum(lin_best[name])
         if name != "numpy_float32":
             cos = cosine_rows(emb[name], ref)
             entry.update(cosine_mean=float(cos.mean()), cosine_min=float(cos.min()))
