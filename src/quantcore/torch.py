@@ -133,9 +133,9 @@ class QuantizedLinearModule(nn.Module):
         return {"config": qt.config.to_dict(), "shape": tuple(qt.shape), "dtype": qt.dtype.str,
                 "has_bias": self.layer.bias is not None}
 
-    def set_extra_state(self, state: Dict[str, Any]) -> None:
+    def set_extra_state(self, state: Any) -> None:
         # The arrays arrive in _load_from_state_dict, which rebuilds the layer.
-        self._pending_extra = state
+        self._pending_extra: Optional[Dict[str, Any]] = state
 
     def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
         super()._save_to_state_dict(destination, prefix, keep_vars)
@@ -166,7 +166,7 @@ class QuantizedLinearModule(nn.Module):
                 needed.append("weight_zero_points")
             if extra["has_bias"]:
                 needed.append("bias")
-            got: Dict[str, Optional[np.ndarray]] = {k: None for k in _STATE_KEYS}
+            got: Dict[str, Any] = {k: None for k in _STATE_KEYS}
             for key in needed:
                 if prefix + key not in state_dict:
                     missing_keys.append(prefix + key)
