@@ -178,7 +178,7 @@ class QuantizedLinear:
         kp = -(-k // 32) * 32
         xp = np.zeros((x2.shape[0], kp), np.float64)
         xp[:, :k] = x2
-        half = np.abs(xp).reshape(x2.shape[0], -1, 32).max(-1) / 127.0 / 2.0  # (m, nb)
+        half = np.abs(xp).reshape(x2.shape[0], kp // 32, 32).max(-1) / 127.0 / 2.0  # (m, nb)
         wabs = np.zeros((self.out_features, kp), np.float64)
         wabs[:, :k] = np.abs(self.dequantized_weight())
         wsum = wabs.reshape(self.out_features, -1, 32).sum(-1)  # (n, nb)
