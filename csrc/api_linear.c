@@ -50,7 +50,10 @@ static int valid(const qc_qweight *w, qc_compute mode) {
 
 static qc_linear_fn pick(const qc_linear_kernels *l, qc_kind kind, int64_t m, qc_compute mode,
                          int *gemm) {
-    qc_linear_fn g = m >= QC_GEMM_MIN_M
+    int min_m = l->gemm_min_m[mode == QC_COMPUTE_I8][QC_KINDS[kind].bits == 4];
+    if (min_m <= 0 || min_m > QC_GEMM_MIN_M)
+        min_m = QC_GEMM_MIN_M;
+    qc_linear_fn g = m >= min_m
                          ? (mode == QC_COMPUTE_I8 ? l->gemm_i8[kind] : l->gemm_f32[kind])
                          : NULL;
     *gemm = g != NULL;

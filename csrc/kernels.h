@@ -163,6 +163,9 @@ typedef struct {
     qc_linear_fn gemv_i8[QC_NUM_KINDS];
     qc_linear_fn gemm_f32[QC_NUM_KINDS];
     qc_linear_fn gemm_i8[QC_NUM_KINDS];
+    /* Rows from which the GEMM path beats the GEMV one, [mode][4-bit weights]
+     * (0: QC_GEMM_MIN_M); measured per ISA, see dispatch.c. */
+    int gemm_min_m[2][2];
 } qc_linear_kernels;
 
 extern const qc_kernels qc_kernels_scalar;
