@@ -110,10 +110,12 @@ def test_nd_strided_dtypes_and_out(dtype, rng):
     res = layer.forward(x, out=out)
     assert res is out
     np.testing.assert_array_equal(out, y)
-    # 1-D input, transposed input
-    np.testing.assert_allclose(layer(x[0, 0]), y[0, 0], rtol=1e-6, atol=1e-6)
+    # 1-D input, transposed input: 1 or 3 rows may run another kernel (GEMV) than
+    # the 6 rows above (GEMM from 4-8 rows), so they agree to K * eps, not bitwise
+    tol = 40 * np.finfo(np.float32).eps * float(np.abs(y).max())
+    np.testing.assert_allclose(layer(x[0, 0]), y[0, 0], rtol=0, atol=tol)
     xt = np.asfortranarray(x[0].astype(np.float32))
-    np.testing.assert_allclose(layer(xt), y[0], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(layer(xt), y[0], rtol=0, atol=tol)
 
 
 def test_zero_rows_and_lists(rng):
@@ -265,7 +267,7 @@ GEMV_KS = [1, 16, 31, 32, 33, 64, 95, 96, 97, 128, 129, 161, 200, 511, 513, 544,
 @pytest.mark.parametrize("compute", ["float32", "int8"])
 def test_gemv_k_sweep_matches_oracle_and_scalar(isa, compute, rng):
     """Every GEMV tail (blocks per SIMD step, partial blocks, scale chunks) for
-    M = 1..7 against the oracle, and against the scalar reference on the same
+    M = 1..7 (the GEMV rows; the GEMM where it takes over) against the oracle, and against the scalar reference on the same
     quantized activations (integer dots exact, float sums in another order)."""
     for name, cfg in GEMV_CONFIGS.items():
         cfg = cfg.replace(compute=compute)
@@ -278,7 +280,9 @@ def test_gemv_k_sweep_matches_oracle_and_scalar(isa, compute, rng):
             for m in (1, 2, 3, 4, 5, 7):
                 qc.set_isa(isa)
                 y = layer(x[:m])
-                assert layer.kernel.endswith(isa) and layer.kernel.startswith("gemv"), layer.kernel
+                # from 4-8 rows on (per ISA and mode) the GEMM runs: held to the same checks
+                assert layer.kernel.endswith(isa) and (m >= 4 or layer.kernel.startswith("gemv")), \
+                    layer.kernel
                 _check(layer, x[:m], y)
                 qc.set_isa("scalar")
                 ref = layer(x[:m])

@@ -51,11 +51,6 @@
  *   in another order than the reference: within K * eps of it; the integer dots
  *   are exact.
  */
-#include <stdlib.h>
-#if defined(_WIN32)
-#include <malloc.h>
-#endif
-
 #include "../kernels.h"
 
 #if defined(QC_HAVE_X86)
@@ -63,13 +58,7 @@
 
 #define AVX512 QC_TARGET("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")
 
-#if defined(__GNUC__) || defined(__clang__)
-#define QC_INLINE inline __attribute__((always_inline))
-#define QC_ALIGNED(n) __attribute__((aligned(n)))
-#else
-#define QC_INLINE __forceinline
-#define QC_ALIGNED(n) __declspec(align(n))
-#endif
+#include "gemm_common.h"
 
 /* F32 tiling: 14 x 32 microkernel, K tile 256 (a 32 KiB panel), N tile 256 rows,
  * M tile up to ~140 rows (x tile 150 KiB and y tile 140 KiB in L2). */
@@ -216,45 +205,6 @@ AVX512 static QC_INLINE void params16(qc_kind kind, int i8, const qc_wview *v, i
     *z16 = z;
 }
 
-/* Is block b the first of its scale group (or of the range)? */
-static QC_INLINE int new_group(const qc_wview *v, int64_t b, int64_t b0) {
-    return b == b0 || (v->gshift >= 0 && (b & ((1 << v->gshift) - 1)) == 0);
-}
-
-/* Rows for the next microkernel call out of rem left, at most mr_max: the last
- * 2 * mr_max rows are split in two near-equal calls rather than a full and a
- * thin one. */
-static inline int next_mr(int64_t rem, int mr_max) {
-    if (rem >= 2 * mr_max)
-        return mr_max;
-    return rem > mr_max ? (int)((rem + 1) / 2) : (int)rem;
-}
-
-/* Size of the M tiles: m rows split into near-equal tiles of at most ~mc rows,
- * rounded up to a multiple of mr. */
-static inline int64_t m_tile(int64_t m, int64_t mc, int mr) {
-    int64_t t = (m + mc - 1) / mc;
-    int64_t s = (m + t - 1) / t;
-    return (s + mr - 1) / mr * mr;
-}
-
-/* Prefetch the line holding p into L2 / L1.  asm statements: GCC drops a
- * function made of _mm_prefetch calls alone as if it had no effect. */
-static QC_INLINE void prefetch_l2(const void *p) {
-#if defined(__GNUC__)
-    __asm__ volatile("prefetcht1 %0" : : "m"(*(const char *)p));
-#else
-    _mm_prefetch((const char *)p, _MM_HINT_T1);
-#endif
-}
-static QC_INLINE void prefetch_l1(const void *p) {
-#if defined(__GNUC__)
-    __asm__ volatile("prefetcht0 %0" : : "m"(*(const char *)p));
-#else
-    _mm_prefetch((const char *)p, _MM_HINT_T0);
-#endif
-}
-
 /* Prefetch into L2 the codes (and scales) of blocks [b0, b0 + nblk) of rows
  * [n, n + rows), clipped to the weight. */
 static void prefetch_tile(const qc_wview *v, int64_t n, int64_t rows, int64_t b0, int64_t nblk) {
@@ -301,24 +251,6 @@ static void prefetch_panel(const qc_wview *v, int64_t nt, int64_t np, int64_t p,
             return;
     }
     prefetch_tile(v, nt + q * nr, nr, b0, kb);
-}
-
-/* 64-byte aligned scratch. */
-static void *scratch(size_t bytes) {
-#if defined(_WIN32)
-    return _aligned_malloc(bytes ? bytes : 64, 64);
-#else
-    void *p = NULL;
-    return posix_memalign(&p, 64, bytes ? bytes : 64) == 0 ? p : NULL;
-#endif
-}
-
-static void scratch_free(void *p) {
-#if defined(_WIN32)
-    _aligned_free(p);
-#else
-    free(p);
-#endif
 }
 
 /* Mask of the valid lanes of half h of a 32-column panel with nc columns. */
