@@ -328,16 +328,24 @@ class Timing:
                 "samples": self.samples, "calls_per_sample": self.number}
 
 
+SETTLE_S = 0.03  # pause before each measurement (see measure)
+
+
 def measure(fn: Callable[[], Any], repeats: int = DEFAULT_REPEATS, warmup: int = 1,
             budget_s: Optional[float] = None, min_sample_s: float = MIN_SAMPLE_S
             ) -> Tuple[Timing, Any]:
     """Time ``fn()``: `warmup` calls (at least one, used to calibrate), then up to
-    `repeats` samples, stopping early once `budget_s` seconds of samples have run
+    `repeats` samples (after a short pause, SETTLE_S), stopping early once `budget_s` seconds of samples have run
     (never fewer than one).  A call shorter than `min_sample_s` is repeated
     inside each sample.  The garbage collector is off while timing.  Returns the
     :class:`Timing` and the result of the last call."""
     repeats = max(1, int(repeats))
     perf = time.perf_counter
+    # Let the thread pools of whatever ran before (quantcore's OpenMP team, or a
+    # peer's: PyTorch's OpenMP, ONNX Runtime's pool) stop spinning and park, so
+    # that each implementation is timed without the last one's idle spinners
+    # competing for the cores.
+    time.sleep(SETTLE_S)
     t_call = 0.0
     out = None
     for _ in range(max(1, int(warmup))):
