@@ -53,10 +53,13 @@
 
 #define QC_MB 4 /* activation rows per pass over a weight row */
 #ifndef QC_PF_DIST
-/* bytes of weights prefetched ahead: measured here (Zen 4, M=1, DRAM-resident
- * weights, one thread) 0: 2.5-2.7 ms, 256: 2.1, 512: 2.0, 768-4096: 2.2-2.5
- * for a 4096 x 14336 int8 layer; 512 was best for int4 as well */
-#define QC_PF_DIST 512
+/* bytes of weights prefetched ahead.  Measured here (Zen 4, M=1, weights
+ * rotating through 5 DRAM-resident layers, variants interleaved in one process,
+ * 2 threads): 2048 was 0-14% faster than 512 for int4 g32 and 1-5% for int8 on
+ * both 4096 x 14336 and 14336 x 4096 (1024 in between, 4096-8192 no better); no
+ * prefetch was 20-30% slower than 512 in the first AVX-512 runs.  On one thread
+ * int8 at K = 4096 ran ~8% slower with 2048 than with 512. */
+#define QC_PF_DIST 2048
 #endif
 
 /* asm, not _mm_prefetch: GCC 12 drops helpers made of prefetch intrinsics only */
