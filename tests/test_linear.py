@@ -94,6 +94,45 @@ def test_int8_compute_error_bound_is_tight_enough(rng):
     assert np.median(err / np.abs(exact).mean()) < 0.02
 
 
+def _int8_emulation(layer, x, per_row):
+    """The int8 path in float64: x rounded to int8 with one scale per 32-block
+    (or per row), dotted with the dequantized weights."""
+    import oracle as O
+    k = layer.in_features
+    kp = -(-k // 32) * 32
+    xp = np.zeros((x.shape[0], kp), np.float32)
+    xp[:, :k] = x
+    xb = xp.reshape(x.shape[0], kp // 32, 32)
+    amax = np.abs(xb).max(-1)
+    if per_row:
+        amax = np.broadcast_to(amax.max(-1, keepdims=True), amax.shape)
+    p = O.params_from_stats(O.SYM8, amax, amax, amax)
+    xq = O.codes(O.SYM8, xb, p).astype(np.float64) * p.d[..., None].astype(np.float64)
+    w = np.zeros((layer.out_features, kp))
+    w[:, :k] = layer.dequantized_weight()
+    return xq.reshape(x.shape[0], kp) @ w.T
+
+
+@pytest.mark.parametrize("name", ["int8", "int8_g64", "int4_g32", "int4_channel_f16", "q8_0"])
+@pytest.mark.parametrize("m", [1, 3, 16])
+def test_int8_compute_rounds_activations_per_block(name, m, isa, rng):
+    """Every format, whole-row scales included, rounds activations with one scale
+    per 32-block (the README says why not per row); GEMV (m < 8) and GEMM alike.
+    The two rules differ by far more than float rounding when one block of the
+    row holds a large value."""
+    cfg = CONFIGS[name].replace(compute="int8")
+    w = rng.standard_normal((24, 200)).astype(np.float32)
+    x = rng.standard_normal((m, 200)).astype(np.float32)
+    x[:, 5] = 40.0  # block 0 dominates the row
+    layer = QuantizedLinear.from_linear(w, None, cfg)
+    y = layer(x).astype(np.float64)  # on the ISA of the `isa` fixture
+    want = _int8_emulation(layer, x, per_row=False)
+    other = _int8_emulation(layer, x, per_row=True)
+    tol = 1e-5 * np.abs(want).max()
+    np.testing.assert_allclose(y, want, rtol=0, atol=tol)
+    assert np.abs(other - want).max() > 100 * tol  # the test tells the two apart
+
+
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
 def test_nd_strided_dtypes_and_out(dtype, rng):
     w = rng.standard_normal((24, 40)).astype(np.float32)
