@@ -38,6 +38,15 @@
  * ran 20-30% slower than AVX2's 32-byte ones; two weight rows per pass (two
  * streams per thread, each activation vector loaded once for both) ran
  * 1.5-3.6x slower than one, so the kernel keeps one.
+ * Long rows: at K = 14336 the activation row (14 KiB of codes plus 3.5 KiB of
+ * block scales and sums) and a weight row no longer fit L1 together, and the
+ * GEMV streams 10-25% slower than at K = 4096 with the same bytes (2026-12-01,
+ * shapes interleaved in one process; reading only the first 2 KiB of
+ * activations over and over closed the gap, which pins it on that footprint).
+ * Tried and slower: passes over K chunks of a 16-row tile (19-21 GB/s against
+ * 28-32, even with the next piece prefetched across rows), weight rows in pairs
+ * per chunk (two streams again: 18-25 against 24-36 GB/s), prefetchnta / t1 /
+ * t2 instead of t0, prefetching the activations.
  */
 #include "../kernels.h"
 
