@@ -29,7 +29,7 @@ import os
 import struct
 import tempfile
 from collections.abc import Mapping
-from typing import Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -38,6 +38,9 @@ from .config import QuantConfig
 from .metrics import ModelCompressionMetrics
 from .model import QuantizedModel
 from .tensor import QuantizedTensor
+
+if TYPE_CHECKING:  # pragma: no cover (typing.TypeGuard is 3.10+; only mypy reads it)
+    from typing_extensions import TypeGuard
 
 __all__ = ["save", "load", "read_header", "FORMAT_VERSION"]
 
@@ -90,7 +93,7 @@ def _strict_json(text: str, what: str) -> Any:
         raise ValueError(f"{what} is not valid JSON: {e}") from None
 
 
-def _int(v: Any) -> bool:
+def _int(v: Any) -> TypeGuard[int]:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
@@ -186,7 +189,7 @@ class Header:
                              f"cannot hold")
         buf = np.empty(e.end - e.begin, np.uint8)
         f.seek(self.data_start + e.begin)
-        got = f.readinto(memoryview(buf)) if buf.size else 0
+        got = f.readinto(buf.data) if buf.size else 0
         if got != buf.size:
             raise ValueError(f"{self.path}: truncated while reading tensor {e.name!r}")
         if e.dtype == "BF16":
@@ -196,6 +199,7 @@ class Header:
         elif e.dtype == "BOOL":
             arr = buf != 0
         else:
+            assert dt is not None  # only BF16 and the F8 kinds lack a NumPy dtype, rejected above
             arr = buf.view(dt)
         try:
             arr = arr.reshape(e.shape)
@@ -219,13 +223,13 @@ def _expected_parts(shape: Tuple[int, ...], cfg: QuantConfig) -> Dict[str, Tuple
     lead = shape[:-1]
     kind = cfg.kind
     rb = _ext.row_bytes(kind, k)
-    group = cfg.group_size if cfg.granularity == "group" else 0
     if cfg.granularity == "tensor":
         pshape: Tuple[int, ...] = ()
     elif cfg.granularity == "channel":
         pshape = lead
     else:
-        pshape = lead + (_ext.num_groups(k, group),)
+        assert cfg.group_size is not None  # QuantConfig: granularity "group" always has one
+        pshape = lead + (_ext.num_groups(k, cfg.group_size),)
     sdt = "F16" if cfg.scale_dtype == "float16" else "F32"
     parts = {"qdata": ("I8" if kind == _ext.KIND_SYM8 else "U8", lead + (rb,)),
              "scales": (sdt, pshape)}
