@@ -55,7 +55,8 @@ def prune_magnitude(array: Any, sparsity: float, per_row: bool = False
     rows = a.reshape(-1, a.shape[-1]) if per_row else a.reshape(1, -1)
     n = rows.shape[1]
     k = _prune_count(n, s)
-    mask = np.ones(rows.shape, dtype=bool)
+    # any ndim: reshaped back to a.shape below
+    mask: np.ndarray = np.ones(rows.shape, dtype=bool)
     if k == n:
         mask[:] = False
     elif k > 0:
