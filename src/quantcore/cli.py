@@ -259,6 +259,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     save(args.output, model, metadata={"quantized_from": os.path.basename(args.input)})
 
     m = model.metrics
+    assert m is not None  # quantize_model always fills in the metrics
     rows = []
     for name, value in model.items():
         shape = "x".join(map(str, value.shape)) or "scalar"
