@@ -212,6 +212,7 @@ def _np_group(config: QuantConfig, shape: Tuple[int, int]) -> int:
     rows, k = shape
     if config.granularity == "group":
         g = config.group_size
+        assert g is not None  # QuantConfig: granularity "group" always has a group size
         if k % g:
             raise NotImplementedError(f"the NumPy baseline needs in_features % {g} == 0")
         return g
@@ -305,6 +306,8 @@ def numpy_dequantize(data: np.ndarray, scales: np.ndarray, zero_points: Optional
         np.subtract(codes.reshape(-1, g), np.float32(8), out=o, dtype=np.float32)
         o *= d
     else:
+        if zero_points is None:
+            raise ValueError("min4 dequantization needs zero_points (numpy_quantize returns them)")
         np.multiply(codes.reshape(-1, g), d, out=o, dtype=np.float32)
         o += zero_points.reshape(-1, 1)
     return out
@@ -620,9 +623,12 @@ def _prepare_dequantize(ctx: BenchContext, config: str, shape: Tuple[int, int]) 
     peers = []
     try:
         _np_group(cfg, shape), _np_kind(cfg)
-        nq = ctx.kept_or(("numpy", "quantize", config, shape), lambda: numpy_quantize(w, cfg))
+        nq: Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]] = ctx.kept_or(
+            ("numpy", "quantize", config, shape), lambda: numpy_quantize(w, cfg))
+        ndata, nscales, nzeros = nq
         nout = np.empty(shape, np.float32)
-        peers.append(Peer("numpy", lambda: numpy_dequantize(*nq, cfg, shape, out=nout),
+        peers.append(Peer("numpy", lambda: numpy_dequantize(ndata, nscales, nzeros, cfg, shape,
+                                                            out=nout),
                           key=("numpy", "dequantize", config, shape)))
     except NotImplementedError as e:
         peers.append(Peer("numpy", note=str(e)))
