@@ -23,6 +23,7 @@ read bandwidth the run measures itself (all threads streaming a 512 MiB buffer).
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import statistics
 import time
@@ -33,7 +34,7 @@ import numpy as np
 
 import quantcore as qc
 from quantcore import _ext
-from quantcore.benchmark import (CASES, BenchContext, Peer, Prepared, make_weights,
+from quantcore.benchmark import (BenchContext, Peer, Prepared, make_weights,
                                  numpy_dequantize, register_case)
 from quantcore.config import QuantConfig
 
@@ -153,7 +154,7 @@ def _peers(ctx: BenchContext, cfg_name: str, m: int, k: int, n: int) -> List[Pee
     # NumPy float32 (235 MB for the large shapes: no rotation needed beyond 4x L3)
     nf = n_layers(w.nbytes)
     ws = [w] + [w.copy() for _ in range(nf - 1)]
-    peers.append(Peer("numpy", rotating([lambda W=W: x @ W.T for W in ws]),
+    peers.append(Peer("numpy", rotating([functools.partial(np.matmul, x, W.T) for W in ws]),
                       key=("numpy", "linear", m, k, n, threads)))
     # naive: dequantize the packed weight, then matmul
     qt = _layers(cfg_name, k, n)[0].weight_quantized
@@ -174,7 +175,7 @@ def _peers(ctx: BenchContext, cfg_name: str, m: int, k: int, n: int) -> List[Pee
         def tf32(W):
             with torch.inference_mode():
                 return F.linear(tx, W)
-        peers.append(Peer("torch", rotating([lambda W=W: tf32(W) for W in tws]),
+        peers.append(Peer("torch", rotating([functools.partial(tf32, W) for W in tws]),
                           key=("torch", "linear", m, k, n, threads)))
         key = ("torch_i8_mods", k, n)
         if key not in _cache:
@@ -192,7 +193,7 @@ def _peers(ctx: BenchContext, cfg_name: str, m: int, k: int, n: int) -> List[Pee
         def ti8(mod):
             with torch.inference_mode():
                 return mod(tx)
-        peers.append(Peer("torch_i8", rotating([lambda M=M: ti8(M) for M in _cache[key]]),
+        peers.append(Peer("torch_i8", rotating([functools.partial(ti8, M) for M in _cache[key]]),
                           key=("torch_i8", "linear", m, k, n, threads)))
     ort = _ort()
     for acc in (0, 4):
@@ -211,7 +212,8 @@ def _peers(ctx: BenchContext, cfg_name: str, m: int, k: int, n: int) -> List[Pee
             _cache[skey] = [sess] + [_ort_session(ort, bits, k, n, acc, threads)[0]
                                      for _ in range(n_layers(nbytes) - 1)]
         feeds = {"A": x}
-        peers.append(Peer(name, rotating([lambda S=S: S.run(None, feeds) for S in _cache[skey]]),
+        peers.append(Peer(name, rotating([functools.partial(S.run, None, feeds)
+                                          for S in _cache[skey]]),
                           key=(name, "linear", bits, m, k, n, threads)))
     return peers
 
@@ -219,14 +221,15 @@ def _peers(ctx: BenchContext, cfg_name: str, m: int, k: int, n: int) -> List[Pee
 def _grid(ctx: BenchContext):
     quick = ctx.quick
     ms = QUICK_MS if quick else LINEAR_MS
-    kns = QUICK_KN if quick else LINEAR_KN
-    if getattr(ctx, "custom_shapes", False):  # --shapes N x K
+    kns: Tuple[Tuple[int, int], ...] = QUICK_KN if quick else LINEAR_KN
+    if ctx.custom_shapes:  # --shapes N x K
         kns = tuple((s[1], s[0]) for s in ctx.shapes if len(s) == 2)
     return [(c, (m, k, n)) for (k, n) in kns for m in ms for c in LINEAR_CONFIGS]
 
 
 @register_case("linear", peers=("numpy", "naive", "torch", "torch_i8", "ort_a0", "ort_a4"),
-               bytes_label="GB/s of packed weights streamed", flops=True, grid=_grid)
+               bytes_label="GB/s of packed weights streamed", flops=True, grid=_grid,
+               show_bw=True)  # the %bw column
 def _prepare_linear(ctx: BenchContext, config: str, shape: Tuple[int, int, int]) -> Prepared:
     """QuantizedLinear.forward(x, out=buf) for x of shape (M, K), weight (N, K)."""
     if config not in LINEAR_CONFIGS:
@@ -235,7 +238,7 @@ def _prepare_linear(ctx: BenchContext, config: str, shape: Tuple[int, int, int])
     layers = _layers(config, k, n)
     x = make_weights((m, k), seed=1, cache=True)
     out = np.empty((m, n), np.float32)
-    fn = rotating([lambda L=L: L.forward(x, out=out) for L in layers])
+    fn = rotating([functools.partial(L.forward, x, out=out) for L in layers])
     bw = measured_bandwidth()
     wbytes = layers[0].nbytes
 
@@ -268,5 +271,3 @@ def blas_threads(n: int):
 LINEAR_NOTE = ("linear: GB/s = packed weight bytes per call; %bw = that / the read bandwidth "
                "this run measured; ort_a0/a4 = ONNX Runtime MatMulNBits accuracy_level 0/4 on "
                "the same codes; naive = NumPy dequantize-then-matmul")
-
-CASES["linear"].show_bw = True  # the %bw column

@@ -419,6 +419,7 @@ class Case:
     flops: bool = False
     grid: Optional[Callable[["BenchContext"], Iterable[Tuple[str, Tuple[int, ...]]]]] = None
     description: str = ""
+    show_bw: bool = False             # a %bw column (GB/s against the measured bandwidth)
 
     def pairs(self, ctx: "BenchContext") -> List[Tuple[str, Tuple[int, ...]]]:
         if self.grid is not None:
@@ -432,7 +433,7 @@ CASES: Dict[str, Case] = {}
 
 def register_case(op: str, *, peers: Sequence[str] = ("numpy",), bytes_label: str = "",
                   flops: bool = False, grid: Optional[Callable] = None,
-                  description: str = "") -> Callable:
+                  description: str = "", show_bw: bool = False) -> Callable:
     """Decorator: register ``prepare(ctx, config_name, shape) -> Prepared`` as the case `op`.
 
     A matmul case, for instance::
@@ -448,7 +449,8 @@ def register_case(op: str, *, peers: Sequence[str] = ("numpy",), bytes_label: st
     """
     def deco(prepare: Callable) -> Callable:
         CASES[op] = Case(op, prepare, tuple(peers), bytes_label, flops, grid,
-                         description or (prepare.__doc__ or "").strip().split("\n")[0])
+                         description or (prepare.__doc__ or "").strip().split("\n")[0],
+                         show_bw)
         return prepare
     return deco
 
@@ -459,8 +461,10 @@ class BenchContext:
 
     def __init__(self, shapes: Sequence[Tuple[int, ...]], configs: Sequence[str],
                  threads: int, repeats: int = DEFAULT_REPEATS, warmup: int = 1,
-                 peer_budget_s: float = PEER_BUDGET_S, quick: bool = False):
+                 peer_budget_s: float = PEER_BUDGET_S, quick: bool = False,
+                 custom_shapes: bool = False):
         self.quick = quick
+        self.custom_shapes = custom_shapes  # --shapes given: they also set the linear (N, K)
         self.shapes = [tuple(s) for s in shapes]
         self.configs = list(configs)
         self.threads = threads
@@ -790,7 +794,7 @@ class _Table:
             cols += [(f"{p} ms", 9, ">"), ("speedup", 8, ">")]
         if "gguf" in case.peers:
             cols.append(("= gguf", 6, ">"))
-        self.bw = getattr(case, "show_bw", False)
+        self.bw = case.show_bw
         if self.bw:
             cols.insert(6 if results_have_flops else 5, ("%bw", 4, ">"))
         self.cols = cols
@@ -971,8 +975,8 @@ def bench(*, shapes: Optional[Sequence[Tuple[int, ...]]] = None, configs: Option
     _check_names(ops, configs)
     repeats = repeats or (QUICK_REPEATS if quick else DEFAULT_REPEATS)
     nthreads = threads or qc.get_num_threads()
-    ctx = BenchContext(shapes, configs, nthreads, repeats, 1, quick=quick)
-    ctx.custom_shapes = custom_shapes  # --shapes also sets the linear layers' (N, K)
+    ctx = BenchContext(shapes, configs, nthreads, repeats, 1, quick=quick,
+                       custom_shapes=custom_shapes)
 
     def say(text: str = "") -> None:
         print(text, file=stream, flush=True)
