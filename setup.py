@@ -48,6 +48,7 @@ C_SOURCES = [
     "csrc/x86/linear_avx512.c",
     "csrc/arm/quant_neon.c",
     "csrc/arm/mse_neon.c",
+    "csrc/arm/linear_neon.c",
 ]
 
 

@@ -50,6 +50,10 @@ static const qc_linear_kernels *compiled_linear(qc_isa isa) {
     case QC_ISA_AVX512:
         return &qc_linear_avx512;
 #endif
+#ifdef QC_HAVE_NEON
+    case QC_ISA_NEON:
+        return &qc_linear_neon;
+#endif
     default: /* an ISA without linear kernels of its own runs the scalar ones */
         return &qc_linear_scalar;
     }

@@ -184,6 +184,7 @@ extern const qc_linear_kernels qc_linear_avx512;
 #if defined(__aarch64__)
 #define QC_HAVE_NEON 1
 extern const qc_kernels qc_kernels_neon;
+extern const qc_linear_kernels qc_linear_neon; /* GEMV only (arm/linear_neon.c) */
 QC_DECLARE_ROW_MSE_ALL(neon)
 #endif
 

@@ -743,6 +743,88 @@ static void test_quant_mse(void) {
     use_mse = 0;
 }
 
+/* qc_linear under the SIMD ISA against the scalar reference, both compute modes,
+ * every kind, whole-row / per-tensor / group scales, float32 / float16 scales, awkward
+ * K and N, M from 1 (GEMV) into the x86 GEMM's range.  NEON's int8 path is specified
+ * bit-identical to the reference (same integer dots, same float steps in the same
+ * order); everything else must agree within a float-summation bound: 8 * (k + 32) *
+ * eps * sum_k (|w_deq| + 2 max|w_deq|) * |x|, the second term for the offset
+ * (-d z or the minimum) that the kernels apply apart from d * q (|offset| <= 2 max|w|). */
+static void test_linear(void) {
+    static const int64_t KS[] = {1, 17, 31, 32, 33, 64, 100, 257};
+    static const int64_t NS[] = {1, 5, 17};
+    static const int64_t MS[] = {1, 2, 5, 9};
+    static const int64_t LG[] = {0, 32, 64, -1}; /* -1: per tensor */
+    for (int k = 0; k < QC_NUM_KINDS; k++)
+        for (int gi = 0; gi < 4; gi++)
+            for (int sd = 0; sd < 2; sd++)
+                for (size_t ki = 0; ki < sizeof KS / sizeof *KS; ki++)
+                    for (size_t ni = 0; ni < sizeof NS / sizeof *NS; ni++) {
+                        const int64_t K = KS[ki], N = NS[ni], M = MS[(ki + ni) % 4];
+                        qc_qdesc d = {(qc_kind)k, LG[gi] < 0 ? 0 : LG[gi], LG[gi] < 0, sd ? QC_F16 : QC_F32};
+                        qsizes z = sizes_for(&d, N, K);
+                        float *wf = xmalloc((size_t)(N * K) * 4), *x = xmalloc((size_t)(M * K) * 4);
+                        for (int64_t i = 0; i < N * K; i++)
+                            wf[i] = uni() * (i % 7 == 0 ? 3.0f : 1.0f);
+                        for (int64_t i = 0; i < M * K; i++)
+                            x[i] = uni() * (i % 11 == 0 ? 8.0f : 1.0f);
+                        uint8_t *data = xmalloc(z.dbytes), *sc = xmalloc(z.sbytes), *zz = xmalloc(z.zbytes);
+                        use(QC_ISA_SCALAR);
+                        qc_status st = qc_quantize(&d, wf, QC_F32, N, K, K * 4, 4, data, sc,
+                                                   QC_KINDS[k].has_zero ? zz : NULL, NULL);
+                        CHECK(st == QC_OK, "linear: quantize status %d", st);
+                        float *deq = xmalloc(z.deqn * 4);
+                        qc_dequantize(&d, data, sc, QC_KINDS[k].has_zero ? zz : NULL, N, K, deq, z.deq_stride, NULL);
+                        double wmax = 0.0;
+                        for (int64_t r = 0; r < N; r++)
+                            for (int64_t j = 0; j < K; j++)
+                                if (fabs((double)deq[r * z.deq_stride + j]) > wmax) /* not fmax: */
+                                    wmax = fabs((double)deq[r * z.deq_stride + j]); /* GCC 12 aarch64 -O3 ICE */
+                        qc_qweight w = {(qc_kind)k, N, K, d.group, d.per_tensor, d.scale_dtype, data, sc,
+                                        QC_KINDS[k].has_zero ? zz : NULL};
+                        for (int mode = 0; mode < 2; mode++) {
+                            const qc_compute cm = mode ? QC_COMPUTE_I8 : QC_COMPUTE_F32;
+                            float *y[2];
+                            for (int isa = 0; isa < 2; isa++) {
+                                use(isa ? simd : QC_ISA_SCALAR);
+                                y[isa] = xmalloc((size_t)(M * N) * 4);
+                                st = qc_linear(&w, x, M, K, NULL, y[isa], N, cm);
+                                CHECK(st == QC_OK, "linear status %d", st);
+                            }
+                            const int exact = simd == QC_ISA_NEON && cm == QC_COMPUTE_I8;
+                            int bad = 0;
+                            for (int64_t r = 0; r < M && !bad; r++)
+                                for (int64_t c = 0; c < N && !bad; c++) {
+                                    double mag = 0.0;
+                                    for (int64_t j = 0; j < K; j++)
+                                        mag += (fabs((double)deq[c * z.deq_stride + j]) + 2.0 * wmax) *
+                                               fabs((double)x[r * K + j]);
+                                    const float a = y[0][r * N + c], b = y[1][r * N + c];
+                                    if (exact ? fbits(a) != fbits(b)
+                                              : !(fabs((double)a - (double)b) <= 8.0 * (double)(K + 32) * 1.2e-7 * mag + 1e-30))
+                                        bad = 1;
+                                    if (bad)
+                                        CHECK(0, "linear %s kind=%s group=%lld%s scale=%s m=%lld n=%lld k=%lld: "
+                                                 "y[%lld,%lld] scalar %.9g %s %.9g (mag %.3g)",
+                                              mode ? "int8" : "float32", KIND_NAMES[k], (long long)d.group,
+                                              d.per_tensor ? " per-tensor" : "", sd ? "f16" : "f32",
+                                              (long long)M, (long long)N, (long long)K, (long long)r,
+                                              (long long)c, a, qc_isa_name(simd), b, mag);
+                                }
+                            if (!bad)
+                                CHECK(1, "linear");
+                            free(y[0]);
+                            free(y[1]);
+                        }
+                        free(wf);
+                        free(x);
+                        free(data);
+                        free(sc);
+                        free(zz);
+                        free(deq);
+                    }
+}
+
 int main(void) {
     printf("quantcore %d.%d.%d: cpu features 0x%x\n", QC_VERSION_MAJOR, QC_VERSION_MINOR,
            QC_VERSION_PATCH, qc_cpu_features());
@@ -759,6 +841,9 @@ int main(void) {
         if (!qc_isa_supported((qc_isa)i))
             continue;
         simd = (qc_isa)i;
+        use(simd);
+        printf("%s linear kernels against scalar\n", qc_isa_name(simd));
+        SECTION(test_linear) /* every ISA has linear kernels of its own */
         use(simd);
         seen[nsimd] = *qc_active();
         seen[nsimd].name = NULL;
