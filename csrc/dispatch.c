@@ -52,7 +52,7 @@ static const qc_linear_kernels *compiled_linear(qc_isa isa) {
 #endif
 #ifdef QC_HAVE_NEON
     case QC_ISA_NEON:
-        return &qc_linear_neon;
+        return (qc_cpu_features() & QC_CPU_DOTPROD) ? &qc_linear_neon_dot : &qc_linear_neon;
 #endif
     default: /* an ISA without linear kernels of its own runs the scalar ones */
         return &qc_linear_scalar;

@@ -184,7 +184,8 @@ extern const qc_linear_kernels qc_linear_avx512;
 #if defined(__aarch64__)
 #define QC_HAVE_NEON 1
 extern const qc_kernels qc_kernels_neon;
-extern const qc_linear_kernels qc_linear_neon; /* GEMV only (arm/linear_neon.c) */
+/* GEMV only (arm/linear_neon.c): baseline, and with SDOT (QC_CPU_DOTPROD) */
+extern const qc_linear_kernels qc_linear_neon, qc_linear_neon_dot;
 QC_DECLARE_ROW_MSE_ALL(neon)
 #endif
 

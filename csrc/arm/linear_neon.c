@@ -2,8 +2,10 @@
  * linear_neon.c -- NEON GEMV kernels of the linear layer (AArch64).  NEON has no
  * tiled GEMM of its own: these run for every m (the gemm entries stay NULL).
  *
- * ISA: baseline AArch64 Advanced SIMD only (no dotprod / i8mm), so every ARMv8
- * CPU runs them and no feature check is needed.  Layout: weights as quantcore.h,
+ * ISA: two tables from one loop (linear_neon_gemv.inc): qc_linear_neon, baseline
+ * AArch64 Advanced SIMD (every ARMv8 CPU), and qc_linear_neon_dot, the same with
+ * the integer dots on SDOT, for CPUs with the dot-product extension (dispatch.c
+ * checks QC_CPU_DOTPROD).  Both give the same bits.  Layout: weights as quantcore.h,
  * read in place; activations in natural order (act_span4 = 0: the table's 4-bit
  * order), quantized by the scalar reference's act_quant.  A block the row ends
  * inside is read through a zeroed copy, never past the row.
@@ -11,7 +13,8 @@
  * Per 32-block a block's codes are decoded into 32 bytes in natural order
  * (4-bit: mask and shift the nibbles, then zip low/high back together), then
  *   I8:  the integer dot sum(q * aq) with widening multiplies (vmull_s8, products
- *        <= 128 * 127 fit int16) and pairwise widening adds into int32: exact.
+ *        <= 128 * 127 fit int16) and pairwise widening adds into int32, or SDOT
+ *        (int8 x int8, four products per int32 lane): exact either way.
  *        ASYM8 codes 0..255 are not int8, so q - 128 is used and 128 * sum(aq) is
  *        added back in integers.  Then, per block and in block order, exactly the
  *        scalar reference's float steps: y += d * (da * dot) + c * xs; the result
@@ -77,75 +80,33 @@ static inline void codes_f32(int sgn, uint8x16_t c, float32x4_t f[4]) {
     }
 }
 
-static inline void gemv_neon(qc_kind kind, int i8, const qc_wview *v, const qc_act *a, int64_t m0,
-                             int64_t m1, int64_t n0, int64_t n1, float *y, int64_t ldy) {
-    const qc_qweight *w = v->w;
-    const int bits8 = QC_KINDS[kind].bits == 8;
-    const int64_t nb = v->nb, rb = v->row_bytes;
-    for (int64_t n = n0; n < n1; n++) {
-        const uint8_t *row = w->data + n * rb;
-        for (int64_t m = m0; m < m1; m++) {
-            float acc = 0.0f;
-            for (int64_t b = 0; b < nb; b++) {
-                float d, c;
-                qc_group_dc(v, qc_group_index(v, n, b), &d, &c);
-                uint8x16_t c0, c1;
-                block_codes(bits8, row, rb, b, &c0, &c1);
-                float bs;
-                if (i8) {
-                    const int8_t *xq = a->xq + m * a->kp + b * QC_BLK;
-                    const int8x16_t x0 = vld1q_s8(xq), x1 = vld1q_s8(xq + 16);
-                    int32_t dot;
-                    if (kind == QC_ASYM8) { /* q - 128 as int8, then + 128 * sum(aq) */
-                        const uint8x16_t flip = vdupq_n_u8(0x80);
-                        dot = dot32(vreinterpretq_s8_u8(veorq_u8(c0, flip)),
-                                    vreinterpretq_s8_u8(veorq_u8(c1, flip)), x0, x1) +
-                              128 * (int32_t)(vaddlvq_s8(x0) + vaddlvq_s8(x1));
-                    } else { /* SYM8 codes are int8; 4-bit codes 0..15 */
-                        dot = dot32(vreinterpretq_s8_u8(c0), vreinterpretq_s8_u8(c1), x0, x1);
-                    }
-                    bs = a->xd[m * a->nb + b] * (float)dot;
-                } else {
-                    const float *xf = a->xf + m * a->kp + b * QC_BLK;
-                    float32x4_t f[8], s[4];
-                    codes_f32(kind == QC_SYM8, c0, f);
-                    codes_f32(kind == QC_SYM8, c1, f + 4);
-                    for (int j = 0; j < 4; j++)
-                        s[j] = vmulq_f32(f[j], vld1q_f32(xf + 4 * j));
-                    for (int j = 0; j < 4; j++)
-                        s[j] = vfmaq_f32(s[j], f[4 + j], vld1q_f32(xf + 16 + 4 * j));
-                    bs = vaddvq_f32(vaddq_f32(vaddq_f32(s[0], s[1]), vaddq_f32(s[2], s[3])));
-                }
-                acc += d * bs + c * a->xs[m * a->nb + b];
-            }
-            y[(m - m0) * ldy + (n - n0)] = acc;
-        }
-    }
+/* SDOT (ARMv8.2 dot product, QC_CPU_DOTPROD): four int8 products per lane */
+#if defined(__clang__)
+#define QC_DOTPROD __attribute__((target("dotprod")))
+#else
+#define QC_DOTPROD __attribute__((target("arch=armv8.2-a+dotprod"))) /* GCC 12 rejects "+dotprod" here */
+#endif
+QC_DOTPROD static inline int32_t dot32_sdot(int8x16_t a0, int8x16_t a1, int8x16_t b0,
+                                            int8x16_t b1) {
+    return vaddvq_s32(vdotq_s32(vdotq_s32(vdupq_n_s32(0), a0, b0), a1, b1));
 }
 
-#define QC_DEFINE_GEMV(K)                                                                       \
-    static void gemv_f32_##K##_neon(const qc_wview *v, const qc_act *a, int64_t m0, int64_t m1, \
-                                    int64_t n0, int64_t n1, float *y, int64_t ldy) {            \
-        gemv_neon(QC_##K, 0, v, a, m0, m1, n0, n1, y, ldy);                                     \
-    }                                                                                           \
-    static void gemv_i8_##K##_neon(const qc_wview *v, const qc_act *a, int64_t m0, int64_t m1,  \
-                                   int64_t n0, int64_t n1, float *y, int64_t ldy) {             \
-        gemv_neon(QC_##K, 1, v, a, m0, m1, n0, n1, y, ldy);                                     \
-    }
-QC_DEFINE_GEMV(SYM8)
-QC_DEFINE_GEMV(ASYM8)
-QC_DEFINE_GEMV(SYM4)
-QC_DEFINE_GEMV(ASYM4)
-QC_DEFINE_GEMV(MIN4)
+/* qc_linear_neon: every AArch64 CPU */
+#define QC_SFX neon
+#define QC_ATTR
+#define QC_DOT32 dot32
+#include "linear_neon_gemv.inc"
+#undef QC_SFX
+#undef QC_ATTR
+#undef QC_DOT32
 
-const qc_linear_kernels qc_linear_neon = {
-    .name = "neon",
-    .act_quant = NULL, /* the scalar reference's (dispatch.c fills it in) */
-    .act_span4 = 0,    /* natural order */
-    .gemv_f32 = {gemv_f32_SYM8_neon, gemv_f32_ASYM8_neon, gemv_f32_SYM4_neon,
-                 gemv_f32_ASYM4_neon, gemv_f32_MIN4_neon},
-    .gemv_i8 = {gemv_i8_SYM8_neon, gemv_i8_ASYM8_neon, gemv_i8_SYM4_neon,
-                gemv_i8_ASYM4_neon, gemv_i8_MIN4_neon},
-};
+/* qc_linear_neon_dot: with the dot-product extension (dispatch.c picks it) */
+#define QC_SFX neon_dot
+#define QC_ATTR QC_DOTPROD
+#define QC_DOT32 dot32_sdot
+#include "linear_neon_gemv.inc"
+#undef QC_SFX
+#undef QC_ATTR
+#undef QC_DOT32
 
 #endif /* __aarch64__ */
