@@ -44,7 +44,8 @@ typedef void (*qc_unpack4_fn)(const uint8_t *src, int64_t n, int is_signed, uint
  * Activation rows are padded with zeros to kp = k rounded up to 32 and split
  * into nb = kp / 32 blocks.  Order inside a row: natural, except for 4-bit
  * weights on the GEMV paths, where blocks go in groups of `span` (the linear
- * table's act_span4: 2 for AVX2 and the scalar reference, 4 for AVX-512) and a
+ * table's act_span4: 2 for AVX2 and the scalar reference, 4 for AVX-512, 0 =
+ * natural for NEON, which splits the nibbles in registers instead) and a
  * group holds the even elements of its first block, those of its second, ...,
  * then the odd elements of the first, of the second, ...  The last group of a
  * row may hold fewer blocks (r < span; same pattern with r blocks); see

@@ -23,7 +23,9 @@
  *        summed, then y += d * bs + c * xs as the reference does; the in-block sum
  *        runs in another order, so results agree to a K * eps bound.
  * Memory: one pass over a weight row per activation row (the weights of a row
- * stay in L1/L2 for the next m); memory-bound at m = 1 like the x86 GEMVs.
+ * stay in L1/L2 for the next m), each block decoded again per activation row.
+ * Checked for correctness under qemu only: no ARM machine here to time it, so
+ * nothing in it is tuned (no multi-row passes, no GEMM, no prefetch).
  */
 #include "../kernels.h"
 
@@ -81,10 +83,14 @@ static inline void codes_f32(int sgn, uint8x16_t c, float32x4_t f[4]) {
 }
 
 /* SDOT (ARMv8.2 dot product, QC_CPU_DOTPROD): four int8 products per lane */
-#if defined(__clang__)
+#if defined(__ARM_FEATURE_DOTPROD)
+#define QC_DOTPROD /* the build targets it already (-march/-mcpu): keep that target */
+#elif defined(__clang__)
 #define QC_DOTPROD __attribute__((target("dotprod")))
 #else
-#define QC_DOTPROD __attribute__((target("arch=armv8.2-a+dotprod"))) /* GCC 12 rejects "+dotprod" here */
+/* GCC 12 rejects "+dotprod" here; "arch=" replaces the build's -march for these
+ * functions, hence the case above (else newer -mcpu builds stop inlining helpers) */
+#define QC_DOTPROD __attribute__((target("arch=armv8.2-a+dotprod")))
 #endif
 QC_DOTPROD static inline int32_t dot32_sdot(int8x16_t a0, int8x16_t a1, int8x16_t b0,
                                             int8x16_t b1) {
@@ -95,18 +101,22 @@ QC_DOTPROD static inline int32_t dot32_sdot(int8x16_t a0, int8x16_t a1, int8x16_
 #define QC_SFX neon
 #define QC_ATTR
 #define QC_DOT32 dot32
+#define QC_TABLE_NAME "neon"
 #include "linear_neon_gemv.inc"
 #undef QC_SFX
 #undef QC_ATTR
 #undef QC_DOT32
+#undef QC_TABLE_NAME
 
 /* qc_linear_neon_dot: with the dot-product extension (dispatch.c picks it) */
 #define QC_SFX neon_dot
 #define QC_ATTR QC_DOTPROD
 #define QC_DOT32 dot32_sdot
+#define QC_TABLE_NAME "neon (sdot)"
 #include "linear_neon_gemv.inc"
 #undef QC_SFX
 #undef QC_ATTR
 #undef QC_DOT32
+#undef QC_TABLE_NAME
 
 #endif /* __aarch64__ */
