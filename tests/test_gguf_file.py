@@ -30,6 +30,19 @@ FORMATS = {"q8_0": T.Q8_0, "q4_0": T.Q4_0, "q4_1": T.Q4_1}
 SHAPES = [(32,), (1, 32), (5, 96), (3, 4, 64), (2, 2, 3, 32), (33, 160)]
 
 
+def add_quantized(w, name, x, qtype):
+    """x quantized by gguf's reference, stored as a tensor of GGML type qtype."""
+    b = gguf_quantize(x, qtype)
+    w.add_tensor(name, b, raw_shape=b.shape, raw_dtype=qtype)
+
+
+def finish(w):
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
 def write_with_gguf(path, tensors):
     """A file made by the gguf package alone: {name: (array, GGML type)}."""
     w = gguf.GGUFWriter(str(path), "test")
@@ -37,12 +50,8 @@ def write_with_gguf(path, tensors):
         if qtype in (T.F32, T.F16):
             w.add_tensor(name, x.astype(np.float32 if qtype == T.F32 else np.float16))
         else:
-            b = gguf_quantize(x, qtype)
-            w.add_tensor(name, b, raw_shape=b.shape, raw_dtype=qtype)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+            add_quantized(w, name, x, qtype)
+    finish(w)
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
@@ -100,12 +109,8 @@ def test_float_and_other_types(tmp_path, values):
     w.add_tensor("f64", x.astype(np.float64))
     w.add_tensor("i16", np.arange(12, dtype=np.int16).reshape(3, 4))
     for name, qtype in (("bf16", T.BF16), ("q5_0", T.Q5_0), ("q5_1", T.Q5_1)):
-        b = gguf_quantize(x, qtype)
-        w.add_tensor(name, b, raw_shape=b.shape, raw_dtype=qtype)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+        add_quantized(w, name, x, qtype)
+    finish(w)
     got = qg.load(p)
     assert list(got) == ["f32", "f16", "f64", "i16", "bf16", "q5_0", "q5_1"]
     np.testing.assert_array_equal(got["f32"], x)

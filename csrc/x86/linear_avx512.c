@@ -221,6 +221,21 @@ static inline void rows_at(const qc_act *a, int64_t m, int mb, act_rows *r) {
     }
 }
 
+/* The per-row sums of row_q4 / row_q8: acc holds 4 chains of MB rows (QC_MB
+ * apart), corr the offset terms, s16 the block scales of the current chunk. */
+AVX512 static QC_ALWAYS_INLINE void zero_sums(int MB, __m512 *acc, __m512 *corr, __m512 *s16) {
+    for (int i = 0; i < MB; i++) {
+        corr[i] = s16[i] = _mm512_setzero_ps();
+        for (int c = 0; c < 4; c++)
+            acc[c * QC_MB + i] = _mm512_setzero_ps();
+    }
+}
+/* the 4 chains of row i added in one fixed order */
+AVX512 static QC_ALWAYS_INLINE __m512 chains_sum(const __m512 *acc, int i) {
+    return _mm512_add_ps(_mm512_add_ps(acc[i], acc[QC_MB + i]),
+                         _mm512_add_ps(acc[2 * QC_MB + i], acc[3 * QC_MB + i]));
+}
+
 /* The blocks b .. b+nv-1 (nv <= 16, one scale chunk) of a 4-bit row against MB
  * activation rows.  FULL (a constant): nv == 16 and every byte is inside the
  * row, so no load needs a mask. */
@@ -296,11 +311,7 @@ AVX512 static QC_ALWAYS_INLINE void row_q4(qc_kind kind, int i8, int MB, const q
     /* f32 with one scale per row: the table of dequantized values is fixed */
     const __m512 tabw = _mm512_add_ps(_mm512_mul_ps(iota, _mm512_set1_ps(dw)), _mm512_set1_ps(cw));
     __m512 acc[4 * QC_MB], corr[QC_MB], s16[QC_MB]; /* acc: 4 chains (f32) of MB rows */
-    for (int i = 0; i < MB; i++) {
-        corr[i] = s16[i] = _mm512_setzero_ps();
-        for (int c = 0; c < 4; c++)
-            acc[c * QC_MB + i] = _mm512_setzero_ps();
-    }
+    zero_sums(MB, acc, corr, s16);
     for (int64_t b = 0; b < nb; b += 16) {
         const int64_t nv = nb - b < 16 ? nb - b : 16;
         const __mmask16 km = mask16(nv);
@@ -323,8 +334,7 @@ AVX512 static QC_ALWAYS_INLINE void row_q4(qc_kind kind, int i8, int MB, const q
             chunk_q4(i8, MB, 0, grouped, pf, row, rb, b, nv, ar, s16, dd, cc, tabw, acc);
     }
     for (int i = 0; i < MB; i++) {
-        acc[i] = _mm512_add_ps(_mm512_add_ps(acc[i], acc[QC_MB + i]),
-                               _mm512_add_ps(acc[2 * QC_MB + i], acc[3 * QC_MB + i]));
+        acc[i] = chains_sum(acc, i);
         out[i] = i8 ? dw * _mm512_reduce_add_ps(acc[i]) + _mm512_reduce_add_ps(corr[i])
                     : _mm512_reduce_add_ps(acc[i]);
     }
@@ -397,11 +407,7 @@ AVX512 static QC_ALWAYS_INLINE void row_q8(qc_kind kind, int i8, int MB, const q
     if (!grouped)
         row_dc(kind, i8, v, n, &dw, &cw);
     __m512 acc[4 * QC_MB], corr[QC_MB], s16[QC_MB]; /* acc: 4 chains (f32) of MB rows */
-    for (int i = 0; i < MB; i++) {
-        corr[i] = s16[i] = _mm512_setzero_ps();
-        for (int c = 0; c < 4; c++)
-            acc[c * QC_MB + i] = _mm512_setzero_ps();
-    }
+    zero_sums(MB, acc, corr, s16);
     for (int64_t b = 0; b < nb; b += 16) {
         const int64_t nv = nb - b < 16 ? nb - b : 16;
         const __mmask16 km = mask16(nv);
@@ -424,8 +430,7 @@ AVX512 static QC_ALWAYS_INLINE void row_q8(qc_kind kind, int i8, int MB, const q
             chunk_q8(kind, i8, MB, 0, grouped, pf, row, rb, b, nv, ar, s16, dd, acc);
     }
     for (int i = 0; i < MB; i++) {
-        acc[i] = _mm512_add_ps(_mm512_add_ps(acc[i], acc[QC_MB + i]),
-                               _mm512_add_ps(acc[2 * QC_MB + i], acc[3 * QC_MB + i]));
+        acc[i] = chains_sum(acc, i);
         out[i] = dw * _mm512_reduce_add_ps(acc[i]) + (has_c ? _mm512_reduce_add_ps(corr[i]) : 0.0f);
     }
 }
