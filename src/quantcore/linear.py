@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
@@ -45,13 +45,19 @@ class QuantizedLinear:
       weight quantization error.  Rows of x holding NaN or Inf run in float32,
       so they propagate as IEEE arithmetic would and other rows stay clean.
 
+    Module surface (as a PyTorch-like framework's linear layer): ``parameters()``
+    lists the trainable arrays (the float bias; the packed weight's integer codes
+    are not trainable), ``train()`` / ``eval()`` set ``training``, which changes
+    nothing in ``forward`` (the layer has no dropout or batch statistics).
+
     Few rows (fewer than 8) take a GEMV path that streams the weights once per
     call; more take a tiled GEMM path where the build has one.  ``kernel`` names
     the kernel of the last call.  Threads: see ``quantcore.set_num_threads``;
     the GIL is released, and concurrent calls on one layer are safe.
     """
 
-    __slots__ = ("_wq", "_bias", "_qw", "_mode", "_last_m", "__weakref__")
+    __slots__ = ("_wq", "_bias", "_bias_ro", "_qw", "_mode", "_last_m", "training", "__weakref__")
+    training: bool
 
     def __init__(self, weight_q: QuantizedTensor, bias: Any = None) -> None:
         if not isinstance(weight_q, QuantizedTensor):
@@ -74,7 +80,9 @@ class QuantizedLinear:
                     raise ValueError(f"weight_q has {what} up to {big:.3g}; QuantizedLinear needs "
                                      f"|{what}| <= {_MAX_SCALE:g} (its kernels would overflow float32)")
         self._wq = weight_q
-        self._bias = None
+        self._bias: Optional[np.ndarray] = None   # the layer's own copy: parameters() hands it out
+        self._bias_ro: Optional[np.ndarray] = None  # a read-only view of it: the `bias` attribute
+        self.training = True
         if bias is not None:
             b = _to_numpy(bias, "bias")
             if b.shape != (n,):
@@ -82,8 +90,9 @@ class QuantizedLinear:
             if not np.all(np.isfinite(b)):
                 raise ValueError("bias contains NaN or Inf")
             b = np.array(b, dtype=np.float32, order="C")
-            b.setflags(write=False)
             self._bias = b
+            self._bias_ro = b.view()
+            self._bias_ro.setflags(write=False)
         self._qw = _ext.QWeight(weight_q._data, weight_q._scales, weight_q._zeros, cfg.kind, n, k,
                                 group, cfg.granularity == "tensor")
         self._mode = _ext.COMPUTE_F32 if cfg.compute == "float32" else _ext.COMPUTE_I8
@@ -123,8 +132,8 @@ class QuantizedLinear:
 
     @property
     def bias(self) -> Optional[np.ndarray]:
-        """float32 bias (read-only) or None."""
-        return self._bias
+        """float32 bias (a read-only view; ``parameters()`` gives the writable one) or None."""
+        return self._bias_ro
 
     @property
     def config(self) -> QuantConfig:
@@ -238,9 +247,54 @@ class QuantizedLinear:
 
     __call__ = forward
 
+    # ---- module surface -----------------------------------------------------------
+    def parameters(self) -> List[np.ndarray]:
+        """The layer's trainable parameters: ``[bias]`` (float32, shape
+        ``(out_features,)``) when it has a bias, else ``[]``.
+
+        The packed weight is not a parameter: its codes are integers and its
+        scales belong to them.  The bias returned is the layer's own array, not a
+        copy, so an in-place update (``p -= lr * grad``) changes what ``forward``
+        adds; ``frozen_parameters()`` gives read-only copies instead."""
+        return [] if self._bias is None else [self._bias]
+
+    def frozen_parameters(self) -> List[np.ndarray]:
+        """Read-only copies of ``parameters()``: nothing done to them reaches the layer."""
+        out = []
+        for p in self.parameters():
+            c = p.copy()
+            c.setflags(write=False)
+            out.append(c)
+        return out
+
+    def trainable_params_count(self) -> int:
+        """Number of scalars in ``parameters()`` (``out_features`` with a bias, else 0)."""
+        return sum(p.size for p in self.parameters())
+
+    def train(self, mode: bool = True) -> "QuantizedLinear":
+        """Set training mode (``mode=True``, the default of a new layer) or
+        evaluation mode (``False``); returns the layer, so calls chain.
+
+        ``forward`` computes exactly the same in both modes: the layer has no
+        dropout or batch statistics.  The mode is kept by pickling and copying,
+        and is not shown by ``repr`` (as in PyTorch)."""
+        if not isinstance(mode, (bool, np.bool_)):
+            raise TypeError(f"mode must be True or False, got {mode!r}")
+        self.training = bool(mode)
+        return self
+
+    def eval(self) -> "QuantizedLinear":
+        """Evaluation mode: ``train(False)``; returns the layer."""
+        return self.train(False)
+
     # ---- Python protocols ---------------------------------------------------------
     def __reduce__(self):
-        return (QuantizedLinear, (self._wq, self._bias))
+        return (QuantizedLinear, (self._wq, self._bias), {"training": self.training})
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        if not isinstance(state, dict) or not isinstance(state.get("training", True), bool):
+            raise TypeError(f"QuantizedLinear state must be a dict with a bool 'training', got {state!r}")
+        self.training = state.get("training", True)
 
     def __repr__(self) -> str:
         c = self.config

@@ -47,7 +47,16 @@ class QuantizedLinearModule(nn.Module):
     tensor of the same dtype, ``(..., out_features)``; see the module docstring
     for the inference-only rule and the zero-copy cases.
 
-    The module has no parameters: its state is the packed weight, which
+    Parameters and modes: the module registers no torch parameters, as PyTorch's
+    own dynamically quantized ``Linear`` does not: its kernels have no backward,
+    so nothing in it can train through autograd, and an optimizer given
+    ``model.parameters()`` should not see a bias it cannot update.  The bias is
+    reachable as ``module.layer.parameters()`` (the quantcore layer's writable
+    array, which ``forward`` reads).  ``train()`` / ``eval()`` set ``training``
+    on the module and on ``module.layer`` alike; ``forward`` computes the same in
+    both modes.
+
+    Its state is the packed weight, which
     ``state_dict()`` holds as ``weight_data`` (codes), ``weight_scales``,
     ``weight_zero_points`` (asymmetric formats) and ``bias`` tensors plus an extra
     state with the config and shape, so ``load_state_dict`` restores it into a
@@ -60,6 +69,7 @@ class QuantizedLinearModule(nn.Module):
         if not isinstance(layer, QuantizedLinear):
             raise TypeError(f"layer must be a quantcore.QuantizedLinear, got {type(layer).__name__}")
         self.layer = layer
+        self.training = layer.training  # the wrapped layer's mode (a new layer's: training)
 
     @classmethod
     def from_linear(cls, linear: Any, config: Optional[QuantConfig] = None) -> "QuantizedLinearModule":
@@ -74,7 +84,14 @@ class QuantizedLinearModule(nn.Module):
         with torch.no_grad():
             w = linear.weight.detach().to("cpu", torch.float32).numpy()
             b = None if linear.bias is None else linear.bias.detach().to("cpu", torch.float32).numpy()
-        return cls(QuantizedLinear(QuantizedTensor.quantize(w, config), b))
+        # the new module takes the replaced layer's training mode
+        return cls(QuantizedLinear(QuantizedTensor.quantize(w, config), b).train(linear.training))
+
+    def train(self, mode: bool = True) -> "QuantizedLinearModule":
+        """torch's ``Module.train``, also setting the quantcore layer's mode."""
+        super().train(mode)
+        self.layer.train(mode)
+        return self
 
     # ---- attributes ---------------------------------------------------------------
     @property
@@ -177,7 +194,7 @@ class QuantizedLinearModule(nn.Module):
             qt = QuantizedTensor.from_arrays(got["weight_data"], got["weight_scales"],
                                              got["weight_zero_points"], extra["shape"], config,
                                              np.dtype(extra["dtype"]))
-            self.layer = QuantizedLinear(qt, got["bias"])
+            self.layer = QuantizedLinear(qt, got["bias"]).train(self.training)
         except (TypeError, ValueError, KeyError) as e:
             error_msgs.append(f"{prefix}: cannot rebuild the quantized layer: {e}")
 
