@@ -1,6 +1,6 @@
 """QuantizedTensor.to_matmulnbits / from_matmulnbits: ONNX Runtime's MatMulNBits layout.
 
-Three checks: (1) a NumPy reading of the op's spec ((q - zero_point) * scale over
+Three checks: (1) a NumPy reading of the op's definition ((q - zero_point) * scale over
 B (N, n_blocks, blob), zero points packed per row, default 2**(bits-1)) gives
 back quantcore's dequantized weight bit for bit; (2) export -> import is the
 identity; (3) onnxruntime itself, running a one-node model over the exported

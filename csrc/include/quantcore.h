@@ -8,7 +8,7 @@
  *
  * From another Python extension, include quantcore_api.h instead: the kernels
  * live inside quantcore._ext, and that header calls them through the table the
- * module exports (no linking; see the README, "Embedding quantcore").
+ * module exports (no linking; see docs/embedding.md).
  *
  * Data layout shared by all entry points
  * --------------------------------------

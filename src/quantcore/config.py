@@ -57,7 +57,7 @@ class QuantConfig:
         bits, symmetry, group 32 and float16 scales, and makes the tensor
         exportable to GGUF bit for bit.
 
-    The quantization rules are GGUF's for every format (see the README):
+    The quantization rules are GGUF's for every format (see docs/formats.md):
     8-bit symmetric codes are ``round(x / (amax / 127))`` in [-127, 127]; 4-bit
     symmetric uses ``d = max / -8`` with codes 0..15 around 8 (Q4_0); asymmetric
     integer formats widen the range to include 0 and round the zero point.

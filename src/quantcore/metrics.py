@@ -1,10 +1,11 @@
 """Compression metrics: one tensor (CompressionMetrics) and a whole model
 (ModelCompressionMetrics).
 
-CompressionMetrics keeps the seed's contract field for field (n_parameters,
-original_bits_per_param, effective_bits_per_param, sparsity, quantization_mse)
-and its three constructors; ``max_abs_error`` and ``snr_db`` are extra fields,
-``None`` where nothing was measured.  ``QuantizedTensor.metrics(reference)``
+CompressionMetrics has five core fields (n_parameters, original_bits_per_param,
+effective_bits_per_param, sparsity, quantization_mse) and three constructors
+for float32 weights (quantized_only, pruned_only, quantized_and_pruned);
+``max_abs_error`` and ``snr_db`` are extra fields, ``None`` where nothing was
+measured.  ``QuantizedTensor.metrics(reference)``
 measures a real tensor (see ``tensor_metrics``).
 """
 
@@ -64,7 +65,7 @@ def _check_sparsity(value: Any, what: str = "sparsity") -> float:
 class CompressionMetrics:
     """How much a tensor was compressed and how much error that cost.
 
-    Fields (the seed's contract):
+    Fields:
 
     * ``n_parameters``: number of weights.
     * ``original_bits_per_param``: bits per weight before compression (32 for float32).
@@ -104,7 +105,7 @@ class CompressionMetrics:
         if self.snr_db is not None:
             set_("snr_db", _check_real(self.snr_db, "snr_db"))
 
-    # ---- the seed's constructors ------------------------------------------------------
+    # ---- constructors for float32 weights ----------------------------------------------
     @classmethod
     def quantized_only(cls, n_parameters: int, quant_bits: float, quant_mse: float, *,
                        max_abs_error: Optional[float] = None,

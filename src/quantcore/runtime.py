@@ -60,8 +60,8 @@ def set_isa(name: Optional[str]) -> None:
 
 def get_include() -> str:
     """The folder with quantcore's C headers (``quantcore.h``, ``quantcore_api.h``),
-    for ``include_dirs`` of an extension that calls the kernels; see the
-    README, "Embedding quantcore".  The Cython declarations are
+    for ``include_dirs`` of an extension that calls the kernels; see
+    docs/embedding.md.  The Cython declarations are
     ``quantcore/kernels.pxd`` (``from quantcore.kernels cimport *``)."""
     here = os.path.dirname(os.path.abspath(__file__))
     for d in (os.path.join(here, "include"),

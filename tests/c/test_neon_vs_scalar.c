@@ -11,7 +11,7 @@
  * points / minimums (bytes), dequantized floats (bits).
  *
  * Build (any C11 compiler; -ffp-contract=off as the real build, since the scalar
- * reference is only the spec when nothing is fused):
+ * reference's results assume no fused multiply-adds):
  *   cc -std=gnu11 -O2 -ffp-contract=off -Icsrc/include -Icsrc \
  *      tests/c/test_neon_vs_scalar.c csrc/api.c csrc/cpu.c csrc/dispatch.c \
  *      csrc/ref/quant_scalar.c csrc/x86/quant_avx2.c csrc/arm/quant_neon.c -lm
