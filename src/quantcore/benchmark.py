@@ -927,8 +927,9 @@ def plot_speedups(results: Sequence[Result], path: str) -> None:
         with _io.replacing(path) as tmp:
             fig.savefig(tmp, dpi=120, format=os.path.splitext(path)[1][1:].lower() or "png")
     except (OSError, ValueError) as e:
-        raise BenchError(f"--plot: cannot write {path!r}: {e.strerror}" if
-                         getattr(e, "strerror", None) else f"--plot: {e}") from None
+        why = getattr(e, "strerror", None)
+        raise BenchError(f"--plot: cannot write {path!r}: {why}" if why
+                         else f"--plot: {e}") from None
     finally:
         plt.close(fig)
 
@@ -1044,8 +1045,9 @@ def bench(*, shapes: Optional[Sequence[Tuple[int, ...]]] = None, configs: Option
                 json.dump(doc, f, indent=2)
                 f.write("\n")
         except (OSError, ValueError) as e:
-            raise BenchError(f"--json: cannot write {json_path!r}: {e.strerror}" if
-                             getattr(e, "strerror", None) else f"--json: {e}") from None
+            why = getattr(e, "strerror", None)
+            raise BenchError(f"--json: cannot write {json_path!r}: {why}" if why
+                             else f"--json: {e}") from None
         say(f"wrote {json_path}")
     if plot_path is not None:
         plot_speedups(results, plot_path)

@@ -523,7 +523,7 @@ def _write_safetensors(f: BinaryIO, header: bytes, arrays: List[np.ndarray]) -> 
     f.write(header)
     for a in arrays:
         if a.nbytes:
-            f.write(memoryview(a.reshape(-1).view(np.uint8)))
+            f.write(a.reshape(-1).view(np.uint8).data)
 
 
 def _encode_metrics(metrics: ModelCompressionMetrics) -> Dict[str, Any]:
