@@ -2,7 +2,7 @@
 
 Each case runs in a child process (tests/caserunner.py) under an alarm, so a
 case that hangs (a FIFO opened for reading blocks forever) or crashes fails on
-its own instead of blocking the session; command-line cases run quantcore in a
+its own instead of blocking the test run; command-line cases run quantcore in a
 further subprocess with a timeout.  A case passes when it returns: it checks
 the exception it expects (type and the words of its message) and what must
 hold afterwards (the file that was there is unchanged, no temporary file is
@@ -535,7 +535,8 @@ def case_output_missing_directory():
 
 @case
 def case_umask_honoured():
-    """New files get 0666 less the umask (not 0600); a replaced file keeps its mode."""
+    """New files get 0666 less the umask (not 0600); a replaced file keeps its mode (and,
+    for root, its owner and group)."""
     import quantcore as qc
     with _tmpdir() as d:
         old = os.umask(0o022)
@@ -552,6 +553,11 @@ def case_umask_honoured():
             os.chmod(p, 0o640)
             qc.save(p, {"x": np.ones(2)})
             assert stat.S_IMODE(os.stat(p).st_mode) == 0o640
+            if os.geteuid() == 0:  # root may keep another user's file theirs
+                os.chown(p, 4321, 4322)
+                qc.save(p, {"y": np.ones(2)})
+                st = os.stat(p)
+                assert (st.st_uid, st.st_gid) == (4321, 4322) and stat.S_IMODE(st.st_mode) == 0o640
         finally:
             os.umask(old)
         _no_temps(d)

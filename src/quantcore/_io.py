@@ -206,7 +206,7 @@ def _fsync_dir(directory: str) -> None:
 
 
 @contextlib.contextmanager
-def replacing(path: "str | os.PathLike[str]") -> Iterator[str]:
+def replacing(path: "str | bytes | os.PathLike") -> Iterator[str]:
     """Replace the file at `path` with what the ``with`` body writes.
 
     Yields the name of a new, empty temporary file beside the target; the body
@@ -217,7 +217,7 @@ def replacing(path: "str | os.PathLike[str]") -> Iterator[str]:
     untouched and the exception propagates; an OSError about the temporary file
     is restated about `path`.
     """
-    path = os.fspath(path)
+    path = os.fsdecode(os.fspath(path))
     target = check_output(path)
     directory = os.path.dirname(os.path.abspath(target))
     try:

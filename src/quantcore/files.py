@@ -18,7 +18,13 @@ tensor's dtype, shape and offsets must agree and tile the data area exactly,
 the parts of each quantized tensor must have the dtypes and shapes its config
 implies, and tensors are rebuilt through ``QuantizedTensor.from_arrays`` (which
 checks the values).  Anything wrong raises ValueError saying what and where; a
-missing file raises OSError.  No allocation exceeds the file's size.
+missing file raises FileNotFoundError.  Only regular files are opened (a FIFO,
+device or directory is a ValueError, never a hang), no allocation exceeds the
+file's size, and a file whose tensors cannot fit in the machine's memory is
+refused before any is read.
+
+Writing goes through quantcore._io.replacing: a temporary file beside the
+target, synced and renamed over it once complete (docs/hardening.md).
 """
 
 from __future__ import annotations
