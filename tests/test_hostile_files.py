@@ -422,6 +422,28 @@ def case_api_output_dev_null():
 
 
 @case
+def case_bench_json_output():
+    """`quantcore bench --json` to /dev/null or a directory: refused before the benchmark
+    runs; to a new file: written with the umask's mode, no temporary left."""
+    before = _char_device("/dev/null")
+    tiny = ("bench", "--quick", "--repeats", "1", "--shapes", "64x256", "--ops", "quantize",
+            "--configs", "int8", "--no-targets")
+    with _tmpdir() as d, _dev_guard():
+        _one_line_error(_cli(*tiny, "--json", "/dev/null"), "/dev/null", "character device")
+        _one_line_error(_cli(*tiny, "--json", d), d, "directory")
+        out = os.path.join(d, "bench.json")
+        old = os.umask(0o022)
+        try:
+            rc, err, _ = _cli(*tiny, "--json", out)
+        finally:
+            os.umask(old)
+        assert rc == 0, err
+        assert json.loads(_read(out)) and stat.S_IMODE(os.stat(out).st_mode) == 0o644
+        _no_temps(d)
+    assert _char_device("/dev/null") == before
+
+
+@case
 def case_output_own_device_node():
     """-o a character device node of our own (mknod, same as /dev/null): refused, node kept."""
     import quantcore as qc
