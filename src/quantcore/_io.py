@@ -129,6 +129,8 @@ def check_output(path: str) -> str:
     ValueError for a directory, a FIFO, a device, a socket or a dangling
     symlink, PermissionError for a read-only file, FileNotFoundError when the
     directory does not exist."""
+    if not path:
+        raise ValueError("the output path is empty")
     try:
         lst = os.lstat(path)
     except FileNotFoundError:

@@ -528,13 +528,13 @@ def _is_int(v: Any) -> bool:
 
 
 def _element_type(VT, items: List[Any], where: str, widen: bool):
-    """The GGUF type of a list's elements: the gguf package's rule (str STRING,
-    float FLOAT32, bool BOOL, int INT32, list ARRAY), every element of one kind;
-    `widen`: ints that do not all fit INT32 become INT64."""
+    """The GGUF type of a list's elements: the gguf package's rule (str or bytes
+    STRING, float FLOAT32, bool BOOL, int INT32, list ARRAY), every element of
+    one kind; `widen`: ints that do not all fit INT32 become INT64."""
     if not items:
         raise ValueError(f"{where}: an empty array has no element type")
-    kinds = [(str, VT.STRING), (bool, VT.BOOL), (float, VT.FLOAT32), (int, VT.INT32),
-             (list, VT.ARRAY)]
+    kinds: List[Tuple[Any, Any]] = [((str, bytes, bytearray), VT.STRING), (bool, VT.BOOL),
+                                    (float, VT.FLOAT32), (int, VT.INT32), (list, VT.ARRAY)]
     for cls, vt in kinds:
         if isinstance(items[0], cls) and not (cls is int and isinstance(items[0], bool)):
             break
@@ -542,9 +542,7 @@ def _element_type(VT, items: List[Any], where: str, widen: bool):
         raise TypeError(f"{where}[0]: unsupported element type {type(items[0]).__name__} "
                         f"(str, bool, int, float or list)")
     for i, x in enumerate(items):
-        same = isinstance(x, cls) and not (cls is int and isinstance(x, bool)) \
-            and not (cls is float and isinstance(x, bool))
-        if not same:
+        if not isinstance(x, cls) or (cls is int and isinstance(x, bool)):
             raise TypeError(f"{where}[{i}]: {type(x).__name__} in an array of "
                             f"{type(items[0]).__name__}: GGUF arrays hold one type")
     if vt == VT.INT32 and widen:
