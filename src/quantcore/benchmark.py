@@ -56,6 +56,7 @@ from typing import Any, Callable, Dict, Hashable, Iterable, List, Optional, Sequ
 import numpy as np
 
 import quantcore as qc
+from quantcore import _io
 from quantcore.config import QuantConfig
 
 __all__ = [
@@ -923,9 +924,12 @@ def plot_speedups(results: Sequence[Result], path: str) -> None:
                  fontsize=10)
     fig.tight_layout()
     try:
-        fig.savefig(path, dpi=120)
-    except OSError as e:
-        raise BenchError(f"--plot: cannot write {path!r}: {e.strerror or e}") from None
+        with _io.replacing(path) as tmp:
+            fig.savefig(tmp, dpi=120, format=os.path.splitext(path)[1][1:].lower() or "png")
+    except (OSError, ValueError) as e:
+        why = getattr(e, "strerror", None)
+        raise BenchError(f"--plot: cannot write {path!r}: {why}" if why
+                         else f"--plot: {e}") from None
     finally:
         plt.close(fig)
 
@@ -947,6 +951,10 @@ def _check_writable(path: str, what: str) -> None:
         raise BenchError(f"{what}: directory {d!r} does not exist")
     if not os.access(d, os.W_OK):
         raise BenchError(f"{what}: directory {d!r} is not writable")
+    try:
+        _io.check_output(path)
+    except (OSError, ValueError) as e:
+        raise BenchError(f"{what}: {e}") from None
 
 
 def bench(*, shapes: Optional[Sequence[Tuple[int, ...]]] = None, configs: Optional[Sequence[str]] = None,
@@ -1033,11 +1041,13 @@ def bench(*, shapes: Optional[Sequence[Tuple[int, ...]]] = None, configs: Option
     doc = to_json(results, tres, settings, ctx.notes)
     if json_path is not None:
         try:
-            with open(json_path, "w") as f:
+            with _io.replacing(json_path) as tmp, open(tmp, "w") as f:
                 json.dump(doc, f, indent=2)
                 f.write("\n")
-        except OSError as e:
-            raise BenchError(f"--json: cannot write {json_path!r}: {e.strerror or e}") from None
+        except (OSError, ValueError) as e:
+            why = getattr(e, "strerror", None)
+            raise BenchError(f"--json: cannot write {json_path!r}: {why}" if why
+                             else f"--json: {e}") from None
         say(f"wrote {json_path}")
     if plot_path is not None:
         plot_speedups(results, plot_path)

@@ -251,8 +251,16 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
         int8 = QuantConfig.int8(scale_dtype=args.scale_dtype or "float32", method=args.method)
     except ValueError as e:
         raise _UsageError(f"{PROG} quantize: error: {e}") from None
-    if not os.path.exists(args.input):
-        raise FileNotFoundError(f"{args.input}: no such file")
+    # checked before the work starts, so that it fails at once: a missing or special
+    # input, an output that is the input, a directory, a device, a read-only file
+    from . import _io
+    _io.stat_regular(args.input)
+    _io.check_output(args.output)
+    if _io.same_file(args.input, args.output):
+        same = ("the input file" if os.path.abspath(args.output) == os.path.abspath(args.input)
+                else f"the same file as the input {args.input}")
+        raise ValueError(f"-o {args.output} is {same}; quantize does not replace its input: "
+                         f"give another output path")
     weights = load(args.input)
     model = quantize_model(weights, cfg, include=args.include, exclude=args.exclude,
                            overrides={p: int8 for p in args.int8}, progress=args.progress)

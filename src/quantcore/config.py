@@ -74,6 +74,16 @@ class QuantConfig:
 
     def __post_init__(self) -> None:
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
+        # the named fields take strings: any other type (a list, say) is named here
+        # before the checks below compare or hash it
+        for name, choices, optional in (("granularity", _GRANULARITIES, True),
+                                        ("method", _METHODS, False),
+                                        ("compute", _COMPUTES, False),
+                                        ("format", tuple(_GGUF_FORMATS), True)):
+            v = getattr(self, name)
+            if not isinstance(v, str) and not (optional and v is None):
+                raise ValueError(f"{name} must be {'None or ' if optional else ''}one of "
+                                 f"{_choices(choices)}, got {type(v).__name__} {v!r}"[:300])
         bits = self.bits
         if isinstance(bits, bool) or not isinstance(bits, int) or bits not in (8, 4):
             raise ValueError(f"bits must be 8 or 4, got {bits!r}")
@@ -101,10 +111,11 @@ class QuantConfig:
             try:
                 import numpy as np
                 sd = np.dtype(sd).name
-            except TypeError:
-                pass
+            except Exception:  # not a dtype at all: named below
+                sd = None
         if sd not in _SCALE_DTYPES:
-            raise ValueError(f"scale_dtype must be one of {_choices(_SCALE_DTYPES)}, got {self.scale_dtype!r}")
+            raise ValueError(f"scale_dtype must be one of {_choices(_SCALE_DTYPES)}, got "
+                             f"{self.scale_dtype!r}"[:300])
         set_("scale_dtype", sd)
         if self.method not in _METHODS:
             raise ValueError(f"method must be one of {_choices(_METHODS)}, got {self.method!r}")

@@ -38,6 +38,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
+from . import _io
 from .config import QuantConfig
 from .tensor import QuantizedTensor
 
@@ -342,10 +343,10 @@ def _open(path: PathLike):
     p = os.fspath(path)
     if not isinstance(p, str):
         p = os.fsdecode(p)
-    size = os.path.getsize(p)
-    if size == 0:
-        raise ValueError(f"{p}: empty file, not a GGUF file")
-    return p, np.memmap(p, dtype=np.uint8, mode="r")
+    with _io.open_regular(p) as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            raise ValueError(f"{p}: empty file, not a GGUF file")
+        return p, np.memmap(f, dtype=np.uint8, mode="r")
 
 
 def load_metadata(path: PathLike) -> Dict[str, Any]:
@@ -376,10 +377,18 @@ def load(path: PathLike, names: Optional[Iterable[str]] = None,
                 raise KeyError(f"{p}: no tensors named {missing}; the file has "
                                f"{list(by_name)[:10]}{'...' if len(by_name) > 10 else ''}")
             infos = [by_name[n] for n in names]
+    # the tensors are copied out of the file (types that are dequantized grow to
+    # float32): refuse at once what cannot fit
+    _io.check_fits(sum(4 * math.prod(t.dims) if t.type not in GGUF_TYPES or t.type == 30
+                       else t.nbytes for t in infos), p, "the tensors")
     out: Dict[str, Union[QuantizedTensor, np.ndarray]] = {}
     for t in infos:
         raw = np.asarray(mm[start + t.offset:start + t.offset + t.nbytes])
-        out[t.name] = _convert(t, raw, compute, p)
+        try:
+            out[t.name] = _convert(t, raw, compute, p)
+        except MemoryError:
+            raise ValueError(f"{p}: tensor {t.name!r} ({t.nbytes:,} bytes in the file) needs "
+                             f"more memory than this machine could allocate") from None
     del mm
     return out
 
@@ -419,9 +428,18 @@ def save(path: PathLike, tensors: Mapping[str, Any], metadata: Optional[Mapping[
     float16/32/64 and int8/16/32/64 are written as F16/F32/F64/I8..I64.
 
     `metadata`: extra key/value pairs; a value is a str, a bool, an int (UINT32
-    when it fits in [0, 2**32), else INT64), a float (FLOAT32), a list of those,
-    or ``(value, gguf.GGUFValueType.X)`` for an exact type.
-    ``general.architecture`` is `arch`.  Needs the ``gguf`` package."""
+    when it fits in [0, 2**32), else INT64), a float (FLOAT32), a non-empty list
+    of one of those kinds (ints as INT32, or INT64 when one does not fit), or
+    ``(value, gguf.GGUFValueType.X)`` for an exact type.
+    ``general.architecture`` is `arch`.  Needs the ``gguf`` package.
+
+    Every tensor and every metadata value is checked before any file is
+    touched: a value its type cannot hold (an int outside UINT32 given as
+    ``(v, UINT32)``, an int typed STRING, a float beyond FLOAT32, a mixed
+    list) raises ValueError or TypeError naming the key.  The file is then
+    written as :func:`quantcore.save` writes: to a temporary file beside
+    `path`, renamed over it only once complete (the same rules for what
+    `path` may be)."""
     gguf = _gguf()
     from gguf import GGMLQuantizationType, GGUFValueType, GGUFWriter
     if not isinstance(tensors, Mapping):
@@ -433,6 +451,7 @@ def save(path: PathLike, tensors: Mapping[str, Any], metadata: Optional[Mapping[
     for name, t in tensors.items():
         if not isinstance(name, str) or not name:
             raise TypeError(f"tensor names must be non-empty str, got {name!r}")
+        _check_text(name, "tensor name")
         if isinstance(t, QuantizedTensor):
             fmt = _format_of(t)
             if fmt is None:
@@ -455,49 +474,158 @@ def save(path: PathLike, tensors: Mapping[str, Any], metadata: Optional[Mapping[
                 raise ValueError(f"tensor {name!r} must be a non-empty array of ndim >= 1, got "
                                  f"shape {a.shape}")
             prepared.append((name, np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("=")), None))
+    if not isinstance(arch, str) or not arch:
+        raise TypeError(f"arch must be a non-empty str, got {arch!r}")
+    _check_text(arch, "arch")
+    entries = _metadata_entries(GGUFValueType, metadata)
     p = os.fspath(path)
-    w = GGUFWriter(p, arch)
-    try:
-        w.add_quantization_version(2)
-        for key, val in (metadata or {}).items():
-            _add_metadata(w, GGUFValueType, key, val)
-        for name, arr, qtype in prepared:
-            if qtype is None:
-                w.add_tensor(name, arr)
-            else:
-                w.add_tensor(name, arr, raw_shape=arr.shape, raw_dtype=qtype)
-        w.write_header_to_file()
-        w.write_kv_data_to_file()
-        w.write_tensors_to_file()
-    finally:
-        w.close()
+    with _io.replacing(p) as tmp:
+        w = GGUFWriter(tmp, arch)
+        try:
+            w.add_quantization_version(2)
+            for key, val, vtype, sub in entries:
+                w.add_key_value(key, val, vtype, sub_type=sub)
+            for name, arr, qtype in prepared:
+                if qtype is None:
+                    w.add_tensor(name, arr)
+                else:
+                    w.add_tensor(name, arr, raw_shape=arr.shape, raw_dtype=qtype)
+            w.write_header_to_file()
+            w.write_kv_data_to_file()
+            w.write_tensors_to_file()
+        finally:
+            w.close()
 
 
-def _add_metadata(w, VT, key: str, val: Any) -> None:
-    if not isinstance(key, str) or not key:
-        raise TypeError(f"metadata keys must be non-empty str, got {key!r}")
-    if isinstance(val, tuple) and len(val) == 2 and isinstance(val[1], VT):
-        v, vt = val
-        sub = None
-        if vt == VT.ARRAY:
-            sub = VT.get_type(v[0]) if len(v) else VT.INT32
-        w.add_key_value(key, v, vt, sub_type=sub)
-    elif isinstance(val, bool):
-        w.add_bool(key, val)
-    elif isinstance(val, (int, np.integer)):
-        v = int(val)
-        if 0 <= v < 2 ** 32:
-            w.add_uint32(key, v)
-        else:
-            w.add_int64(key, v)
-    elif isinstance(val, (float, np.floating)):
-        w.add_float32(key, float(val))
-    elif isinstance(val, str):
-        w.add_key_value(key, val, VT.STRING)
-    elif isinstance(val, (list, np.ndarray)):
-        v = list(val.tolist() if isinstance(val, np.ndarray) else val)
-        if not v:
-            raise ValueError(f"metadata {key!r}: an empty array has no element type")
-        w.add_array(key, v)
+_INT_RANGES = {"UINT8": (0, 2**8 - 1), "INT8": (-2**7, 2**7 - 1),
+               "UINT16": (0, 2**16 - 1), "INT16": (-2**15, 2**15 - 1),
+               "UINT32": (0, 2**32 - 1), "INT32": (-2**31, 2**31 - 1),
+               "UINT64": (0, 2**64 - 1), "INT64": (-2**63, 2**63 - 1)}
+_FLOAT32_MAX = 3.4028234663852886e38
+
+
+def _check_text(text: Any, what: str) -> None:
+    if isinstance(text, str):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ValueError(f"{what} {text!r} is not valid UTF-8 text: {e.reason}") from None
+
+
+def _plain(v: Any) -> Any:
+    """NumPy scalars and arrays as Python ones (lists for arrays)."""
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    return v
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _element_type(VT, items: List[Any], where: str, widen: bool):
+    """The GGUF type of a list's elements: the gguf package's rule (str or bytes
+    STRING, float FLOAT32, bool BOOL, int INT32, list ARRAY), every element of
+    one kind; `widen`: ints that do not all fit INT32 become INT64."""
+    if not items:
+        raise ValueError(f"{where}: an empty array has no element type")
+    kinds: List[Tuple[Any, Any]] = [((str, bytes, bytearray), VT.STRING), (bool, VT.BOOL),
+                                    (float, VT.FLOAT32), (int, VT.INT32), (list, VT.ARRAY)]
+    for cls, vt in kinds:
+        if isinstance(items[0], cls) and not (cls is int and isinstance(items[0], bool)):
+            break
     else:
-        raise TypeError(f"metadata {key!r}: unsupported value type {type(val).__name__}")
+        raise TypeError(f"{where}[0]: unsupported element type {type(items[0]).__name__} "
+                        f"(str, bool, int, float or list)")
+    for i, x in enumerate(items):
+        if not isinstance(x, cls) or (cls is int and isinstance(x, bool)):
+            raise TypeError(f"{where}[{i}]: {type(x).__name__} in an array of "
+                            f"{type(items[0]).__name__}: GGUF arrays hold one type")
+    if vt == VT.INT32 and widen:
+        lo, hi = _INT_RANGES["INT32"]
+        if not all(lo <= x <= hi for x in items):
+            vt = VT.INT64
+    return vt
+
+
+def _check_value(VT, where: str, val: Any, vt, sub=None) -> None:
+    """Raise TypeError/ValueError naming `where` unless `val` packs as `vt`."""
+    name = getattr(vt, "name", str(vt))
+    if name in _INT_RANGES:
+        if not _is_int(val):
+            raise TypeError(f"{where}: {name} needs an int, got {type(val).__name__} {val!r}"[:300])
+        lo, hi = _INT_RANGES[name]
+        if not lo <= val <= hi:
+            raise ValueError(f"{where}: {val} does not fit {name} [{lo}, {hi}]"[:300])
+    elif vt in (VT.FLOAT32, VT.FLOAT64):
+        if isinstance(val, bool) or not isinstance(val, (int, float)):
+            raise TypeError(f"{where}: {name} needs a float, got {type(val).__name__} {val!r}"[:300])
+        try:
+            f = float(val)
+        except OverflowError:
+            raise ValueError(f"{where}: {val} does not fit {name}"[:300]) from None
+        try:
+            struct.pack("<f" if vt == VT.FLOAT32 else "<d", f)
+        except OverflowError:
+            raise ValueError(f"{where}: {val!r} does not fit FLOAT32 (largest {_FLOAT32_MAX:.7g}); "
+                             f"give (value, GGUFValueType.FLOAT64)") from None
+    elif vt == VT.BOOL:
+        if not isinstance(val, bool):
+            raise TypeError(f"{where}: BOOL needs True or False, got {type(val).__name__} {val!r}"[:300])
+    elif vt == VT.STRING:
+        if not isinstance(val, (str, bytes, bytearray)):
+            raise TypeError(f"{where}: STRING needs a str, got {type(val).__name__} {val!r}"[:300])
+        _check_text(val, where)
+    elif vt == VT.ARRAY:
+        if not isinstance(val, list):
+            raise TypeError(f"{where}: ARRAY needs a list, got {type(val).__name__}")
+        if sub is None:
+            sub = _element_type(VT, val, where, widen=False)
+        for i, x in enumerate(val):
+            _check_value(VT, f"{where}[{i}]", x, sub)
+    else:
+        raise ValueError(f"{where}: unknown GGUF value type {vt!r}")
+
+
+def _metadata_entries(VT, metadata: Optional[Mapping[str, Any]]):
+    """[(key, value, type, element type)] for GGUFWriter.add_key_value, every
+    value checked against its type (nothing is written here)."""
+    if metadata is None:
+        return []
+    if not isinstance(metadata, Mapping):
+        raise TypeError(f"metadata must be a mapping of str -> value, got {type(metadata).__name__}")
+    out = []
+    for key, val in metadata.items():
+        if not isinstance(key, str) or not key:
+            raise TypeError(f"metadata keys must be non-empty str, got {key!r}")
+        _check_text(key, "metadata key")
+        where = f"metadata {key!r}"
+        sub = None
+        if isinstance(val, tuple) and len(val) == 2 and isinstance(val[1], VT):
+            vt = val[1]
+            v = _plain(val[0])
+            if vt == VT.ARRAY:
+                if not isinstance(v, list):
+                    raise TypeError(f"{where}: ARRAY needs a list, got {type(val[0]).__name__}")
+                sub = _element_type(VT, v, where, widen=False)
+        elif isinstance(val, (bool, np.bool_)):
+            v, vt = bool(val), VT.BOOL
+        elif isinstance(val, (int, np.integer)):
+            v = int(val)
+            vt = VT.UINT32 if 0 <= v < 2 ** 32 else VT.INT64
+        elif isinstance(val, (float, np.floating)):
+            v, vt = float(val), VT.FLOAT32
+        elif isinstance(val, str):
+            v, vt = val, VT.STRING
+        elif isinstance(val, (list, np.ndarray)):
+            v, vt = _plain(val), VT.ARRAY
+            sub = _element_type(VT, v, where, widen=True)
+        else:
+            raise TypeError(f"{where}: unsupported value type {type(val).__name__}")
+        _check_value(VT, where, v, vt, sub)
+        out.append((key, v, vt, sub))
+    return out

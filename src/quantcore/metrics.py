@@ -20,6 +20,7 @@ import numpy as np
 __all__ = ["CompressionMetrics", "ModelCompressionMetrics"]
 
 _FLOAT32_BITS = 32.0
+_MAX_COUNT = 2**63 - 1  # no tensor holds more elements than an int64 counts
 
 
 def _check_count(value: Any, what: str) -> int:
@@ -28,13 +29,26 @@ def _check_count(value: Any, what: str) -> int:
     value = int(value)
     if value < 0:
         raise ValueError(f"{what} must be >= 0, got {value}")
+    if value > _MAX_COUNT:
+        raise ValueError(f"{what} must be at most 2**63 - 1, got {_short(value)}")
     return value
+
+
+def _short(value: int) -> str:
+    """`value` in digits, or its size when it is too long to print."""
+    if value.bit_length() < 200:
+        return str(value)
+    return f"an integer of about {int(value.bit_length() * 0.30103) + 1} digits"
 
 
 def _check_real(value: Any, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise TypeError(f"{what} must be a real number, got {type(value).__name__} {value!r}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:
+        raise ValueError(f"{what} must be a real number a float can hold, got "
+                         f"{_short(int(value))}") from None
     if math.isnan(value):
         raise ValueError(f"{what} must not be NaN")
     return value
@@ -79,8 +93,9 @@ class CompressionMetrics:
     ``inf`` for an exact reconstruction).
 
     ``CompressionMetrics()`` is all zeros.  Out-of-range values (negative
-    counts or bits, sparsity outside [0, 1], NaN, a negative or infinite MSE)
-    raise ValueError naming the field; wrong types raise TypeError.
+    counts or bits, a count above 2**63 - 1, a number no float holds, sparsity
+    outside [0, 1], NaN, a negative or infinite MSE) raise ValueError naming
+    the field; wrong types raise TypeError.
     """
 
     n_parameters: int = 0

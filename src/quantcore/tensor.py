@@ -39,6 +39,22 @@ def _as_float_array(array: Any, what: str = "array") -> np.ndarray:
     return a
 
 
+def _check_fits_float32(rows: np.ndarray, what: str) -> None:
+    """Quantization runs in float32: when the first value of the 2-D float64
+    `rows` that is not finite in float32 is a finite float64 value too large for
+    float32, say so (instead of the kernels' "NaN or Inf")."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        bad = ~np.isfinite(rows.astype(np.float32))
+    if not bad.any():
+        return
+    r, c = (int(i) for i in np.argwhere(bad)[0])
+    v = float(rows[r, c])
+    if np.isfinite(v):
+        raise ValueError(f"{what} holds {v!r} at row {r}, column {c}, which does not fit "
+                         f"float32 (largest {float(np.finfo(np.float32).max):.7g}); quantcore "
+                         f"quantizes in float32: rescale the data")
+
+
 def _rows_view(a: np.ndarray) -> np.ndarray:
     """(rows, last axis) view of `a`, or a copy where no view exists."""
     k = a.shape[-1]
@@ -81,9 +97,14 @@ class QuantizedTensor:
         """quantize() with errors naming the argument `what`."""
         a = _as_float_array(array, what)
         group = (config.group_size or 0) if config.granularity == "group" else 0
-        data, scales, zeros = _ext.quantize_2d(
-            _rows_view(a), config.kind, group, config.granularity == "tensor",
-            config.scale_dtype == "float16", what, config.method == "mse")
+        try:
+            data, scales, zeros = _ext.quantize_2d(
+                _rows_view(a), config.kind, group, config.granularity == "tensor",
+                config.scale_dtype == "float16", what, config.method == "mse")
+        except ValueError:
+            if a.dtype == np.float64:
+                _check_fits_float32(_rows_view(a), what)
+            raise
         return cls._make(data, scales, zeros, tuple(a.shape), a.dtype, config)
 
     @classmethod
