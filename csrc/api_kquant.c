@@ -1,9 +1,21 @@
 /*
  * api_kquant.c -- the K-quant entry points of quantcore.h (GGUF Q4_K, Q5_K, Q6_K):
- * argument checks and the loop over rows; the arithmetic is in ref/kquant_scalar.c.
- * One thread: every row is independent, so callers may split rows between threads.
+ * argument checks and the loop over rows; the arithmetic is in ref/kquant_scalar.c
+ * (and, for the Q4_K / Q5_K sub-block fits, x86/kquant_avx2.c where the kernel set
+ * in use has AVX2; both give the same bytes).  One thread: every row is
+ * independent, so callers may split rows between threads.
  */
 #include "kquant.h"
+#include "kernels.h"
+
+static qc_kq_fit45_fn fit45_for_isa(void) {
+#if defined(QC_HAVE_X86)
+    qc_isa isa = qc_current_isa();
+    if (isa == QC_ISA_AVX2 || isa == QC_ISA_AVX512)
+        return qc_kq_fit_block_k45_avx2;
+#endif
+    return NULL; /* the scalar reference */
+}
 
 static const int64_t KQ_BLOCK_BYTES[QC_NUM_KTYPES] = {
     [QC_KTYPE_Q4_K] = (int64_t)sizeof(qc_block_q4_k),
@@ -54,6 +66,7 @@ qc_status qc_quantize_kquant(qc_ktype type, const float *src, int64_t rows, int6
             }
         }
     }
+    const qc_kq_fit45_fn fit = fit45_for_isa();
     for (int64_t r = 0; r < rows; r++) {
         const float *x = src + r * src_row_stride;
         uint8_t *y = dst + r * rb;
@@ -61,10 +74,12 @@ qc_status qc_quantize_kquant(qc_ktype type, const float *src, int64_t rows, int6
         int over;
         switch (type) {
         case QC_KTYPE_Q4_K:
-            over = qc_kq_quantize_row_q4_k(x, cols, importance, (qc_block_q4_k *)y, &bad);
+            over = fit ? qc_kq_quantize_row_k45(x, cols, importance, y, 15, fit, &bad)
+                       : qc_kq_quantize_row_q4_k(x, cols, importance, (qc_block_q4_k *)y, &bad);
             break;
         case QC_KTYPE_Q5_K:
-            over = qc_kq_quantize_row_q5_k(x, cols, importance, (qc_block_q5_k *)y, &bad);
+            over = fit ? qc_kq_quantize_row_k45(x, cols, importance, y, 31, fit, &bad)
+                       : qc_kq_quantize_row_q5_k(x, cols, importance, (qc_block_q5_k *)y, &bad);
             break;
         default:
             over = qc_kq_quantize_row_q6_k(x, cols, importance, (qc_block_q6_k *)y, &bad);

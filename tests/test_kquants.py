@@ -197,12 +197,17 @@ def test_bytes_equal_ggml_minilm(ggml_quantize, minilm_matrices, fmt, imp_kind, 
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_same_bytes_on_every_isa(fmt, isa, rng):
-    """One scalar quantizer: the kernel set in use never changes a byte."""
-    x = rng.standard_normal((4, 512)).astype(np.float32)
-    imp = rng.uniform(0, 1, 512).astype(np.float32)
-    got = quantcore.quantize(x, config(fmt), importance=imp)
-    quantcore.set_isa("scalar")
-    assert got == quantcore.quantize(x, config(fmt), importance=imp)
+    """Every kernel set gives the scalar reference's bytes (the SIMD sub-block fits
+    sum in the reference's order), over the awkward inputs, with and without importance."""
+    for case in CASES:
+        x = awkward(case, rng, 3, 512)
+        for imp_kind in IMPORTANCE:
+            imp = importance_for(imp_kind, rng, 512)
+            quantcore.set_isa(isa)
+            got = quantcore.quantize(x, config(fmt), importance=imp)
+            quantcore.set_isa("scalar")
+            want = quantcore.quantize(x, config(fmt), importance=imp)
+            assert_same_bytes(got.data, want.data, f"{fmt} {case} importance={imp_kind} on {isa}")
 
 
 # ---- dequantize, scales, zero points ------------------------------------------------

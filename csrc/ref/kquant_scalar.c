@@ -248,30 +248,68 @@ static void pack_scales_k4(uint8_t *s, const uint8_t *ls, const uint8_t *lm) {
     }
 }
 
-/*
- * The sub-block scales and mins of one Q4_K / Q5_K super-block (nmax 15 or 31),
- * d and dmin, and the final codes L[256] recomputed with the stored (rounded)
- * parameters.  Returns 1 when d or dmin overflows float16 or a sub-block's fit
- * is not finite (the block is written all the same, as ggml writes it).
- */
-static int quantize_block_k45(const float *x, const float *qw, int nmax, uint16_t *d_out,
-                              uint16_t *dmin_out, uint8_t *sc_out, uint8_t *L) {
-    float scales[8], mins[8], weights[32];
-    uint8_t ls[8], lm[8];
-    if (!qw) {
-        /* ggml's quantize_row_q{4,5}_K_ref */
-        const float rmin = nmax == 15 ? -1.0f : -0.5f;
-        const int nstep = nmax == 15 ? 20 : 15;
-        float max_scale = 0, max_min = 0;
-        for (int j = 0; j < 8; j++) {
-            const float *xs = x + 32 * j;
+/* The super-block fit parameters of ggml: without importance (quantize_row_q{4,5}_K_ref)
+ * and with it (quantize_row_q{4,5}_K_impl). */
+void qc_kq_fit_params(int nmax, int with_importance, float *rmin, float *rdelta, int *nstep) {
+    if (with_importance) {
+        *rmin = -0.9f;
+        *rdelta = 0.05f;
+        *nstep = 36;
+    } else {
+        *rmin = nmax == 15 ? -1.0f : -0.5f;
+        *rdelta = 0.1f;
+        *nstep = nmax == 15 ? 20 : 15;
+    }
+}
+
+/* The eight sub-block fits of one Q4_K / Q5_K super-block, one after another. */
+static void fit_block_k45_scalar(const float *x, const float *qw, int nmax, float *scales,
+                                 float *mins, float *sw, uint8_t *L) {
+    float weights[32], rmin, rdelta;
+    int nstep;
+    qc_kq_fit_params(nmax, qw != NULL, &rmin, &rdelta, &nstep);
+    float sigma2 = 0;
+    if (qw) {
+        float sum_x2 = 0;
+        for (int l = 0; l < QC_QK_K; l++)
+            sum_x2 += x[l] * x[l];
+        sigma2 = 2.0f * sum_x2 / (float)QC_QK_K;
+    }
+    for (int j = 0; j < 8; j++) {
+        const float *xs = x + 32 * j;
+        if (qw) {
+            for (int l = 0; l < 32; l++)
+                weights[l] = qw[32 * j + l] * sqrtf(sigma2 + xs[l] * xs[l]);
+            float sumw = 0;
+            for (int l = 0; l < 32; l++)
+                sumw += weights[l];
+            sw[j] = sumw;
+        } else {
             float sum_x2 = 0;
             for (int l = 0; l < 32; l++)
                 sum_x2 += xs[l] * xs[l];
             float av_x = sqrtf(sum_x2 / 32.0f);
             for (int l = 0; l < 32; l++)
                 weights[l] = av_x + fabsf(xs[l]);
-            scales[j] = fit_scale_min(32, nmax, xs, weights, L + 32 * j, &mins[j], rmin, 0.1f, nstep);
+        }
+        scales[j] = fit_scale_min(32, nmax, xs, weights, L + 32 * j, &mins[j], rmin, rdelta, nstep);
+    }
+}
+
+/*
+ * From the sub-block fits (scales, mins, codes L of one Q4_K / Q5_K super-block,
+ * nmax 15 or 31; with importance qw, sw holds each sub-block's sum of weights): the 6-bit scale and min codes, d and dmin, and the final codes
+ * L[256] recomputed with the stored (rounded) parameters.  Returns 1 when d or
+ * dmin overflows float16 or a sub-block's fit is not finite (the block is
+ * written all the same, as ggml writes it).
+ */
+static int finish_block_k45(const float *x, const float *qw, int nmax, const float *scales,
+                            const float *mins, const float *sw, uint16_t *d_out, uint16_t *dmin_out,
+                            uint8_t *sc_out, uint8_t *L) {
+    uint8_t ls[8], lm[8];
+    if (!qw) {
+        float max_scale = 0, max_min = 0;
+        for (int j = 0; j < 8; j++) {
             if (scales[j] > max_scale)
                 max_scale = scales[j];
             if (mins[j] > max_min)
@@ -288,23 +326,6 @@ static int quantize_block_k45(const float *x, const float *qw, int nmax, uint16_
         *d_out = qc_fp32_to_fp16(max_scale / 63.0f);
         *dmin_out = qc_fp32_to_fp16(max_min / 63.0f);
     } else {
-        /* ggml's quantize_row_q{4,5}_K_impl with quant_weights */
-        float sw[8];
-        float sum_x2 = 0;
-        for (int l = 0; l < QC_QK_K; l++)
-            sum_x2 += x[l] * x[l];
-        float sigma2 = 2.0f * sum_x2 / (float)QC_QK_K;
-        for (int j = 0; j < 8; j++) {
-            const float *xs = x + 32 * j;
-            const float *q = qw + 32 * j;
-            for (int l = 0; l < 32; l++)
-                weights[l] = q[l] * sqrtf(sigma2 + xs[l] * xs[l]);
-            float sumw = 0;
-            for (int l = 0; l < 32; l++)
-                sumw += weights[l];
-            sw[j] = sumw;
-            scales[j] = fit_scale_min(32, nmax, xs, weights, L + 32 * j, &mins[j], -0.9f, 0.05f, 36);
-        }
         float d_block = fit_codes_positive(8, 63, scales, ls, sw);
         float m_block = fit_codes_positive(8, 63, mins, lm, sw);
         if (nmax == 31) { /* ggml's Q5_K clamps here, its Q4_K does not */
@@ -334,55 +355,62 @@ static int quantize_block_k45(const float *x, const float *qw, int nmax, uint16_
     return broken || fp16_overflows(*d_out) || fp16_overflows(*dmin_out);
 }
 
-int qc_kq_quantize_row_q4_k(const float *x, int64_t n, const float *importance, qc_block_q4_k *y,
-                            int64_t *bad_block) {
+int qc_kq_quantize_row_k45(const float *x, int64_t n, const float *importance, uint8_t *y, int nmax,
+                           qc_kq_fit45_fn fit, int64_t *bad_block) {
+    const size_t bs = nmax == 15 ? sizeof(qc_block_q4_k) : sizeof(qc_block_q5_k);
     uint8_t L[QC_QK_K];
+    float scales[8], mins[8], sw[8];
     int bad = 0;
     for (int64_t b = 0; b < n / QC_QK_K; b++) {
         const float *xb = x + b * QC_QK_K;
         const float *qw = importance ? importance + b * QC_QK_K : NULL;
-        qc_block_q4_k *blk = &y[b];
-        if (quantize_block_k45(xb, qw, 15, &blk->d, &blk->dmin, blk->scales, L) && !bad) {
+        uint8_t *blk = y + b * bs;
+        uint16_t d, dmin;
+        fit(xb, qw, nmax, scales, mins, sw, L);
+        if (finish_block_k45(xb, qw, nmax, scales, mins, sw, &d, &dmin, blk + 4, L) && !bad) {
             bad = 1;
             *bad_block = b;
         }
-        for (int c = 0; c < 4; c++)
-            for (int l = 0; l < 32; l++)
-                blk->qs[32 * c + l] = (uint8_t)(L[64 * c + l] | (L[64 * c + 32 + l] << 4));
-    }
-    return bad;
-}
-
-int qc_kq_quantize_row_q5_k(const float *x, int64_t n, const float *importance, qc_block_q5_k *y,
-                            int64_t *bad_block) {
-    uint8_t L[QC_QK_K];
-    int bad = 0;
-    for (int64_t b = 0; b < n / QC_QK_K; b++) {
-        const float *xb = x + b * QC_QK_K;
-        const float *qw = importance ? importance + b * QC_QK_K : NULL;
-        qc_block_q5_k *blk = &y[b];
-        if (quantize_block_k45(xb, qw, 31, &blk->d, &blk->dmin, blk->scales, L) && !bad) {
-            bad = 1;
-            *bad_block = b;
-        }
-        memset(blk->qh, 0, sizeof blk->qh);
-        for (int c = 0; c < 4; c++) {
-            const uint8_t lo_bit = (uint8_t)(1u << (2 * c)), hi_bit = (uint8_t)(2u << (2 * c));
-            for (int l = 0; l < 32; l++) {
-                int a = L[64 * c + l], h = L[64 * c + 32 + l];
-                if (a > 15) {
-                    a -= 16;
-                    blk->qh[l] |= lo_bit;
+        memcpy(blk, &d, 2);
+        memcpy(blk + 2, &dmin, 2);
+        if (nmax == 15) {
+            uint8_t *qs = blk + 16;
+            for (int c = 0; c < 4; c++)
+                for (int l = 0; l < 32; l++)
+                    qs[32 * c + l] = (uint8_t)(L[64 * c + l] | (L[64 * c + 32 + l] << 4));
+        } else {
+            uint8_t *qh = blk + 16, *qs = blk + 48;
+            memset(qh, 0, QC_QK_K / 8);
+            for (int c = 0; c < 4; c++) {
+                const uint8_t lo_bit = (uint8_t)(1u << (2 * c)), hi_bit = (uint8_t)(2u << (2 * c));
+                for (int l = 0; l < 32; l++) {
+                    int a = L[64 * c + l], h = L[64 * c + 32 + l];
+                    if (a > 15) {
+                        a -= 16;
+                        qh[l] |= lo_bit;
+                    }
+                    if (h > 15) {
+                        h -= 16;
+                        qh[l] |= hi_bit;
+                    }
+                    qs[32 * c + l] = (uint8_t)(a | (h << 4));
                 }
-                if (h > 15) {
-                    h -= 16;
-                    blk->qh[l] |= hi_bit;
-                }
-                blk->qs[32 * c + l] = (uint8_t)(a | (h << 4));
             }
         }
     }
     return bad;
+}
+
+int qc_kq_quantize_row_q4_k(const float *x, int64_t n, const float *importance, qc_block_q4_k *y,
+                            int64_t *bad_block) {
+    return qc_kq_quantize_row_k45(x, n, importance, (uint8_t *)y, 15, fit_block_k45_scalar,
+                                  bad_block);
+}
+
+int qc_kq_quantize_row_q5_k(const float *x, int64_t n, const float *importance, qc_block_q5_k *y,
+                            int64_t *bad_block) {
+    return qc_kq_quantize_row_k45(x, n, importance, (uint8_t *)y, 31, fit_block_k45_scalar,
+                                  bad_block);
 }
 
 int qc_kq_quantize_row_q6_k(const float *x, int64_t n, const float *importance, qc_block_q6_k *y,
