@@ -36,6 +36,24 @@ def pack_int4_2d(values: NDArray[Any], is_signed: bool) -> NDArray[np.uint8]: ..
 def unpack_int4_2d(packed: NDArray[np.uint8], cols: int, is_signed: bool) -> NDArray[Any]: ...
 def _need(arr: Any, what: str, dtype: Any, shape: Tuple[int, ...]) -> NDArray[Any]: ...
 
+# ---- K-quants (_kquant.pxi) -----------------------------------------------------------
+KTYPE_Q4_K: int
+KTYPE_Q5_K: int
+KTYPE_Q6_K: int
+_KTYPE_NAMES: Dict[int, str]
+def kquant_row_bytes(ktype: int, cols: int) -> int: ...
+def kquant_sub_blocks(ktype: int, cols: int) -> int: ...
+def quantize_kquant(
+    a: NDArray[np.floating[Any]], ktype: int, importance: Optional[Any] = ..., what: str = ...,
+) -> NDArray[np.uint8]: ...
+def dequantize_kquant(
+    data: NDArray[np.uint8], ktype: int, rows: int, cols: int,
+    out: Optional[NDArray[np.float32]] = ...,
+) -> NDArray[np.float32]: ...
+def kquant_params(
+    data: NDArray[np.uint8], ktype: int, rows: int, cols: int,
+) -> Tuple[NDArray[np.float32], Optional[NDArray[np.float32]]]: ...
+
 # ---- linear layers (_linear.pxi) -----------------------------------------------------
 class QWeight:
     def __init__(

@@ -5,7 +5,8 @@ Layout of a quantcore file (any safetensors reader opens it):
 * a QuantizedTensor ``name`` is stored as ordinary tensors ``name.qdata``
   (packed codes, ``qt.data``: I8 or U8), ``name.scales`` (F32 or F16,
   ``qt.scales``) and, for asymmetric formats, ``name.zeros``
-  (``qt.zero_points``: U8, or F16 minima for Q4_1);
+  (``qt.zero_points``: U8, or F16 minima for Q4_1); a K-quant tensor (Q4_K,
+  Q5_K, Q6_K) is ``name.qdata`` alone, ggml's super-blocks (U8);
 * a plain array is stored as itself under its own name;
 * ``__metadata__["quantcore"]`` is JSON: ``{"version": 1, "order": [names],
   "tensors": {name: {"shape": [...], "dtype": "float32", "config": {...}}},
@@ -247,6 +248,12 @@ def _expected_parts(shape: Tuple[int, ...], cfg: QuantConfig) -> Dict[str, Tuple
     """part -> (safetensors dtype, shape) for a QuantizedTensor of `shape` and `cfg`."""
     k = shape[-1]
     lead = shape[:-1]
+    if cfg.ktype is not None:  # K-quants: ggml's super-blocks hold scales and mins too
+        rb = _ext.kquant_row_bytes(cfg.ktype, k)
+        if rb == 0:
+            raise ValueError(f"shape {shape}: format {cfg.format!r} needs a last axis that is a "
+                             f"multiple of 256")
+        return {"qdata": ("U8", lead + (rb,))}
     kind = cfg.kind
     rb = _ext.row_bytes(kind, k)
     if cfg.granularity == "tensor":
@@ -390,7 +397,7 @@ def load(path: Any) -> QuantizedModel:
             shape, dtype, cfg, entries = layout.quantized[name]
             arrays = {part: header.read(f, e) for part, e in entries.items()}
             try:
-                out[name] = QuantizedTensor.from_arrays(arrays["qdata"], arrays["scales"],
+                out[name] = QuantizedTensor.from_arrays(arrays["qdata"], arrays.get("scales"),
                                                         arrays.get("zeros"), shape, cfg,
                                                         np.dtype(dtype))
             except (TypeError, ValueError) as e:
@@ -459,6 +466,8 @@ def save(path: Any, tensors: Mapping, metadata: Optional[Mapping] = None) -> Non
             qmeta[name] = {"shape": list(value.shape), "dtype": value.dtype.name,
                            "config": value.config.to_dict()}
             parts = {"qdata": value.data, "scales": value.scales, "zeros": value.zero_points}
+            if value.config.ktype is not None:  # the super-blocks hold scales and mins
+                parts = {"qdata": value.data}
             for part, arr in parts.items():
                 if arr is not None:
                     put(f"{name}.{part}", _plain_array(arr, name), name)

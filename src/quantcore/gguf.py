@@ -1,4 +1,5 @@
-"""GGUF files: load Q8_0/Q4_0/Q4_1 tensors as QuantizedTensor (no requantizing), save them.
+"""GGUF files: load Q8_0/Q4_0/Q4_1 and Q4_K/Q5_K/Q6_K tensors as QuantizedTensor (no
+requantizing), save them.
 
 ``load(path)`` returns ``{name: QuantizedTensor | ndarray}`` in file order:
 
@@ -8,9 +9,12 @@
   block order, element j low and j+16 high nibble, to quantcore's element 2i
   low and 2i+1 high), so ``QuantizedLinear(load(p)[name])`` runs on exactly the
   numbers llama.cpp would use;
+* Q4_K, Q5_K, Q6_K -> QuantizedTensor with ``QuantConfig.q4_k()``/``q5_k()``/
+  ``q6_k()`` whose ``data`` are the file's super-blocks, byte for byte (no
+  float32 expansion);
 * F32, F16, F64 -> ndarray of that dtype; BF16 -> float32; I8..I64 -> the integer
   dtype;
-* any other type (K-quants, IQ*, ...) -> float32 through
+* any other type (Q2_K, Q3_K, IQ*, ...) -> float32 through
   ``gguf.quants.dequantize`` (needs the ``gguf`` package).
 
 Shapes are NumPy's: GGUF lists dimensions innermost first (``ne[0]`` is the
@@ -20,7 +24,8 @@ blocks run along the last axis as quantcore's groups do.
 ``save(path, tensors)`` writes a GGUF v3 file with ``gguf.GGUFWriter`` (needs
 the ``gguf`` package): QuantizedTensors in a GGUF block format become Q8_0/Q4_0/
 Q4_1 tensors whose bytes are those of ``gguf.quants.quantize`` for the same
-weights; float/int arrays are stored as they are.
+weights, K-quant ones Q4_K/Q5_K/Q6_K tensors holding their super-blocks as they
+are; float/int arrays are stored as they are.
 
 The reader is quantcore's own and needs only NumPy: it checks every length,
 count and offset against the file size before reading, so a truncated or
@@ -54,14 +59,17 @@ _MAX_DEPTH = 8  # nested metadata arrays
 # GGML tensor types quantcore reads without the gguf package: id -> (name, block, bytes/block)
 GGUF_TYPES: Dict[int, Tuple[str, int, int]] = {
     0: ("F32", 1, 4), 1: ("F16", 1, 2), 2: ("Q4_0", 32, 18), 3: ("Q4_1", 32, 20),
-    8: ("Q8_0", 32, 34), 24: ("I8", 1, 1), 25: ("I16", 1, 2), 26: ("I32", 1, 4),
+    8: ("Q8_0", 32, 34), 12: ("Q4_K", 256, 144), 13: ("Q5_K", 256, 176),
+    14: ("Q6_K", 256, 210), 24: ("I8", 1, 1), 25: ("I16", 1, 2), 26: ("I32", 1, 4),
     27: ("I64", 1, 8), 28: ("F64", 1, 8), 30: ("BF16", 1, 2),
 }
 _PLAIN = {0: "<f4", 1: "<f2", 24: "i1", 25: "<i2", 26: "<i4", 27: "<i8", 28: "<f8"}
-_BLOCK_FORMATS = {8: "q8_0", 2: "q4_0", 3: "q4_1"}
+_BLOCK_FORMATS = {8: "q8_0", 2: "q4_0", 3: "q4_1", 12: "q4_k", 13: "q5_k", 14: "q6_k"}
 _FORMAT_TYPES = {v: k for k, v in _BLOCK_FORMATS.items()}
 _BLOCK = 32
 _TYPE_SIZE = {"q8_0": 34, "q4_0": 18, "q4_1": 20}
+_K_BLOCK = 256  # K-quant super-blocks: QuantizedTensor.data holds them verbatim
+_K_TYPE_SIZE = {"q4_k": 144, "q5_k": 176, "q6_k": 210}
 
 # metadata value types: id -> struct code (None: string / array)
 _VALUE_FMT = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
@@ -98,14 +106,17 @@ def to_blocks(qt: QuantizedTensor) -> np.ndarray:
     """The GGUF block bytes of a Q8_0/Q4_0/Q4_1 QuantizedTensor: uint8 of shape
     ``shape[:-1] + (K/32 * type_size,)`` (34, 18 or 20 bytes per block of 32),
     exactly what ``gguf.quants.quantize`` produces for the same weights.  The
-    last axis must be a multiple of 32."""
+    last axis must be a multiple of 32.  Q4_K/Q5_K/Q6_K: a copy of ``qt.data``
+    (K/256 super-blocks of 144, 176 or 210 bytes per row)."""
     if not isinstance(qt, QuantizedTensor):
         raise TypeError(f"qt must be a QuantizedTensor, got {type(qt).__name__}")
     fmt = _format_of(qt)
     if fmt is None:
-        raise ValueError(f"GGUF stores Q8_0, Q4_0 and Q4_1 (groups of 32, float16 scales); "
-                         f"this tensor is {qt.config!r}: quantize with QuantConfig.q8_0(), "
-                         f".q4_0() or .q4_1()")
+        raise ValueError(f"GGUF stores Q8_0, Q4_0 and Q4_1 (groups of 32, float16 scales) and "
+                         f"the K-quants; this tensor is {qt.config!r}: quantize with "
+                         f"QuantConfig.q8_0(), .q4_0(), .q4_1(), .q4_k(), .q5_k() or .q6_k()")
+    if fmt in _K_TYPE_SIZE:
+        return np.array(qt.data)
     k = qt.shape[-1]
     if k % _BLOCK:
         raise ValueError(f"GGUF block formats need the last axis to be a multiple of 32, got "
@@ -135,12 +146,17 @@ def from_blocks(blocks: Any, fmt: str, shape: Iterable[int], compute: str = "aut
     """A QuantizedTensor of `shape` (NumPy order, last axis a multiple of 32)
     from GGUF block bytes of format ``"q8_0"``, ``"q4_0"`` or ``"q4_1"``; the
     inverse of ``to_blocks``.  Scales that are not finite and Q8_0 codes of
-    -128 (outside quantcore's int8 range) raise ValueError."""
-    if fmt not in _TYPE_SIZE:
-        raise ValueError(f"fmt must be one of 'q8_0', 'q4_0', 'q4_1', got {fmt!r}")
+    -128 (outside quantcore's int8 range) raise ValueError.  ``"q4_k"``,
+    ``"q5_k"``, ``"q6_k"``: the super-blocks become the tensor's ``data``
+    unchanged (last axis a multiple of 256)."""
+    if fmt not in _TYPE_SIZE and fmt not in _K_TYPE_SIZE:
+        raise ValueError(f"fmt must be one of 'q8_0', 'q4_0', 'q4_1', 'q4_k', 'q5_k', 'q6_k', "
+                         f"got {fmt!r}")
     shape = tuple(int(s) for s in shape)
     if not shape or any(s < 1 for s in shape):
         raise ValueError(f"{name}: shape must have ndim >= 1 and positive sizes, got {shape}")
+    if fmt in _K_TYPE_SIZE:
+        return _from_k_blocks(blocks, fmt, shape, compute, name)
     k = shape[-1]
     if k % _BLOCK:
         raise ValueError(f"{name}: {fmt.upper()} rows must be a multiple of 32 long, got {k}")
@@ -180,6 +196,26 @@ def from_blocks(blocks: Any, fmt: str, shape: Iterable[int], compute: str = "aut
                              f"{what}: {arr[r, c]}")
     cfg = getattr(QuantConfig, fmt)(compute=compute)
     return QuantizedTensor.from_arrays(data, scales, zeros, shape, cfg)
+
+
+def _from_k_blocks(blocks: Any, fmt: str, shape: Tuple[int, ...], compute: str,
+                   name: str) -> QuantizedTensor:
+    k = shape[-1]
+    if k % _K_BLOCK:
+        raise ValueError(f"{name}: {fmt.upper()} rows must be a multiple of 256 long, got {k}")
+    rows = math.prod(shape[:-1])
+    rb = k // _K_BLOCK * _K_TYPE_SIZE[fmt]
+    b = np.asarray(blocks)
+    if b.dtype != np.uint8:
+        raise TypeError(f"{name} must be uint8 bytes, got {b.dtype}")
+    if b.size != rows * rb:
+        raise ValueError(f"{name}: {fmt.upper()} of shape {shape} needs {rows * rb} bytes, "
+                         f"got {b.size}")
+    cfg = getattr(QuantConfig, fmt)(compute=compute)
+    try:
+        return QuantizedTensor.from_arrays(b.reshape(rows, rb), None, None, shape, cfg)
+    except ValueError as e:
+        raise ValueError(f"{name}: {e}") from None
 
 
 # ---- the reader -------------------------------------------------------------------------
@@ -359,9 +395,10 @@ def load_metadata(path: PathLike) -> Dict[str, Any]:
 
 def load(path: PathLike, names: Optional[Iterable[str]] = None,
          compute: str = "auto") -> Dict[str, Union[QuantizedTensor, np.ndarray]]:
-    """Read the tensors of a GGUF file: ``{name: QuantizedTensor}`` for Q8_0, Q4_0
-    and Q4_1 tensors (converted, not requantized; `compute` goes into their
-    configs), ``{name: ndarray}`` for the others (see the module docstring).
+    """Read the tensors of a GGUF file: ``{name: QuantizedTensor}`` for Q8_0, Q4_0,
+    Q4_1, Q4_K, Q5_K and Q6_K tensors (converted, not requantized; `compute` goes
+    into their configs), ``{name: ndarray}`` for the others (see the module
+    docstring).
 
     `names` picks some tensors (unknown names raise KeyError).  A truncated or
     corrupt file raises ValueError.  The arrays are copies: the file is closed
@@ -424,7 +461,9 @@ def save(path: PathLike, tensors: Mapping[str, Any], metadata: Optional[Mapping[
     QuantizedTensors must be in a GGUF block format (``QuantConfig.q8_0()``,
     ``.q4_0()``, ``.q4_1()``, or the same parameters) with a last axis that is
     a multiple of 32; they are written as Q8_0/Q4_0/Q4_1 blocks, byte for byte
-    what ``gguf.quants.quantize`` gives for the same weights.  Arrays of
+    what ``gguf.quants.quantize`` gives for the same weights.  K-quant tensors
+    (``QuantConfig.q4_k()``, ``.q5_k()``, ``.q6_k()``) are written as Q4_K/Q5_K/
+    Q6_K tensors holding their super-blocks unchanged.  Arrays of
     float16/32/64 and int8/16/32/64 are written as F16/F32/F64/I8..I64.
 
     `metadata`: extra key/value pairs; a value is a str, a bool, an int (UINT32
@@ -456,8 +495,9 @@ def save(path: PathLike, tensors: Mapping[str, Any], metadata: Optional[Mapping[
             fmt = _format_of(t)
             if fmt is None:
                 raise ValueError(f"tensor {name!r}: GGUF stores Q8_0, Q4_0 and Q4_1 (groups of "
-                                 f"32, float16 scales); this tensor is {t.config!r}: quantize "
-                                 f"with QuantConfig.q8_0(), .q4_0() or .q4_1()")
+                                 f"32, float16 scales) and the K-quants; this tensor is "
+                                 f"{t.config!r}: quantize with QuantConfig.q8_0(), .q4_0(), "
+                                 f".q4_1(), .q4_k(), .q5_k() or .q6_k()")
             if t.shape[-1] % _BLOCK:
                 raise ValueError(f"tensor {name!r}: GGUF block formats need the last axis to "
                                  f"be a multiple of 32, got shape {t.shape}")

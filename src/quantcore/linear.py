@@ -66,6 +66,9 @@ class QuantizedLinear:
             raise ValueError(f"weight_q must be 2-D (out_features, in_features), got shape {weight_q.shape}")
         n, k = weight_q.shape
         cfg = weight_q.config
+        if cfg.ktype is not None:
+            raise NotImplementedError(f"QuantizedLinear does not run {cfg.format!r} (K-quant) "
+                                      f"weights yet; use weight_q.dequantize(), or Q8_0/Q4_0/Q4_1")
         group = (cfg.group_size or 0) if cfg.granularity == "group" else 0
         if group and group < k and group % 32:
             raise ValueError(f"QuantizedLinear needs group_size >= 32 (got {group}); "
@@ -112,6 +115,10 @@ class QuantizedLinear:
             weight = module.weight
             if bias is None:
                 bias = getattr(module, "bias", None)
+        if config.ktype is not None:
+            raise NotImplementedError(f"QuantizedLinear does not run {config.format!r} (K-quant) "
+                                      f"weights yet; quantize with quantcore.quantize and "
+                                      f"dequantize(), or use Q8_0/Q4_0/Q4_1")
         w = _to_numpy(weight, "weight")
         if w.ndim != 2:
             raise ValueError(f"weight must be 2-D (out_features, in_features), got shape {w.shape}")

@@ -68,6 +68,10 @@ class QuantizedTensor:
     ``quantcore.quantize``).  The packed codes, scales and zero points are
     read-only NumPy arrays; ``dequantize()`` (or ``np.asarray(qt)``) gives float32
     back.  Rows are all axes but the last.
+
+    K-quant formats (``QuantConfig.q4_k()``, ``.q5_k()``, ``.q6_k()``) store
+    ggml's super-blocks verbatim in ``data``; their ``scales`` and
+    ``zero_points`` are decoded from it on each access (see docs/kquants.md).
     """
 
     __slots__ = ("_data", "_scales", "_zeros", "_shape", "_dtype", "_config")
@@ -80,22 +84,35 @@ class QuantizedTensor:
 
     # ---- construction -----------------------------------------------------------
     @classmethod
-    def quantize(cls, array: Any, config: Optional[QuantConfig] = None) -> "QuantizedTensor":
+    def quantize(cls, array: Any, config: Optional[QuantConfig] = None, *,
+                 importance: Any = None) -> "QuantizedTensor":
         """Quantize a float16/32/64 array (ndim >= 1, any strides) with `config`
         (default ``QuantConfig.int8()``).  The input is never modified.  NaN or Inf
         raises ValueError.  ``config.method == "mse"`` searches each group's
         parameters for the least squared error (never above absmax's, group by
-        group); the storage layout is the same."""
+        group); the storage layout is the same.
+
+        K-quant formats (``QuantConfig.q4_k()``, ``.q5_k()``, ``.q6_k()``) need a
+        last axis that is a multiple of 256 (ValueError otherwise) and give
+        ggml's bytes exactly; `importance` (one float >= 0 per element of the
+        last axis, e.g. a llama.cpp imatrix column) takes ggml's imatrix path.
+        Other formats take no importance."""
         if config is None:
             config = QuantConfig.int8()
         if not isinstance(config, QuantConfig):
             raise TypeError(f"config must be a QuantConfig, got {type(config).__name__}")
-        return cls._quantize(array, config, "array")
+        return cls._quantize(array, config, "array", importance)
 
     @classmethod
-    def _quantize(cls, array: Any, config: QuantConfig, what: str) -> "QuantizedTensor":
+    def _quantize(cls, array: Any, config: QuantConfig, what: str,
+                  importance: Any = None) -> "QuantizedTensor":
         """quantize() with errors naming the argument `what`."""
         a = _as_float_array(array, what)
+        if config.ktype is not None:
+            return cls._quantize_kquant(a, config, what, importance)
+        if importance is not None:
+            raise ValueError(f"importance is used by the K-quant formats (q4_k, q5_k, q6_k) "
+                             f"only; this config is {config!r}")
         group = (config.group_size or 0) if config.granularity == "group" else 0
         try:
             data, scales, zeros = _ext.quantize_2d(
@@ -108,6 +125,28 @@ class QuantizedTensor:
         return cls._make(data, scales, zeros, tuple(a.shape), a.dtype, config)
 
     @classmethod
+    def _quantize_kquant(cls, a: np.ndarray, config: QuantConfig, what: str,
+                         importance: Any) -> "QuantizedTensor":
+        k = a.shape[-1]
+        ktype = cast(int, config.ktype)
+        if k % 256:
+            raise ValueError(f"{what}: format {config.format!r} needs the last axis to be a "
+                             f"multiple of 256 (ggml's super-block), got shape {a.shape}")
+        imp = None
+        if importance is not None:
+            imp = _as_float_array(importance, "importance")
+            if imp.shape != (k,):
+                raise ValueError(f"importance must have shape ({k},), one value per element of "
+                                 f"the last axis of {what} (shape {a.shape}), got {imp.shape}")
+            if not np.all(np.isfinite(imp)) or np.any(imp < 0):
+                i = int(np.flatnonzero(~(np.isfinite(imp) & (imp >= 0)))[0])
+                raise ValueError(f"importance must be finite and >= 0, found {imp[i]!r} at "
+                                 f"index {i}")
+        data = _ext.quantize_kquant(_rows_view(a), ktype, imp, what)
+        return cls._make(data, _ext.aligned_empty((data.shape[0], 0), np.float32), None,
+                         tuple(a.shape), a.dtype, config)
+
+    @classmethod
     def _make(cls, data, scales, zeros, shape, dtype, config) -> "QuantizedTensor":
         self = object.__new__(cls)
         for arr in (data, scales, zeros):
@@ -118,12 +157,14 @@ class QuantizedTensor:
         return self
 
     @classmethod
-    def from_arrays(cls, data: np.ndarray, scales: np.ndarray, zero_points: Optional[np.ndarray],
-                    shape: Tuple[int, ...], config: QuantConfig,
-                    dtype: Any = np.float32) -> "QuantizedTensor":
+    def from_arrays(cls, data: np.ndarray, scales: Optional[np.ndarray],
+                    zero_points: Optional[np.ndarray], shape: Tuple[int, ...],
+                    config: QuantConfig, dtype: Any = np.float32) -> "QuantizedTensor":
         """Rebuild a tensor from its stored arrays (as ``data``, ``scales`` and
         ``zero_points`` return them, or in their 2-D (rows, ...) form).  Every
-        shape and dtype is checked; the arrays are copied."""
+        shape and dtype is checked; the arrays are copied.  K-quant formats need
+        only ``data`` (ggml's super-blocks): scales and zero_points may be None
+        (or must equal the values decoded from data)."""
         if not isinstance(config, QuantConfig):
             raise TypeError(f"config must be a QuantConfig, got {type(config).__name__}")
         try:
@@ -139,6 +180,8 @@ class QuantizedTensor:
             raise TypeError(f"dtype must be a float dtype, got {dtype}")
         k = shape[-1]
         rows = math.prod(shape[:-1])
+        if config.ktype is not None:
+            return cls._from_arrays_kquant(data, scales, zero_points, shape, config, dtype)
         kind = config.kind
         per_tensor = config.granularity == "tensor"
         group = (config.group_size or 0) if config.granularity == "group" else 0
@@ -189,6 +232,54 @@ class QuantizedTensor:
             zeros = None
         return cls._make(data, scales, zeros, shape, dtype, config)
 
+    @classmethod
+    def _from_arrays_kquant(cls, data, scales, zero_points, shape, config, dtype):
+        k = shape[-1]
+        rows = math.prod(shape[:-1])
+        ktype = cast(int, config.ktype)
+        if k % 256:
+            raise ValueError(f"shape: format {config.format!r} needs the last axis to be a "
+                             f"multiple of 256 (ggml's super-block), got {shape}")
+        rb = _ext.kquant_row_bytes(ktype, k)
+        lead = shape[:-1]
+        if not isinstance(data, np.ndarray):
+            raise TypeError(f"data must be a numpy array, got {type(data).__name__}")
+        if data.dtype != np.uint8:
+            raise TypeError(f"data must have dtype uint8, got {data.dtype}")
+        if data.shape not in ((rows, rb), lead + (rb,)):
+            raise ValueError(f"data must have shape {lead + (rb,)} (or {(rows, rb)}) for shape "
+                             f"{shape} and {config!r}, got {data.shape}")
+        d = _ext.aligned_empty((rows, rb), np.uint8)
+        d[...] = data.reshape(rows, rb)
+        bs = {_ext.KTYPE_Q4_K: 144, _ext.KTYPE_Q5_K: 176, _ext.KTYPE_Q6_K: 210}[ktype]
+        blocks = d.reshape(-1, bs)
+        halves = blocks[:, bs - 2:] if ktype == _ext.KTYPE_Q6_K else blocks[:, :4]
+        h = np.ascontiguousarray(halves).view("<u2")
+        if np.any((h & 0x7C00) == 0x7C00):
+            b = int(np.argwhere((h & 0x7C00) == 0x7C00)[0][0])
+            nb = k // 256
+            raise ValueError(f"data: the float16 super-block scale of row {b // nb}, block "
+                             f"{b % nb} is not finite")
+        self = cls._make(d, _ext.aligned_empty((rows, 0), np.float32), None, shape, dtype, config)
+        # scales / zero_points are derived from data: given, they must be the derived ones
+        for what, given, want in (("scales", scales, self.scales),
+                                  ("zero_points", zero_points, self.zero_points)):
+            if given is None:
+                continue
+            if want is None:
+                raise ValueError(f"zero_points must be None for {config.format!r} (symmetric), "
+                                 f"got an array")
+            g = np.asarray(given)
+            if g.shape not in (want.shape, (rows, want.size // rows)) or g.dtype != np.float32 \
+                    or g.reshape(want.shape).tobytes() != want.tobytes():
+                raise ValueError(f"{what} of a {config.format!r} tensor are derived from data; "
+                                 f"pass None (or exactly the float32 values the tensor reports)")
+        return self
+
+    def _kquant_params(self):
+        rows, k = self._data.shape[0], self._shape[-1]
+        return _ext.kquant_params(self._data, cast(int, self._config.ktype), rows, k)
+
     # ---- attributes ---------------------------------------------------------------
     @property
     def shape(self) -> Tuple[int, ...]:
@@ -225,6 +316,8 @@ class QuantizedTensor:
 
     def _param_shape(self) -> Tuple[int, ...]:
         g = self._config.granularity
+        if self._config.ktype is not None:
+            return self._shape[:-1] + (self._shape[-1] // cast(int, self._config.group_size),)
         if g == "tensor":
             return ()
         if g == "channel":
@@ -241,18 +334,33 @@ class QuantizedTensor:
     @property
     def scales(self) -> np.ndarray:
         """Scales, read-only: shape () per tensor, ``shape[:-1]`` per channel,
-        ``shape[:-1] + (n_groups,)`` per group."""
+        ``shape[:-1] + (n_groups,)`` per group.  K-quants: the float32 effective
+        scale ``d * sc`` of each sub-block (32 values; Q6_K 16), decoded from
+        ``data`` on each access (not counted in ``nbytes``)."""
+        if self._config.ktype is not None:
+            sc = self._kquant_params()[0]
+            sc.setflags(write=False)
+            return sc.reshape(self._param_shape())
         return self._scales.reshape(self._param_shape())
 
     @property
     def zero_points(self) -> Optional[np.ndarray]:
         """Integer zero points (uint8) for asymmetric formats, the float16 group
-        minima for Q4_1, or None; shaped like ``scales``."""
+        minima for Q4_1, or None; shaped like ``scales``.  Q4_K / Q5_K: the
+        float32 value of code 0 of each sub-block, ``-(dmin * m)`` (so a value is
+        ``scale * q + zero_point``), decoded from ``data``; Q6_K: None."""
+        if self._config.ktype is not None:
+            off = self._kquant_params()[1]
+            if off is None:
+                return None
+            off.setflags(write=False)
+            return off.reshape(self._param_shape())
         return None if self._zeros is None else self._zeros.reshape(self._param_shape())
 
     @property
     def nbytes(self) -> int:
-        """Bytes of all storage: codes, scales and zero points."""
+        """Bytes of all storage: codes, scales and zero points (K-quants: the
+        super-blocks, which hold them all)."""
         return int(self._data.nbytes + self._scales.nbytes +
                    (0 if self._zeros is None else self._zeros.nbytes))
 
@@ -287,6 +395,9 @@ class QuantizedTensor:
             target = out.reshape(rows, k)
         else:
             target = None
+        if self._config.ktype is not None:
+            res = _ext.dequantize_kquant(self._data, cast(int, self._config.ktype), rows, k, target)
+            return out if out is not None else res.reshape(self._shape)
         res = _ext.dequantize_2d(self._data, self._scales, self._zeros, self._config.kind,
                                  rows, k, self._group(), self._config.granularity == "tensor",
                                  target)
@@ -336,8 +447,9 @@ class QuantizedTensor:
 
     # ---- Python protocols ---------------------------------------------------------
     def __reduce__(self):
+        scales = None if self._config.ktype is not None else self._scales  # K: all in data
         return (_rebuild, (self._config.to_dict(), self._shape, self._dtype.str,
-                           self._data, self._scales, self._zeros))
+                           self._data, scales, self._zeros))
 
     def __copy__(self) -> "QuantizedTensor":
         return self  # immutable: a copy may share storage
@@ -375,9 +487,10 @@ def _rebuild(config, shape, dtype, data, scales, zeros):
                                        np.dtype(dtype))
 
 
-def quantize(array: Any, config: Optional[QuantConfig] = None) -> QuantizedTensor:
-    """Same as ``QuantizedTensor.quantize(array, config)``."""
-    return QuantizedTensor.quantize(array, config)
+def quantize(array: Any, config: Optional[QuantConfig] = None, *,
+             importance: Any = None) -> QuantizedTensor:
+    """Same as ``QuantizedTensor.quantize(array, config, importance=importance)``."""
+    return QuantizedTensor.quantize(array, config, importance=importance)
 
 
 def pack_int4(values: Any) -> np.ndarray:
