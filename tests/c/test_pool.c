@@ -196,7 +196,8 @@ int main(void) {
         run_one(&rng, 50, 0, 0);
     }
     printf("after sleeps: done\n");
-    if (!getenv("QC_POOL_TEST_NO_FORK")) { /* ThreadSanitizer does not follow a threaded fork */
+    if (!getenv("QC_POOL_TEST_NO_FORK")) { /* set under ThreadSanitizer and qemu-user, which do
+                                            * not follow fork() from a threaded process */
         fork_case();
         printf("fork: done\n");
     }
