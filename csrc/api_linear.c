@@ -9,8 +9,9 @@
  * arithmetic over x @ dequantize(W).T would and other rows are untouched.
  * Threads: the pool (pool.h) over chunks of output features, multiples of 16;
  * every thread runs all m rows of a chunk it claims, so the weights are read once
- * per call (GEMV) or once per M-tile (GEMM).  Memory: O(m * k) scratch, nothing
- * proportional to the weights.
+ * per call (GEMV) or once per M-tile (GEMM).  The activations are prepared on the
+ * calling thread (O(m * k) against the kernels' O(m * k * n)).  Memory: O(m * k)
+ * scratch, nothing proportional to the weights.
  */
 #include <math.h>
 #include <stdlib.h>
