@@ -158,13 +158,16 @@ static void split_chunk(void *ctx, int64_t c, int slot) {
 }
 
 /* Chunks: GEMV, about 32 per thread (a thread that starts late or stalls
- * costs at most a few of them), 16 features at least; GEMM, whole 64-feature
+ * costs at most a few of them), 16 features and 2^16 multiply-adds at least
+ * (a claim costs a cache line moving between cores); GEMM, whole 64-feature
  * panels, about 4 per thread, at most 256 (the GEMM's N tile: each chunk packs
  * its activations again). */
 static void run_split(qc_linear_fn fn, const qc_wview *v, const qc_act *a, int64_t m0, int64_t m1,
                       const float *bias, float *y, int64_t ldy, int nt, int gemm) {
-    const int64_t n = v->w->n;
-    int64_t chunk = gemm ? qc_pool_chunk_len(n, nt, 4, 64, 64) : qc_pool_chunk_len(n, nt, 32, 16, 16);
+    const int64_t n = v->w->n, row_work = (m1 - m0) * v->kp;
+    const int64_t min_gemv = ((int64_t)1 << 16) / (row_work > 0 ? row_work : 1);
+    int64_t chunk = gemm ? qc_pool_chunk_len(n, nt, 4, 64, 64)
+                         : qc_pool_chunk_len(n, nt, 32, min_gemv > 16 ? min_gemv : 16, 16);
     if (gemm && chunk > 256)
         chunk = 256;
     if (nt <= 1)
