@@ -448,4 +448,5 @@ def test_c_stress_test_of_the_pool():
                        capture_output=True, text=True, timeout=600)
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-4000:]
-    assert out.count(" passed, 0 failed") >= 2, out[-4000:]
+    # futexes (two spins), condition variables, serial; and ThreadSanitizer where available
+    assert out.count(" passed, 0 failed") >= 4, out[-4000:]
