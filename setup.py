@@ -11,8 +11,11 @@ Environment variables read at build time:
 
 * ``QUANTCORE_NATIVE=1``: add ``-march=native`` (the wheel then runs only on
   CPUs like the build machine).
-* ``QUANTCORE_OPENMP=0``: build without OpenMP even where the compiler has it.
 * ``QUANTCORE_SANITIZE=address,undefined``: build with those sanitizers.
+
+Threads: the kernels run on quantcore's own pool (csrc/pool.c: POSIX threads,
+``-pthread``); the build needs no OpenMP.  Without POSIX threads (e.g. MSVC on
+Windows) the pool is serial and every kernel runs on the calling thread.
 
 ``-ffp-contract=off`` is always on: the kernels are specified as separately
 rounded products and sums, and a fused multiply-add the compiler invents would
@@ -23,7 +26,6 @@ import glob
 import os
 import shutil
 import sys
-import tempfile
 
 import numpy as np
 from Cython.Build import cythonize
@@ -38,6 +40,7 @@ C_SOURCES = [
     "csrc/api_kquant.c",
     "csrc/cpu.c",
     "csrc/dispatch.c",
+    "csrc/pool.c",
     "csrc/ref/quant_scalar.c",
     "csrc/ref/linear_scalar.c",
     "csrc/ref/mse_scalar.c",
@@ -59,31 +62,6 @@ def _flag_set(name):
     return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no", "off")
 
 
-def _compiler_accepts(compiler, cflags, ldflags, source):
-    """Try to compile and link a small program with the given flags."""
-    tmp = tempfile.mkdtemp()
-    try:
-        src = os.path.join(tmp, "probe.c")
-        with open(src, "w") as f:
-            f.write(source)
-        objs = compiler.compile([src], output_dir=tmp, extra_postargs=cflags)
-        compiler.link_executable(objs, "probe", output_dir=tmp, extra_postargs=ldflags)
-        return True
-    except Exception:
-        return False
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-OPENMP_PROBE = """
-#include <omp.h>
-int main(void) { int n = 0;
-#pragma omp parallel reduction(+:n)
-  n += 1;
-  return n > 0 ? 0 : 1; }
-"""
-
-
 class BuildExt(build_ext):
     def build_extensions(self):
         cc = self.compiler
@@ -101,16 +79,12 @@ class BuildExt(build_ext):
         else:  # MSVC
             cflags += ["/O2", "/fp:precise"]
 
-        openmp = False
-        if os.environ.get("QUANTCORE_OPENMP", "1").strip() not in ("0", "false", "no", "off"):
-            omp_c, omp_l = (["-fopenmp"], ["-fopenmp"]) if unix else (["/openmp"], [])
-            if _compiler_accepts(cc, omp_c, omp_l, OPENMP_PROBE):
-                cflags += omp_c
-                ldflags += omp_l
-                openmp = True
-        if not openmp:
-            print("quantcore: building WITHOUT OpenMP: kernels will run on one thread",
-                  file=sys.stderr)
+        if unix:
+            cflags.append("-pthread")
+            ldflags.append("-pthread")
+        if os.environ.get("QUANTCORE_OPENMP") is not None:
+            print("quantcore: QUANTCORE_OPENMP is ignored: the kernels run on quantcore's own "
+                  "thread pool", file=sys.stderr)
 
         build_flags = " ".join(cflags + ldflags)
         for ext in self.extensions:

@@ -7,18 +7,17 @@
  * Inf cannot be quantized; in either mode such a row is recomputed one weight row
  * at a time from dequantized values (exact_row), so it propagates as IEEE
  * arithmetic over x @ dequantize(W).T would and other rows are untouched.
- * Threads: OpenMP over output features in chunks of 16; every thread runs all m
- * rows of its chunk, so the weights are read once per call (GEMV) or once per
- * M-tile (GEMM).  Memory: O(m * k) scratch, nothing proportional to the weights.
+ * Threads: the pool (pool.h) over chunks of output features, multiples of 16;
+ * every thread runs all m rows of a chunk it claims, so the weights are read once
+ * per call (GEMV) or once per M-tile (GEMM).  The activations are prepared on the
+ * calling thread (O(m * k) against the kernels' O(m * k * n)).  Memory: O(m * k)
+ * scratch, nothing proportional to the weights.
  */
 #include <math.h>
 #include <stdlib.h>
 
 #include "kernels.h"
-
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+#include "pool.h"
 
 static void make_view(const qc_qweight *w, qc_wview *v) {
     v->w = w;
@@ -132,27 +131,49 @@ static int threads_for(int64_t work) {
     return work < (1 << 18) ? 1 : qc_get_num_threads();
 }
 
-/* Run fn over all of [0, n) output features, split across threads; each thread
- * adds the bias (when given) to the part of y it wrote. */
+/* fn over all of [0, n) output features, in chunks claimed by the pool's
+ * threads; a chunk adds the bias (when given) to the part of y it wrote. */
+typedef struct {
+    qc_linear_fn fn;
+    const qc_wview *v;
+    const qc_act *a;
+    int64_t m0, m1;
+    const float *bias;
+    float *y;
+    int64_t ldy, chunk;
+} split_job;
+
+static void split_chunk(void *ctx, int64_t c, int slot) {
+    const split_job *j = (const split_job *)ctx;
+    (void)slot;
+    const int64_t n = j->v->w->n;
+    int64_t n0 = c * j->chunk, n1 = n0 + j->chunk < n ? n0 + j->chunk : n;
+    j->fn(j->v, j->a, j->m0, j->m1, n0, n1, j->y + n0, j->ldy);
+    if (j->bias)
+        for (int64_t r = 0; r < j->m1 - j->m0; r++) {
+            float *yr = j->y + r * j->ldy;
+            for (int64_t jn = n0; jn < n1; jn++)
+                yr[jn] += j->bias[jn];
+        }
+}
+
+/* Chunks: GEMV, about 32 per thread (a thread that starts late or stalls
+ * costs at most a few of them), 16 features and 2^16 multiply-adds at least
+ * (a claim costs a cache line moving between cores); GEMM, whole 64-feature
+ * panels, about 4 per thread, at most 256 (the GEMM's N tile: each chunk packs
+ * its activations again). */
 static void run_split(qc_linear_fn fn, const qc_wview *v, const qc_act *a, int64_t m0, int64_t m1,
-                      const float *bias, float *y, int64_t ldy, int nt) {
-    const int64_t n = v->w->n;
-    int64_t chunk = (n + nt - 1) / nt;
-    chunk = (chunk + 15) / 16 * 16;
-    int64_t nchunks = (n + chunk - 1) / chunk;
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(nt)
-#endif
-    for (int64_t c = 0; c < nchunks; c++) {
-        int64_t n0 = c * chunk, n1 = n0 + chunk < n ? n0 + chunk : n;
-        fn(v, a, m0, m1, n0, n1, y + n0, ldy);
-        if (bias)
-            for (int64_t r = 0; r < m1 - m0; r++) {
-                float *yr = y + r * ldy;
-                for (int64_t j = n0; j < n1; j++)
-                    yr[j] += bias[j];
-            }
-    }
+                      const float *bias, float *y, int64_t ldy, int nt, int gemm) {
+    const int64_t n = v->w->n, row_work = (m1 - m0) * v->kp;
+    const int64_t min_gemv = ((int64_t)1 << 16) / (row_work > 0 ? row_work : 1);
+    int64_t chunk = gemm ? qc_pool_chunk_len(n, nt, 4, 64, 64)
+                         : qc_pool_chunk_len(n, nt, 32, min_gemv > 16 ? min_gemv : 16, 16);
+    if (gemm && chunk > 256)
+        chunk = 256;
+    if (nt <= 1)
+        chunk = n; /* one thread: one call */
+    split_job j = {fn, v, a, m0, m1, bias, y, ldy, chunk};
+    qc_pool_run(nt, qc_pool_nchunks(n, chunk), split_chunk, &j);
 }
 
 qc_status qc_linear(const qc_qweight *w, const float *x, int64_t m, int64_t x_row_stride,
@@ -183,14 +204,11 @@ qc_status qc_linear(const qc_qweight *w, const float *x, int64_t m, int64_t x_ro
             st = QC_ERR_NOMEM;
             goto done;
         }
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(nt) if (m > 1)
-#endif
         for (int64_t r = 0; r < m; r++)
             prep_f32_row(x + r * x_row_stride, k, kp, deint, xf + r * kp, xs + r * nb);
         a.xf = xf;
         a.xs = xs;
-        run_split(fn, &v, &a, 0, m, bias, y, y_row_stride, nt);
+        run_split(fn, &v, &a, 0, m, bias, y, y_row_stride, nt, gemm);
         /* a non-finite block sum: NaN/Inf in the row (or an overflowing sum) */
         for (int64_t r = 0; r < m; r++) {
             for (int64_t b = 0; b < nb; b++) {
@@ -215,9 +233,6 @@ qc_status qc_linear(const qc_qweight *w, const float *x, int64_t m, int64_t x_ro
             goto done;
         }
         int64_t nbad = 0;
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(nt) if (m > 1) reduction(+ : nbad)
-#endif
         for (int64_t r = 0; r < m; r++) {
             if (l->act_quant(x + r * x_row_stride, k, deint, xq + r * kp, xd + r * nb, xs + r * nb)) {
                 bad[r] = 1;
@@ -230,7 +245,7 @@ qc_status qc_linear(const qc_qweight *w, const float *x, int64_t m, int64_t x_ro
         a.xq = xq;
         a.xd = xd;
         a.xs = xs;
-        run_split(fn, &v, &a, 0, m, bias, y, y_row_stride, nt);
+        run_split(fn, &v, &a, 0, m, bias, y, y_row_stride, nt, gemm);
         if (nbad) { /* rows with NaN/Inf: redo them on the exact float32 path */
             if ((st = redo_exact(&v, x, m, x_row_stride, bad, bias, y, y_row_stride)) != QC_OK)
                 goto done;

@@ -33,7 +33,7 @@ def test_info():
     assert p.returncode == 0, p.stderr
     import quantcore
     assert quantcore.__version__ in p.stdout
-    assert "isa" in p.stdout and "openmp" in p.stdout
+    assert "isa" in p.stdout and "thread_pool" in p.stdout
 
 
 def test_info_json():

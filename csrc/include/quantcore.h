@@ -232,7 +232,7 @@ qc_isa qc_current_isa(void);
 const char *qc_isa_name(qc_isa isa);
 void qc_set_num_threads(int n);
 int qc_get_num_threads(void);
-int qc_has_openmp(void);
+int qc_has_openmp(void); /* 0: the kernels run on quantcore's own thread pool (no OpenMP) */
 
 #ifdef __cplusplus
 }

@@ -8,6 +8,11 @@ _FEATURE_BITS = {
 
 ISA_NAMES = tuple(qc_isa_name(<qc_isa>i).decode() for i in range(<int>QC_NUM_ISAS))
 
+cdef extern from "pool.h" nogil:
+    const char *qc_pool_kind()
+    int qc_pool_workers()
+    int qc_pool_spin_us()
+
 cdef extern from *:
     """
     #ifndef QC_BUILD_FLAGS
@@ -67,8 +72,12 @@ def get_num_threads():
     return qc_get_num_threads()
 
 
-def has_openmp():
-    return bool(qc_has_openmp())
+def pool_info():
+    """The kernels' thread pool: {"kind": "pthreads" or "serial", "workers":
+    threads started so far, "spin_us": how long an idle worker polls before it
+    sleeps}."""
+    return {"kind": qc_pool_kind().decode(), "workers": qc_pool_workers(),
+            "spin_us": qc_pool_spin_us()}
 
 
 def build_flags():

@@ -345,7 +345,7 @@ def measure(fn: Callable[[], Any], repeats: int = DEFAULT_REPEATS, warmup: int =
     :class:`Timing` and the result of the last call."""
     repeats = max(1, int(repeats))
     perf = time.perf_counter
-    # Let the thread pools of whatever ran before (quantcore's OpenMP team, or a
+    # Let the thread pools of whatever ran before (quantcore's pool, or a
     # peer's: PyTorch's OpenMP, ONNX Runtime's pool) stop spinning and park, so
     # that each implementation is timed without the last one's idle spinners
     # competing for the cores.
@@ -991,7 +991,7 @@ def bench(*, shapes: Optional[Sequence[Tuple[int, ...]]] = None, configs: Option
 
     inf = qc.info()
     say(f"quantcore {inf['version']} bench: isa {inf['isa']}, {nthreads} thread"
-        f"{'s' if nthreads != 1 else ''} (openmp {'on' if inf['openmp'] else 'OFF'}), numpy "
+        f"{'s' if nthreads != 1 else ''} (pool {inf['thread_pool']}), numpy "
         f"{np.__version__}, median of {repeats} after a warmup")
     load = _load_average()
     if load is not None:

@@ -2,7 +2,7 @@
 
 Subcommands:
 
-* ``quantcore info [--json]``: version, build flags, OpenMP, CPU features and the
+* ``quantcore info [--json]``: version, build flags, thread pool, CPU features and the
   kernel set in use.
 * ``quantcore bench [...]``: quantize/dequantize throughput against a NumPy
   baseline and gguf's reference (see :mod:`quantcore.benchmark`).
@@ -42,7 +42,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _add_info(sub) -> None:
     p = sub.add_parser("info", help="show the version, build, CPU features and kernel set",
-                       description="Show the version, build flags, OpenMP, the CPU's SIMD "
+                       description="Show the version, build flags, thread pool, the CPU's SIMD "
                                    "features and the kernel set in use.")
     p.add_argument("--json", action="store_true", help="print quantcore.info() as JSON")
     p.set_defaults(func=_cmd_info)
