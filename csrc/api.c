@@ -8,13 +8,12 @@
  */
 #include <stdlib.h>
 
+#include "internal.h"
 #include "quantize_mse.h"
 
 #ifdef _OPENMP
 #include <omp.h>
 #endif
-
-#define QC_PAR_MIN_ELEMS (1 << 18) /* below this (1 MiB of float32), one thread */
 
 int qc_kind_bits(qc_kind kind) { return (kind >= 0 && kind < QC_NUM_KINDS) ? QC_KINDS[kind].bits : 0; }
 
@@ -26,10 +25,7 @@ int64_t qc_num_groups(int64_t cols, int64_t group) {
     return (group <= 0 || group >= cols) ? 1 : (cols + group - 1) / group;
 }
 
-static int threads_for(int64_t elems) {
-    int nt = qc_get_num_threads();
-    return elems < QC_PAR_MIN_ELEMS ? 1 : nt;
-}
+int qc_threads_for(int64_t work) { return work < QC_PAR_MIN_WORK ? 1 : qc_get_num_threads(); }
 
 #ifndef _OPENMP
 #define QC_UNUSED_NT(nt) (void)(nt)
@@ -117,7 +113,7 @@ static void record_error(qc_status *st, qc_error *err, qc_status s, int64_t row,
 static qc_status tensor_stats(const qc_kernels *k, const char *src, qc_dtype dt, int64_t rows,
                               int64_t cols, int64_t rs, int64_t cs, qc_stats *out, qc_error *err) {
     qc_status st = QC_OK;
-    int nt = threads_for(rows * cols);
+    int nt = qc_threads_for(rows * cols);
     QC_UNUSED_NT(nt);
     int have = 0;
     qc_stats total = {0, 0, 0};
@@ -187,7 +183,7 @@ typedef struct {
 static void tensor_sums(tensor_ctx *c, float id, float lo, float hi, float m, int mode,
                         double t[3]) {
     int failed = 0;
-    int nt = threads_for(c->n);
+    int nt = qc_threads_for(c->n);
     QC_UNUSED_NT(nt);
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nt) reduction(| : failed)
@@ -279,7 +275,7 @@ static qc_status tensor_mse(const qc_kernels *k, qc_kind kind, const char *src, 
     const int64_t rb = qc_row_bytes(kind, cols);
     double e0 = 0.0, e1 = 0.0, *re = ctx.rowsums;
     int failed = 0;
-    int nt = threads_for(rows * cols);
+    int nt = qc_threads_for(rows * cols);
     QC_UNUSED_NT(nt);
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nt) reduction(| : failed)
@@ -370,7 +366,7 @@ static qc_status quantize_impl(const qc_qdesc *desc, int mse, const void *src, q
     }
 
     /* the group search costs ~20x absmax per element: threads pay off sooner */
-    int nt = threads_for(mse && !desc->per_tensor ? rows * cols * 16 : rows * cols);
+    int nt = qc_threads_for(mse && !desc->per_tensor ? rows * cols * 16 : rows * cols);
     QC_UNUSED_NT(nt);
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nt)
@@ -474,7 +470,7 @@ qc_status qc_dequantize(const qc_qdesc *desc, const uint8_t *data, const void *s
     const int64_t ngroups = desc->per_tensor ? 1 : qc_num_groups(cols, group);
     const int64_t rbytes = qc_row_bytes(kind, cols);
     const int four = QC_KINDS[kind].bits == 4;
-    int nt = threads_for(rows * cols);
+    int nt = qc_threads_for(rows * cols);
     QC_UNUSED_NT(nt);
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) num_threads(nt)
@@ -532,7 +528,7 @@ qc_status qc_pack_int4(const uint8_t *src, int64_t rows, int64_t cols, int is_si
     }
     const qc_kernels *k = qc_active();
     int64_t rb = (cols + 1) / 2;
-    int nt = threads_for(rows * cols);
+    int nt = qc_threads_for(rows * cols);
     QC_UNUSED_NT(nt);
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) num_threads(nt)
@@ -548,7 +544,7 @@ qc_status qc_unpack_int4(const uint8_t *src, int64_t rows, int64_t cols, int is_
         return QC_ERR_ARG;
     const qc_kernels *k = qc_active();
     int64_t rb = (cols + 1) / 2;
-    int nt = threads_for(rows * cols);
+    int nt = qc_threads_for(rows * cols);
     QC_UNUSED_NT(nt);
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) num_threads(nt)
@@ -562,7 +558,7 @@ uint64_t qc_read_probe(const void *p, size_t bytes) {
     const uint64_t *w = (const uint64_t *)p;
     const int64_t n = (int64_t)(bytes / 64);
     uint64_t acc = 0;
-    int nt = threads_for((int64_t)bytes);
+    int nt = qc_threads_for((int64_t)bytes);
     QC_UNUSED_NT(nt);
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) num_threads(nt) reduction(^ : acc)

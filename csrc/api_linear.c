@@ -14,6 +14,7 @@
 #include <math.h>
 #include <stdlib.h>
 
+#include "internal.h"
 #include "kernels.h"
 
 #ifdef _OPENMP
@@ -128,10 +129,6 @@ static qc_status redo_exact(const qc_wview *v, const float *x, int64_t m, int64_
     return st;
 }
 
-static int threads_for(int64_t work) {
-    return work < (1 << 18) ? 1 : qc_get_num_threads();
-}
-
 /* Run fn over all of [0, n) output features, split across threads; each thread
  * adds the bias (when given) to the part of y it wrote. */
 static void run_split(qc_linear_fn fn, const qc_wview *v, const qc_act *a, int64_t m0, int64_t m1,
@@ -168,7 +165,7 @@ qc_status qc_linear(const qc_qweight *w, const float *x, int64_t m, int64_t x_ro
     qc_linear_fn fn = pick(l, w->kind, m, mode, &gemm);
     const int deint = !gemm && QC_KINDS[w->kind].bits == 4 ? l->act_span4 : 0;
     const int64_t kp = v.kp, nb = v.nb, k = w->k;
-    const int nt = threads_for(m * w->n * k);
+    const int nt = qc_threads_for(m * w->n * k);
 
     qc_act a = {m, kp, nb, deint, NULL, NULL, NULL, NULL};
     float *xf = NULL, *xd = NULL, *xs = (float *)malloc((size_t)(m * nb) * sizeof(float));
