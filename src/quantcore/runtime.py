@@ -17,6 +17,7 @@ import warnings
 from typing import Any, Dict, Optional
 
 from . import _ext
+from ._version import __version__
 
 __all__ = ["set_num_threads", "get_num_threads", "info", "show_config", "set_isa", "get_isa",
            "available_isas", "get_include"]
@@ -74,7 +75,6 @@ def get_include() -> str:
 
 def info() -> Dict[str, Any]:
     """Version, build flags, OpenMP, CPU features and the kernel set in use, as a dict."""
-    from . import __version__
     feats = _ext.cpu_features()
     return {
         "version": __version__,

@@ -11,7 +11,7 @@ from typing import Dict, List, Optional, Sequence, Set
 
 import numpy as np
 
-from .. import __version__
+from .._version import __version__
 from ..runtime import info
 from . import CASES, BenchError, Case, Result, format_shape
 from .machine import host

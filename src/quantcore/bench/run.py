@@ -13,7 +13,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO, Tuple
 
 import numpy as np
 
-from .. import __version__
+from .._version import __version__
 from ..runtime import get_num_threads, info, set_num_threads
 from . import CASES, BenchContext, BenchError, Case, Result, clear_weights
 from . import linear, quantize  # noqa: F401  (the cases register themselves)
