@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import math
 import os
 import platform
@@ -173,7 +174,7 @@ def read_probe(nbytes: int, copies: int) -> Callable[[], Any]:
     copy of its layer: time it like the row to get the row's ceiling."""
     n = max(64, -(-int(nbytes) // 64) * 64)
     bufs: List[np.ndarray] = [np.ones(n // 8, np.uint64) for _ in range(max(1, copies))]
-    return rotating([lambda b=b: _ext.read_probe(b) for b in bufs])
+    return rotating([functools.partial(_ext.read_probe, b) for b in bufs])
 
 
 def host() -> dict:
