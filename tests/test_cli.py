@@ -96,7 +96,8 @@ def test_bench_tiny_fits_a_terminal():
     for word in ("targets", "PASS", "MISS"):
         assert word not in out, word
     # a %bw above 100% is always explained
-    if "%* " in out or out.rstrip().endswith("%*") or "%*  " in out:
+    import re
+    if re.search(r"\d%\*", out):
         assert "* above 100%" in out
 
 
