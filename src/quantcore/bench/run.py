@@ -8,6 +8,7 @@ import importlib.util
 import json
 import os
 import sys
+import textwrap
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO, Tuple
 
@@ -20,7 +21,7 @@ from . import linear, quantize  # noqa: F401  (the cases register themselves)
 from .machine import cache_sizes, cpu_name, load_average
 from .peers import blas_threads, have_threadpoolctl
 from .quantize import CONFIGS, default_shapes, quick_shapes
-from .report import Table, legend, plot_speedups, present_peers, to_json
+from .report import WIDTH, Table, legend, plot_speedups, present_peers, to_json
 from .timing import DEFAULT_REPEATS, PEER_BUDGET_S, QC_BUDGET_S, QUICK_REPEATS, Timing, measure
 
 __all__ = ["run", "bench", "DEFAULT_OPS"]
@@ -148,17 +149,20 @@ def bench(*, shapes: Optional[Sequence[Tuple[int, ...]]] = None,
     def say(text: str = "") -> None:
         print(text, file=stream, flush=True)
 
+    def say_wrapped(text: str) -> None:
+        say("\n".join(textwrap.wrap(text, WIDTH, subsequent_indent="  ")))
+
     inf = info()
     caches = cache_sizes()
-    say(f"quantcore {__version__} bench: isa {inf['isa']}, {nthreads} thread"
-        f"{'s' if nthreads != 1 else ''} (openmp {'on' if inf['openmp'] else 'OFF'}), numpy "
-        f"{np.__version__}, median of {repeats} after a warmup")
+    say_wrapped(f"quantcore {__version__} bench: isa {inf['isa']}, {nthreads} thread"
+                f"{'s' if nthreads != 1 else ''} (openmp {'on' if inf['openmp'] else 'OFF'}), "
+                f"numpy {np.__version__}, median of {repeats} after a warmup")
     ncpu = os.cpu_count() or 1
-    say(f"{cpu_name()[:48]}, {ncpu} cores; {caches.describe()}")
+    say_wrapped(f"{cpu_name()}, {ncpu} cores; {caches.describe()}")
     load = load_average()
     if load is not None and load >= 0.5 * ncpu:
-        say(f"load average {load:.2f} on {ncpu} cores: other work is running, timings will "
-            f"be noisy")
+        say_wrapped(f"load average {load:.2f} on {ncpu} cores: other work is running, timings "
+                    f"will be noisy")
     peers = present_peers(ops)
     tables: Dict[str, Table] = {}
 
@@ -185,7 +189,7 @@ def bench(*, shapes: Optional[Sequence[Tuple[int, ...]]] = None,
             say(note)
     say(legend(list(tables.values()), nthreads, have_threadpoolctl()))
     for n in ctx.notes:
-        say(f"note: {n}")
+        say_wrapped(f"note: {n}")
     say(f"({time.perf_counter() - t0:.1f} s)")
     settings = {"ops": ops, "configs": configs, "shapes": [list(s) for s in shapes],
                 "threads": ctx.threads, "repeats": repeats, "warmup": 1, "quick": quick,
