@@ -17,7 +17,8 @@ import numpy as np
 from .._version import __version__
 from ..runtime import get_num_threads, info, set_num_threads
 from . import CASES, BenchContext, BenchError, Case, Result, clear_weights
-from . import linear, quantize  # noqa: F401  (the cases register themselves)
+from . import quantize  # noqa: F401,I001  (the cases register themselves, in report order)
+from . import linear  # noqa: F401
 from .machine import cache_sizes, cpu_name, load_average
 from .peers import blas_threads, have_threadpoolctl
 from .quantize import CONFIGS, default_shapes, quick_shapes
