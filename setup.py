@@ -86,7 +86,11 @@ class BuildExt(build_ext):
             print("quantcore: QUANTCORE_OPENMP is ignored: the kernels run on quantcore's own "
                   "thread pool", file=sys.stderr)
 
-        build_flags = " ".join(cflags + ldflags)
+        build_flags = " ".join(dict.fromkeys(cflags + ldflags))  # -fopenmp once
+        # A build folder reused with other flags (QUANTCORE_NATIVE, ...) is rebuilt.
+        stamp = os.path.join(self.build_temp, "quantcore-flags.txt")
+        if _read(stamp) != build_flags:
+            self.force = True
         for ext in self.extensions:
             ext.extra_compile_args = list(ext.extra_compile_args or []) + cflags
             ext.extra_link_args = list(ext.extra_link_args or []) + ldflags
@@ -94,6 +98,17 @@ class BuildExt(build_ext):
                 ("QC_BUILD_FLAGS", '"%s"' % build_flags.replace('"', "")),
             ]
         super().build_extensions()
+        os.makedirs(self.build_temp, exist_ok=True)
+        with open(stamp, "w") as f:
+            f.write(build_flags)
+
+
+def _read(path):
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
 
 
 def _copy_public_header():
@@ -103,15 +118,36 @@ def _copy_public_header():
     os.makedirs(dst, exist_ok=True)
     for name in sorted(os.listdir(src)):
         if name.endswith(".h"):
-            shutil.copyfile(os.path.join(src, name), os.path.join(dst, name))
+            text = _read(os.path.join(src, name))
+            if _read(os.path.join(dst, name)) != text:  # unchanged: keep its date
+                with open(os.path.join(dst, name), "w") as f:
+                    f.write(text)
+
+
+def _cython_output_current(pyx):
+    """True when the C file Cython made from `pyx` is newer than every .pyx, .pxd
+    and .pxi of the package.  Then a second build (``pip install .`` followed by
+    ``pip install ".[test]"``) reuses it and, through setuptools' date check, the
+    compiled module in build/: cythonize would instead see a Cython freshly
+    installed in pip's isolated build environment as a newer dependency and
+    start over, C files included."""
+    c_file = os.path.splitext(pyx)[0] + ".c"
+    if not os.path.exists(c_file):
+        return False
+    here = os.path.dirname(pyx)
+    ours = [os.path.join(here, f) for f in os.listdir(here) if f.endswith((".pyx", ".pxd", ".pxi"))]
+    return all(os.path.getmtime(f) <= os.path.getmtime(c_file) for f in ours)
 
 
 _copy_public_header()
 
+PYX = "src/quantcore/_ext.pyx"
+CYTHON_CURRENT = _cython_output_current(PYX)
+
 extensions = [
     Extension(
         "quantcore._ext",
-        sources=["src/quantcore/_ext.pyx"] + C_SOURCES,
+        sources=[PYX[:-4] + ".c" if CYTHON_CURRENT else PYX] + C_SOURCES,
         include_dirs=["csrc/include", "csrc", np.get_include()],
         # headers and the per-ISA templates (*.inc): a change rebuilds the module
         depends=sorted(glob.glob("csrc/**/*.h", recursive=True) + glob.glob("csrc/**/*.inc", recursive=True)),
@@ -120,7 +156,7 @@ extensions = [
 ]
 
 setup(
-    ext_modules=cythonize(
+    ext_modules=extensions if CYTHON_CURRENT else cythonize(
         extensions,
         language_level=3,
         compiler_directives={"boundscheck": False, "wraparound": False, "cdivision": True,

@@ -9,10 +9,10 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 
+#include "internal.h"
 #include "pool.h"
 #include "quantize_mse.h"
 
-#define QC_PAR_MIN_ELEMS (1 << 18)   /* below this (1 MiB of float32), one thread */
 #define QC_CHUNK_MIN_ELEMS (1 << 14) /* the smallest chunk of a pooled row loop */
 
 int qc_kind_bits(qc_kind kind) { return (kind >= 0 && kind < QC_NUM_KINDS) ? QC_KINDS[kind].bits : 0; }
@@ -25,10 +25,7 @@ int64_t qc_num_groups(int64_t cols, int64_t group) {
     return (group <= 0 || group >= cols) ? 1 : (cols + group - 1) / group;
 }
 
-static int threads_for(int64_t elems) {
-    int nt = qc_get_num_threads();
-    return elems < QC_PAR_MIN_ELEMS ? 1 : nt;
-}
+int qc_threads_for(int64_t work) { return work < QC_PAR_MIN_WORK ? 1 : qc_get_num_threads(); }
 
 /* Rows per chunk of a pooled row loop: about 8 chunks per thread, none much
  * smaller than QC_CHUNK_MIN_ELEMS elements. */
@@ -203,7 +200,7 @@ static void stats_chunk(void *ctx, int64_t c, int slot) {
 static qc_status tensor_stats(const qc_kernels *k, const char *src, qc_dtype dt, int64_t rows,
                               int64_t cols, int64_t rs, int64_t cs, qc_stats *out, qc_error *err) {
     qc_status st = QC_OK;
-    int nt = threads_for(rows * cols);
+    int nt = qc_threads_for(rows * cols);
     stats_job j = {k, src, dt, rows, cols, rs, cs, row_chunk(rows, cols, nt), NULL, {NULL, 0, 0}};
     const int64_t nchunks = qc_pool_nchunks(rows, j.chunk);
     if (nt > nchunks)
@@ -280,7 +277,7 @@ static void sums_chunk(void *ctx, int64_t ci, int slot) {
 
 static void tensor_sums(tensor_ctx *c, float id, float lo, float hi, float m, int mode,
                         double t[3]) {
-    int nt = threads_for(c->n);
+    int nt = qc_threads_for(c->n);
     sums_job j = {c, id, lo, hi, m, mode, row_chunk(c->rows, c->cols, nt), {NULL, 0, 0}, 0};
     const int64_t nchunks = qc_pool_nchunks(c->rows, j.chunk);
     if (nt > nchunks)
@@ -406,7 +403,7 @@ static qc_status tensor_mse(const qc_kernels *k, qc_kind kind, const char *src, 
     ps.m = qc_mse_stored(p->m, f16);
     const int64_t rb = qc_row_bytes(kind, cols);
     double e0 = 0.0, e1 = 0.0, *re = ctx.rowsums;
-    int nt = threads_for(rows * cols);
+    int nt = qc_threads_for(rows * cols);
     mse_err_job j = {k, kind, src, dt, rows, cols, rs, cs, row_chunk(rows, cols, nt), p, &ps, &c,
                      imp, re, {NULL, 0, 0}, 0};
     const int64_t nchunks = qc_pool_nchunks(rows, j.chunk);
@@ -593,7 +590,7 @@ static qc_status quantize_impl(const qc_qdesc *desc, int mse, const float *imp, 
     }
 
     /* the group search costs ~20x absmax per element: threads pay off sooner */
-    int nt = threads_for(mse && !desc->per_tensor ? rows * cols * 16 : rows * cols);
+    int nt = qc_threads_for(mse && !desc->per_tensor ? rows * cols * 16 : rows * cols);
     quant_job j = {k, desc, mse, imp, base, src_dtype, cols, row_stride, col_stride, group, ngroups,
                    rbytes, data, scales, zeros, &tensor_p, tensor_search, rows, 0, NULL,
                    {NULL, 0, 0}, {0, 0, 0, 0}};
@@ -708,7 +705,7 @@ qc_status qc_dequantize(const qc_qdesc *desc, const uint8_t *data, const void *s
     const int64_t ngroups = desc->per_tensor ? 1 : qc_num_groups(cols, group);
     const int64_t rbytes = qc_row_bytes(kind, cols);
     const int four = QC_KINDS[kind].bits == 4;
-    int nt = threads_for(rows * cols);
+    int nt = qc_threads_for(rows * cols);
     dequant_job j = {k, desc, data, scales, zeros, cols, dst, dst_row_stride, group, ngroups,
                      rbytes, four, rows, row_chunk(rows, cols, nt)};
     qc_pool_run(nt, qc_pool_nchunks(rows, j.chunk), dequant_chunk, &j);
@@ -773,7 +770,7 @@ qc_status qc_pack_int4(const uint8_t *src, int64_t rows, int64_t cols, int is_si
             }
         }
     }
-    int nt = threads_for(rows * cols);
+    int nt = qc_threads_for(rows * cols);
     pack_job j = {qc_active(), src, dst, rows, cols, 0, row_chunk(rows, cols, nt)};
     qc_pool_run(nt, qc_pool_nchunks(rows, j.chunk), pack_chunk, &j);
     return QC_OK;
@@ -783,7 +780,7 @@ qc_status qc_unpack_int4(const uint8_t *src, int64_t rows, int64_t cols, int is_
                          uint8_t *dst) {
     if (!src || !dst || rows < 0 || cols < 0)
         return QC_ERR_ARG;
-    int nt = threads_for(rows * cols);
+    int nt = qc_threads_for(rows * cols);
     pack_job j = {qc_active(), src, dst, rows, cols, is_signed, row_chunk(rows, cols, nt)};
     qc_pool_run(nt, qc_pool_nchunks(rows, j.chunk), unpack_chunk, &j);
     return QC_OK;
@@ -814,7 +811,7 @@ uint64_t qc_read_probe(const void *p, size_t bytes) {
     probe_job j;
     j.w = (const uint64_t *)p;
     j.lines = (int64_t)(bytes / 64);
-    int nt = threads_for((int64_t)bytes);
+    int nt = qc_threads_for((int64_t)bytes);
     /* chunks of at least 64 KiB, at most QC_PROBE_MAX_CHUNKS of them */
     j.chunk = qc_pool_chunk_len(j.lines, nt, 16, 1024, 1);
     if (j.chunk < (j.lines + QC_PROBE_MAX_CHUNKS - 1) / QC_PROBE_MAX_CHUNKS)

@@ -16,6 +16,7 @@
 #include <math.h>
 #include <stdlib.h>
 
+#include "internal.h"
 #include "kernels.h"
 #include "pool.h"
 
@@ -127,10 +128,6 @@ static qc_status redo_exact(const qc_wview *v, const float *x, int64_t m, int64_
     return st;
 }
 
-static int threads_for(int64_t work) {
-    return work < (1 << 18) ? 1 : qc_get_num_threads();
-}
-
 /* fn over all of [0, n) output features, in chunks claimed by the pool's
  * threads; a chunk adds the bias (when given) to the part of y it wrote. */
 typedef struct {
@@ -189,7 +186,7 @@ qc_status qc_linear(const qc_qweight *w, const float *x, int64_t m, int64_t x_ro
     qc_linear_fn fn = pick(l, w->kind, m, mode, &gemm);
     const int deint = !gemm && QC_KINDS[w->kind].bits == 4 ? l->act_span4 : 0;
     const int64_t kp = v.kp, nb = v.nb, k = w->k;
-    const int nt = threads_for(m * w->n * k);
+    const int nt = qc_threads_for(m * w->n * k);
 
     qc_act a = {m, kp, nb, deint, NULL, NULL, NULL, NULL};
     float *xf = NULL, *xd = NULL, *xs = (float *)malloc((size_t)(m * nb) * sizeof(float));

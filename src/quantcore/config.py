@@ -234,6 +234,12 @@ class QuantConfig:
         return dataclasses.replace(self, **changes)
 
     @property
+    def effective_group_size(self) -> int:
+        """Elements per scale along a row as the kernels take it: ``group_size``
+        for granularity "group", 0 (the whole row, or the whole tensor) otherwise."""
+        return (self.group_size or 0) if self.granularity == "group" else 0
+
+    @property
     def kind(self) -> int:
         """The C kernel family (see csrc/include/quantcore.h); the K-quant formats
         have none (ValueError; see ``ktype``)."""

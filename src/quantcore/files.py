@@ -40,9 +40,9 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Dict, List, Optional, Tuple
 import numpy as np
 
 from . import _ext, _io
+from ._arrays import from_torch
 from .config import QuantConfig
-from .metrics import ModelCompressionMetrics
-from .model import QuantizedModel
+from .model import ModelCompressionMetrics, QuantizedModel
 from .tensor import QuantizedTensor
 
 if TYPE_CHECKING:  # pragma: no cover (typing.TypeGuard is 3.10+; only mypy reads it)
@@ -408,11 +408,7 @@ def load(path: Any) -> QuantizedModel:
 # ---- writing ----------------------------------------------------------------------------
 
 def _plain_array(value: Any, name: str) -> np.ndarray:
-    if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch tensor
-        value = value.detach().cpu()
-        if str(getattr(value, "dtype", "")) == "torch.bfloat16":
-            value = value.float()
-        value = value.numpy()
+    value = from_torch(value)
     if not isinstance(value, np.ndarray):
         raise TypeError(f"tensors[{name!r}] must be a QuantizedTensor or a numpy array, "
                         f"got {type(value).__name__}")

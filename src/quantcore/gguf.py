@@ -44,6 +44,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 import numpy as np
 
 from . import _io
+from ._arrays import from_torch
 from .config import QuantConfig
 from .tensor import QuantizedTensor
 
@@ -123,11 +124,12 @@ def to_blocks(qt: QuantizedTensor) -> np.ndarray:
                          f"shape {qt.shape}")
     rows = math.prod(qt.shape[:-1])
     nb = k // _BLOCK
-    d = np.asarray(qt._scales).astype("<f2").view(np.uint8).reshape(rows, nb, 2)
+    stored = qt._storage()
+    d = np.asarray(stored.scales).astype("<f2").view(np.uint8).reshape(rows, nb, 2)
     parts: List[np.ndarray] = [d]
     if fmt == "q4_1":
-        parts.append(np.asarray(qt._zeros).astype("<f2").view(np.uint8).reshape(rows, nb, 2))
-    data = np.asarray(qt._data)
+        parts.append(np.asarray(stored.zero_points).astype("<f2").view(np.uint8).reshape(rows, nb, 2))
+    data = np.asarray(stored.data)
     if fmt == "q8_0":
         parts.append(data.view(np.uint8).reshape(rows, nb, _BLOCK))
     else:
@@ -503,7 +505,7 @@ def save(path: PathLike, tensors: Mapping[str, Any], metadata: Optional[Mapping[
                                  f"be a multiple of 32, got shape {t.shape}")
             prepared.append((name, to_blocks(t), getattr(GGMLQuantizationType, fmt.upper())))
         else:
-            a = t.detach().cpu().numpy() if hasattr(t, "detach") and hasattr(t, "numpy") else t
+            a = from_torch(t)
             if not isinstance(a, np.ndarray):
                 raise TypeError(f"tensor {name!r} must be a QuantizedTensor or a numpy array, "
                                 f"got {type(t).__name__}")

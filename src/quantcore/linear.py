@@ -7,24 +7,15 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from . import _ext
+from ._arrays import as_float_array, check_out, to_numpy
 from .config import QuantConfig
-from .tensor import QuantizedTensor, _as_float_array
+from .tensor import QuantizedTensor
 
 __all__ = ["QuantizedLinear"]
 
 _MAX_SCALE = 1e30  # largest weight scale (or Q4_1 minimum) the linear kernels take
 _KIND_NAMES = {_ext.KIND_SYM8: "int8", _ext.KIND_ASYM8: "uint8", _ext.KIND_SYM4: "int4",
                _ext.KIND_ASYM4: "uint4", _ext.KIND_MIN4: "q4_1"}
-
-
-def _to_numpy(t: Any, what: str) -> np.ndarray:
-    """A torch tensor or array-like as a NumPy array (torch is never imported)."""
-    if hasattr(t, "detach") and hasattr(t, "cpu"):
-        t = t.detach().cpu()
-        if hasattr(t, "float") and str(getattr(t, "dtype", "")) == "torch.bfloat16":
-            t = t.float()
-        t = t.numpy()
-    return _as_float_array(t, what)
 
 
 class QuantizedLinear:
@@ -69,14 +60,15 @@ class QuantizedLinear:
         if cfg.ktype is not None:
             raise NotImplementedError(f"QuantizedLinear does not run {cfg.format!r} (K-quant) "
                                       f"weights yet; use weight_q.dequantize(), or Q8_0/Q4_0/Q4_1")
-        group = (cfg.group_size or 0) if cfg.granularity == "group" else 0
+        group = cfg.effective_group_size
+        stored = weight_q._storage()
         if group and group < k and group % 32:
             raise ValueError(f"QuantizedLinear needs group_size >= 32 (got {group}); "
                              f"quantize the weight with group_size=32 or more")
         # The kernels sum d * (block dot product) before applying the activation
         # scale: beyond ~1e30 that overflows float32 where x @ W.T does not.
-        for what, arr in (("scales", weight_q._scales),
-                          ("zero_points", weight_q._zeros if cfg.kind == _ext.KIND_MIN4 else None)):
+        for what, arr in (("scales", stored.scales),
+                          ("zero_points", stored.zero_points if cfg.kind == _ext.KIND_MIN4 else None)):
             if arr is not None:
                 big = max(abs(float(arr.max())), abs(float(arr.min())))  # no temporary copy
                 if big > _MAX_SCALE:
@@ -87,7 +79,7 @@ class QuantizedLinear:
         self._bias_ro: Optional[np.ndarray] = None  # a read-only view of it: the `bias` attribute
         self.training = True
         if bias is not None:
-            b = _to_numpy(bias, "bias")
+            b = as_float_array(bias, "bias")
             if b.shape != (n,):
                 raise ValueError(f"bias must have shape ({n},), got {b.shape}")
             if not np.all(np.isfinite(b)):
@@ -96,7 +88,7 @@ class QuantizedLinear:
             self._bias = b
             self._bias_ro = b.view()
             self._bias_ro.setflags(write=False)
-        self._qw = _ext.QWeight(weight_q._data, weight_q._scales, weight_q._zeros, cfg.kind, n, k,
+        self._qw = _ext.QWeight(stored.data, stored.scales, stored.zero_points, cfg.kind, n, k,
                                 group, cfg.granularity == "tensor")
         self._mode = _ext.COMPUTE_F32 if cfg.compute == "float32" else _ext.COMPUTE_I8
         self._last_m = 1
@@ -119,7 +111,7 @@ class QuantizedLinear:
             raise NotImplementedError(f"QuantizedLinear does not run {config.format!r} (K-quant) "
                                       f"weights yet; quantize with quantcore.quantize and "
                                       f"dequantize(), or use Q8_0/Q4_0/Q4_1")
-        w = _to_numpy(weight, "weight")
+        w = as_float_array(weight, "weight")
         if w.ndim != 2:
             raise ValueError(f"weight must be 2-D (out_features, in_features), got shape {w.shape}")
         return cls(QuantizedTensor._quantize(w, config, "weight"), bias)
@@ -183,7 +175,7 @@ class QuantizedLinear:
         ``self.weight_quantized.metrics(reference)``, with `reference` the float
         weight (out_features, in_features) or None."""
         if reference is not None and not isinstance(reference, np.ndarray):
-            reference = _to_numpy(reference, "reference")
+            reference = as_float_array(reference, "reference")
         return self._wq.metrics(reference)
 
     def int8_error_bound(self, x: Any) -> np.ndarray:
@@ -202,13 +194,7 @@ class QuantizedLinear:
 
     # ---- forward ------------------------------------------------------------------
     def _rows(self, x: Any):
-        if isinstance(x, np.ndarray):
-            a = x
-        else:
-            try:
-                a = _to_numpy(x, "x") if hasattr(x, "detach") else np.asarray(x)
-            except (TypeError, ValueError) as e:  # ragged lists and the like
-                raise TypeError(f"x must be an array of floats: {e}") from None
+        a = to_numpy(x, "x", "an array of floats")
         if a.dtype.kind != "f":
             raise TypeError(f"x must be a float array, got dtype {a.dtype}")
         if a.ndim < 1:
@@ -229,22 +215,7 @@ class QuantizedLinear:
         x2, lead = self._rows(x)
         m = x2.shape[0]
         shape = lead + (self.out_features,)
-        if out is None:
-            y = np.empty(shape, dtype=np.float32)
-        else:
-            if not isinstance(out, np.ndarray):
-                raise TypeError(f"out must be a numpy array, got {type(out).__name__}")
-            if out.dtype != np.float32:
-                raise TypeError(f"out must have dtype float32, got {out.dtype}")
-            if out.shape != shape:
-                raise ValueError(f"out must have shape {shape}, got {out.shape}")
-            if not out.flags.writeable:
-                raise ValueError("out must be writeable")
-            if not out.flags.c_contiguous:
-                raise ValueError("out must be C-contiguous")
-            if not out.flags.aligned:
-                raise ValueError("out must be aligned to 4 bytes (its data pointer is not)")
-            y = out
+        y = np.empty(shape, dtype=np.float32) if out is None else check_out(out, shape)
         if m == 0:
             return y
         y2 = y.reshape(m, self.out_features)  # a view: y is C-contiguous

@@ -22,6 +22,7 @@ import warnings
 from typing import Any, Dict, Optional
 
 from . import _ext
+from ._version import __version__
 
 __all__ = ["set_num_threads", "get_num_threads", "info", "show_config", "set_isa", "get_isa",
            "available_isas", "get_include"]
@@ -103,7 +104,6 @@ def info() -> Dict[str, Any]:
     "serial" (a build without POSIX threads: every kernel on the calling
     thread); ``pool_workers``: worker threads started so far; ``pool_spin_us``:
     how long an idle worker polls before it sleeps (``QUANTCORE_SPIN_US``)."""
-    from . import __version__
     feats = _ext.cpu_features()
     pool = _ext.pool_info()
     return {

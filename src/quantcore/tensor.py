@@ -4,39 +4,26 @@ from __future__ import annotations
 
 import math
 import operator
-from typing import TYPE_CHECKING, Any, Optional, Tuple, cast
+from typing import Any, NamedTuple, Optional, Tuple, cast
 
 import numpy as np
 
-from . import _ext
+from . import _ext, matmulnbits
+from ._arrays import as_float_array, check_out
 from .config import QuantConfig
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .metrics import CompressionMetrics
-    from .matmulnbits import MatMulNBitsWeights
+from .matmulnbits import MatMulNBitsWeights
+from .metrics import CompressionMetrics, tensor_metrics
 
 __all__ = ["QuantizedTensor", "quantize", "pack_int4", "unpack_int4"]
 
 
-def _as_float_array(array: Any, what: str = "array") -> np.ndarray:
-    """A float16/32/64 ndarray of ndim >= 1 with at least one element (never a copy
-    of an ndarray unless its dtype needs converting)."""
-    if isinstance(array, np.ndarray):
-        a = array
-    else:
-        if hasattr(array, "detach") and hasattr(array, "numpy"):  # a torch tensor
-            array = array.detach().cpu().numpy()
-        try:
-            a = np.asarray(array)
-        except Exception as e:  # ragged lists and the like
-            raise TypeError(f"{what} must be an array of floats: {e}") from None
-    if a.dtype.kind != "f" or a.dtype.itemsize not in (2, 4, 8):
-        raise TypeError(f"{what} must have dtype float16, float32 or float64, got {a.dtype}")
-    if a.ndim < 1:
-        raise ValueError(f"{what} must have ndim >= 1, got a 0-d array")
-    if a.size == 0:
-        raise ValueError(f"{what} is empty (shape {a.shape}); nothing to quantize")
-    return a
+class Storage(NamedTuple):
+    """A QuantizedTensor's arrays as the kernels take them (read-only, 2-D): codes
+    ``(rows, bytes per row)``, scales ``(rows, n_groups)`` or ``(1, 1)`` per tensor,
+    zero points shaped like scales or None.  See ``QuantizedTensor._storage``."""
+    data: np.ndarray
+    scales: np.ndarray
+    zero_points: Optional[np.ndarray]
 
 
 def _check_fits_float32(rows: np.ndarray, what: str) -> None:
@@ -107,17 +94,17 @@ class QuantizedTensor:
     def _quantize(cls, array: Any, config: QuantConfig, what: str,
                   importance: Any = None) -> "QuantizedTensor":
         """quantize() with errors naming the argument `what`."""
-        a = _as_float_array(array, what)
+        a = as_float_array(array, what)
         if config.ktype is not None:
             return cls._quantize_kquant(a, config, what, importance)
         if importance is not None:
             raise ValueError(f"importance is used by the K-quant formats (q4_k, q5_k, q6_k) "
                              f"only; this config is {config!r}")
-        group = (config.group_size or 0) if config.granularity == "group" else 0
         try:
             data, scales, zeros = _ext.quantize_2d(
-                _rows_view(a), config.kind, group, config.granularity == "tensor",
-                config.scale_dtype == "float16", what, config.method == "mse")
+                _rows_view(a), config.kind, config.effective_group_size,
+                config.granularity == "tensor", config.scale_dtype == "float16", what,
+                config.method == "mse")
         except ValueError:
             if a.dtype == np.float64:
                 _check_fits_float32(_rows_view(a), what)
@@ -134,7 +121,7 @@ class QuantizedTensor:
                              f"multiple of 256 (ggml's super-block), got shape {a.shape}")
         imp = None
         if importance is not None:
-            imp = _as_float_array(importance, "importance")
+            imp = as_float_array(importance, "importance")
             if imp.shape != (k,):
                 raise ValueError(f"importance must have shape ({k},), one value per element of "
                                  f"the last axis of {what} (shape {a.shape}), got {imp.shape}")
@@ -184,8 +171,7 @@ class QuantizedTensor:
             return cls._from_arrays_kquant(data, scales, zero_points, shape, config, dtype)
         kind = config.kind
         per_tensor = config.granularity == "tensor"
-        group = (config.group_size or 0) if config.granularity == "group" else 0
-        ng = _ext.num_groups(k, group)
+        ng = _ext.num_groups(k, config.effective_group_size)
         srows, sng = (1, 1) if per_tensor else (rows, ng)
         sdt = np.dtype(config.scale_dtype)
 
@@ -279,6 +265,11 @@ class QuantizedTensor:
     def _kquant_params(self):
         rows, k = self._data.shape[0], self._shape[-1]
         return _ext.kquant_params(self._data, cast(int, self._config.ktype), rows, k)
+    def _storage(self) -> Storage:
+        """The stored arrays in their 2-D kernel form (package use: QuantizedLinear,
+        the GGUF and MatMulNBits converters); ``data``, ``scales`` and
+        ``zero_points`` are the same arrays shaped like the tensor."""
+        return Storage(self._data, self._scales, self._zeros)
 
     # ---- attributes ---------------------------------------------------------------
     @property
@@ -381,30 +372,14 @@ class QuantizedTensor:
         that shape) when given."""
         k = self._shape[-1]
         rows = self._data.shape[0]
-        if out is not None:
-            if not isinstance(out, np.ndarray):
-                raise TypeError(f"out must be a numpy array, got {type(out).__name__}")
-            if out.dtype != np.float32:
-                raise TypeError(f"out must have dtype float32, got {out.dtype}")
-            if out.shape != self._shape:
-                raise ValueError(f"out must have shape {self._shape}, got {out.shape}")
-            if not out.flags.c_contiguous:
-                raise ValueError("out must be C-contiguous")
-            if not out.flags.writeable:
-                raise ValueError("out must be writeable")
-            target = out.reshape(rows, k)
-        else:
-            target = None
+        target = None if out is None else check_out(out, self._shape).reshape(rows, k)
         if self._config.ktype is not None:
             res = _ext.dequantize_kquant(self._data, cast(int, self._config.ktype), rows, k, target)
             return out if out is not None else res.reshape(self._shape)
         res = _ext.dequantize_2d(self._data, self._scales, self._zeros, self._config.kind,
-                                 rows, k, self._group(), self._config.granularity == "tensor",
-                                 target)
+                                 rows, k, self._config.effective_group_size,
+                                 self._config.granularity == "tensor", target)
         return out if out is not None else res.reshape(self._shape)
-
-    def _group(self) -> int:
-        return (self._config.group_size or 0) if self._config.granularity == "group" else 0
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         a = self.dequantize()
@@ -412,38 +387,39 @@ class QuantizedTensor:
 
     def mse(self, reference: Any) -> float:
         """Mean squared error of the dequantized values against `reference`."""
-        ref = _as_float_array(reference, "reference")
+        ref = as_float_array(reference, "reference")
         if ref.shape != self._shape:
             raise ValueError(f"reference must have shape {self._shape}, got {ref.shape}")
         diff = self.dequantize().astype(np.float64) - ref.astype(np.float64)
         return float(np.mean(diff * diff))
 
-    def metrics(self, reference: Any = None) -> "CompressionMetrics":
+    def metrics(self, reference: Any = None) -> CompressionMetrics:
         """CompressionMetrics of this tensor: effective bits from the real storage
         (codes, scales and zero points), and with `reference` (the float array
         that was quantized) the MSE, max abs error, SNR in dB and the sparsity
         (fraction of exact zeros) measured against it.  Without a reference the
         dequantized values stand in for it: MSE 0, the error fields None.  See
         ``quantcore.metrics.tensor_metrics``."""
-        from .metrics import tensor_metrics
         return tensor_metrics(self, reference)
 
     # ---- other layouts -----------------------------------------------------------
-    def to_matmulnbits(self) -> "MatMulNBitsWeights":
+    def to_matmulnbits(self) -> MatMulNBitsWeights:
         """This (N, K) weight in ONNX Runtime's ``com.microsoft.MatMulNBits`` layout:
         B, scales, zero_points (or None), K, N, bits, block_size (see
-        ``quantcore.matmulnbits``).  Q4_1 raises ValueError (it does not map)."""
-        from .matmulnbits import to_matmulnbits
-        return to_matmulnbits(self)
+        ``quantcore.matmulnbits`` for how each format maps).  Q4_1 and tensors
+        that are not 2-D raise ValueError."""
+        return matmulnbits.encode(self._data, self._scales, self._zeros, self._shape,
+                                  self._config)
 
     @classmethod
     def from_matmulnbits(cls, B: Any, scales: Any, zero_points: Any = None, *, K: int, N: int,
                          bits: int = 4, block_size: int, compute: str = "auto") -> "QuantizedTensor":
-        """The (N, K) tensor a MatMulNBits node's weight inputs and attributes hold
-        (see ``quantcore.matmulnbits.from_matmulnbits``)."""
-        from .matmulnbits import from_matmulnbits
-        return from_matmulnbits(B, scales, zero_points, K=K, N=N, bits=bits,
-                                block_size=block_size, compute=compute)
+        """The (N, K) tensor a MatMulNBits node's weight inputs and attributes hold:
+        B, scales and zero_points as the node has them (flat or in the op's
+        shapes), its K, N, bits and block_size attributes; ``compute`` is the
+        config's (see ``quantcore.matmulnbits.decode`` for how each maps)."""
+        return cls.from_arrays(*matmulnbits.decode(B, scales, zero_points, K=K, N=N, bits=bits,
+                                                   block_size=block_size, compute=compute))
 
     # ---- Python protocols ---------------------------------------------------------
     def __reduce__(self):
