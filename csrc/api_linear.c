@@ -249,14 +249,15 @@ static void run_split(qc_linear_fn fn, const qc_wview *v, const qc_act *a, int64
  * force == NULL: x' = x * 2^-rs[r], with each row's rs[r] chosen here
  * (tiny_shift); else x holds x' already and rs[r] = force[r].  Rows holding NaN
  * or Inf are flagged in bad[] (their y is left unspecified), rows whose f(x')
- * holds inf or NaN in ovf[]. */
+ * holds inf or NaN in ovf[].  The kernels are those qc_linear picks for mpath
+ * rows (so that rows redone in a smaller batch take the same path). */
 static qc_status linear_pass(const qc_wview *v, const qc_linear_kernels *l, qc_compute mode,
-                             const float *x, int64_t m, int64_t ldx, const int *force, int *rs,
-                             uint8_t *bad, uint8_t *ovf, const float *bias, float *y,
-                             int64_t ldy) {
+                             int64_t mpath, const float *x, int64_t m, int64_t ldx,
+                             const int *force, int *rs, uint8_t *bad, uint8_t *ovf,
+                             const float *bias, float *y, int64_t ldy) {
     const qc_qweight *w = v->w;
     int gemm;
-    qc_linear_fn fn = pick(l, w->kind, m, mode, &gemm);
+    qc_linear_fn fn = pick(l, w->kind, mpath, mode, &gemm);
     const int deint = !gemm && QC_KINDS[w->kind].bits == 4 ? l->act_span4 : 0;
     const int64_t kp = v->kp, nb = v->nb, k = w->k;
     const int nt = threads_for(m * w->n * k);
@@ -392,7 +393,7 @@ qc_status qc_linear(const qc_qweight *w, const float *x, int64_t m, int64_t x_ro
         x = xc;
         x_row_stride = k;
     }
-    st = linear_pass(&v, l, mode, x, m, x_row_stride, NULL, rs, bad, ovf, bias, y, y_row_stride);
+    st = linear_pass(&v, l, mode, m, x, m, x_row_stride, NULL, rs, bad, ovf, bias, y, y_row_stride);
     if (st != QC_OK)
         goto done;
     /* rows with NaN/Inf: the exact float64 path */
@@ -440,7 +441,7 @@ qc_status qc_linear(const qc_qweight *w, const float *x, int64_t m, int64_t x_ro
                 scale_row(x + r * x_row_stride, k, rs[r], xb + i * k);
                 force[i++] = rs[r];
             }
-        st = linear_pass(&v, l, mode, xb, nredo, k, force, rsb, badb, badb + nredo, bias, yb, n);
+        st = linear_pass(&v, l, mode, m, xb, nredo, k, force, rsb, badb, badb + nredo, bias, yb, n);
         free(rsb);
         free(badb);
         if (st != QC_OK)

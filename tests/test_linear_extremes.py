@@ -360,18 +360,29 @@ def test_thread_counts_give_identical_bits(name, compute, isa, threads, rng):
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_a_row_does_not_depend_on_the_other_rows(name, compute, isa, rng):
     """Within one path (GEMV, or GEMM) a row's result is the same bits for any
-    batch it is in."""
+    batch it is in: ordinary rows, and rows the kernels rescale (they are redone
+    on the path of the whole batch, however many of them there are)."""
     n, k = 70, 250
     layer = _layer(name, compute, n, k, rng)
-    x = rng.standard_normal((40, k)).astype(np.float32)
-    by_path = {}
-    for m in (1, 2, 3, 5, 7, 8, 9, 16, 40):
-        path = "gemm" if layer.kernel_for(m).startswith("gemm") else "gemv"
-        y = layer(x[:m])[0]
-        if path in by_path:
-            assert_bits_equal(y, by_path[path], f"row 0 with m={m} ({layer.kernel_for(m)})")
-        else:
-            by_path[path] = y
+    extreme = _extreme_rows(rng, 40, k)
+    # row 1: one the kernels rescale (16 values of 3e37 in one 32-block: its sum of
+    # codes times x passes float32's max), with mostly finite outputs
+    extreme[1, :16] = np.float32(3e37)
+    assert np.isfinite(layer(extreme[1:2])).mean() > 0.5
+    for x in (rng.standard_normal((40, k)).astype(np.float32), extreme):
+        by_path = {}
+        for m in (1, 2, 3, 5, 7, 8, 9, 16, 40):
+            path = "gemm" if layer.kernel_for(m).startswith("gemm") else "gemv"
+            y = layer(x[:m])
+            if path in by_path:
+                r = min(m, by_path[path].shape[0])
+                assert_bits_equal(y[:r], by_path[path][:r], f"m={m} ({layer.kernel_for(m)})")
+            else:
+                by_path[path] = y
+        if "gemm" in by_path:  # one rescaled row alone in a GEMM-sized batch of ordinary rows
+            one = rng.standard_normal((16, k)).astype(np.float32)
+            one[5] = x[1]
+            assert_bits_equal(layer(one)[5], by_path["gemm"][1], "a lone rescaled row")
 
 
 def _float_bound(layer, x):

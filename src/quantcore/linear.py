@@ -62,8 +62,9 @@ class QuantizedLinear:
       (see ``int8_error_bound``), plus float rounding.
     * ``compute="auto"`` (default): int8 where the weight format allows it (whole
       rows, or groups that are multiples of 32); its bound is far below the
-      weight quantization error.  Rows of x holding NaN or Inf run in float32,
-      so they propagate as IEEE arithmetic would and other rows stay clean.
+      weight quantization error.  Rows of x holding NaN or Inf are summed in
+      float64 over the dequantized weights, so they give the NaN or +-inf IEEE
+      arithmetic gives and other rows stay clean.
 
     Few rows (fewer than 8) take a GEMV path that streams the weights once per
     call; more take a tiled GEMM path where the build has one.  ``kernel`` names
@@ -71,11 +72,13 @@ class QuantizedLinear:
     the GIL is released, and concurrent calls on one layer are safe.
 
     Exactness: quantize, dequantize and int4 packing give the same bits on every
-    ISA, and so do the int8 activation codes and integer dot products.  Linear
-    outputs are bit-identical for any thread count and whatever the other rows of
-    x are, for a given ISA and path (``kernel_for(m)``); across ISAs, and between
-    GEMV and GEMM, they differ by float rounding only, each within
-    ``(K + 64) * 2**-24 * sum_k |x_k| * (|d q_k| + |c|)`` of the exact result.
+    ISA, and so do the int8 activation codes and integer dot products.  For one
+    ISA and path (``kernel_for(m)``) a row's output bits do not depend on the
+    thread count or on the other rows of x.  Across ISAs, and between GEMV and
+    GEMM, outputs differ by float rounding: each is within
+    ``(K + 64) * 2**-24 * sum_k |x_k| * (|d q_k| + |c|)`` of the exact value
+    (w = d q + c; int8 compute: for the quantized activations, |x_k| read as
+    |x_k| + max|x_b| / 254).
     Large and tiny magnitudes: a row that would overflow float32 inside the
     kernels (or is tiny, max |x| < 2**-40) is computed on x scaled by a power
     of two and scaled back, so outputs are finite wherever x @ dequantize(W).T
