@@ -14,8 +14,28 @@ from .tensor import QuantizedTensor
 __all__ = ["QuantizedLinear"]
 
 _MAX_SCALE = 1e30  # largest weight scale (or Q4_1 minimum) the linear kernels take
+_F32_TINY = float(np.finfo(np.float32).tiny)
+_F32_MAX = float(np.finfo(np.float32).max)
 _KIND_NAMES = {_ext.KIND_SYM8: "int8", _ext.KIND_ASYM8: "uint8", _ext.KIND_SYM4: "int4",
                _ext.KIND_ASYM4: "uint4", _ext.KIND_MIN4: "q4_1"}
+
+
+def _to_f32_rows(a2: np.ndarray):
+    """float64 (or wider) rows as float32, each row whose largest |x| lies outside
+    float32's normal range scaled by 2**-s first (exact in float64): returns the
+    rows and s (int array, None when every s is 0)."""
+    with np.errstate(over="raise", under="raise"):
+        try:
+            return np.array(a2, dtype=np.float32, order="C", copy=True), None
+        except FloatingPointError:
+            pass
+    with np.errstate(invalid="ignore"):
+        amax = np.max(np.where(np.isfinite(a2), np.abs(a2), 0), axis=1)
+    s = np.where((amax > _F32_MAX) | ((amax > 0) & (amax < _F32_TINY)), np.frexp(amax)[1], 0)
+    s = s.astype(np.int32)
+    scaled = np.ldexp(a2, -s[:, None]) if s.any() else a2
+    with np.errstate(over="ignore", under="ignore"):
+        return np.array(scaled, dtype=np.float32, order="C", copy=True), (s if s.any() else None)
 
 
 class QuantizedLinear:
@@ -33,8 +53,9 @@ class QuantizedLinear:
       (see ``int8_error_bound``), plus float rounding.
     * ``compute="auto"`` (default): int8 where the weight format allows it (whole
       rows, or groups that are multiples of 32); its bound is far below the
-      weight quantization error.  Rows of x holding NaN or Inf run in float32,
-      so they propagate as IEEE arithmetic would and other rows stay clean.
+      weight quantization error.  Rows of x holding NaN or Inf are summed in
+      float64 over the dequantized weights, so they give the NaN or +-inf IEEE
+      arithmetic gives and other rows stay clean.
 
     Module surface (as a PyTorch-like framework's linear layer): ``parameters()``
     lists the trainable arrays (the float bias; the packed weight's integer codes
@@ -45,6 +66,19 @@ class QuantizedLinear:
     call; more take a tiled GEMM path where the build has one.  ``kernel`` names
     the kernel of the last call.  Threads: see ``quantcore.set_num_threads``;
     the GIL is released, and concurrent calls on one layer are safe.
+
+    Exactness: quantize, dequantize and int4 packing give the same bits on every
+    ISA, and so do the int8 activation codes and integer dot products.  For one
+    ISA and path (``kernel_for(m)``) a row's output bits do not depend on the
+    thread count or on the other rows of x.  Across ISAs, and between GEMV and
+    GEMM, outputs differ by float rounding: each is within
+    ``(K + 64) * 2**-24 * sum_k |x_k| * (|d q_k| + |c|)`` of the exact value
+    (w = d q + c; int8 compute: for the quantized activations, |x_k| read as
+    |x_k| + max|x_b| / 254).
+    Large and tiny magnitudes: a row that would overflow float32 inside the
+    kernels (or is tiny, max |x| < 2**-40) is computed on x scaled by a power
+    of two and scaled back, so outputs are finite wherever x @ dequantize(W).T
+    is representable in float32 (weight scales up to 1e30 are accepted).
     """
 
     __slots__ = ("_wq", "_bias", "_bias_ro", "_qw", "_mode", "_last_m", "training", "__weakref__")
@@ -65,8 +99,9 @@ class QuantizedLinear:
         if group and group < k and group % 32:
             raise ValueError(f"QuantizedLinear needs group_size >= 32 (got {group}); "
                              f"quantize the weight with group_size=32 or more")
-        # The kernels sum d * (block dot product) before applying the activation
-        # scale: beyond ~1e30 that overflows float32 where x @ W.T does not.
+        # Rows of x are rescaled where the kernels' sums would overflow, but some
+        # kernels also form weight-only products (d times an integer block dot,
+        # 128 d) that no rescaling of x shrinks: beyond ~3e32 those overflow.
         for what, arr in (("scales", stored.scales),
                           ("zero_points", stored.zero_points if cfg.kind == _ext.KIND_MIN4 else None)):
             if arr is not None:
@@ -193,7 +228,7 @@ class QuantizedLinear:
         return (half @ wsum.T).reshape(lead + (self.out_features,))
 
     # ---- forward ------------------------------------------------------------------
-    def _rows(self, x: Any):
+    def _rows(self, x: Any, shifts: bool = False):
         a = to_numpy(x, "x", "an array of floats")
         if a.dtype.kind != "f":
             raise TypeError(f"x must be a float array, got dtype {a.dtype}")
@@ -203,16 +238,26 @@ class QuantizedLinear:
             raise ValueError(f"x must have shape (..., in_features={self.in_features}), got {a.shape}")
         lead = a.shape[:-1]
         a2 = a.reshape(-1, self.in_features)
+        s = None
         if a2.dtype != np.float32 or a2.strides[-1] != 4 or not a2.flags.aligned or (a2.shape[0] > 1 and (a2.strides[0] < 4 * self.in_features or a2.strides[0] % 4)):
             # a copy (np.ascontiguousarray would keep a misaligned contiguous array)
-            a2 = np.array(a2, dtype=np.float32, order="C", copy=True)
-        return a2, lead
+            if not shifts or a2.dtype.itemsize <= 4:
+                a2 = np.array(a2, dtype=np.float32, order="C", copy=True)
+            else:
+                a2, s = _to_f32_rows(a2)
+        return (a2, lead, s) if shifts else (a2, lead)
 
     def forward(self, x: Any, out: Optional[np.ndarray] = None) -> np.ndarray:
         """``x @ W.T + bias`` for x of shape (..., in_features), any float dtype and
         strides; returns float32 (..., out_features), written into `out` when given
-        (float32, that shape, rows contiguous)."""
-        x2, lead = self._rows(x)
+        (float32, that shape, rows contiguous).
+
+        `out` may share memory with `x` (``forward(x, out=x)`` when in_features ==
+        out_features, or overlapping views): x is read in full before `out` is
+        written, so the result is the same as without overlap.  float64 rows
+        beyond float32's range are scaled by a power of two before rounding to
+        float32 (and the result scaled back), so they are computed too."""
+        x2, lead, shift = self._rows(x, shifts=True)
         m = x2.shape[0]
         shape = lead + (self.out_features,)
         y = np.empty(shape, dtype=np.float32) if out is None else check_out(out, shape)
@@ -220,6 +265,15 @@ class QuantizedLinear:
             return y
         y2 = y.reshape(m, self.out_features)  # a view: y is C-contiguous
         self._qw.forward(x2, self._bias, y2, self._mode)
+        if shift is not None:  # rows of x scaled by 2**-shift: again without bias, scaled back
+            rows = np.flatnonzero(shift)
+            part = np.empty((rows.size, self.out_features), np.float32)
+            self._qw.forward(np.ascontiguousarray(x2[rows]), None, part, self._mode)
+            with np.errstate(over="ignore"):
+                part = np.ldexp(part.astype(np.float64), shift[rows, None]).astype(np.float32)
+            if self._bias is not None:
+                part += self._bias
+            y2[rows] = part
         self._last_m = m
         return y
 
