@@ -209,7 +209,10 @@ typedef struct {
     const void *zeros;    /* as in qc_quantize, or NULL                     */
 } qc_qweight;
 
-/* y (m x n, rows y_row_stride floats apart) = x (m x k) @ W^T + bias (may be NULL). */
+/* y (m x n, rows y_row_stride floats apart) = x (m x k) @ W^T + bias (may be NULL).
+ * y may overlap x.  Outputs are finite wherever the result is representable in
+ * float32, for |scales| (and Q4_1 minima) up to ~1e30: rows of x are scaled by a
+ * power of two where the kernels' sums would overflow or underflow. */
 qc_status qc_linear(const qc_qweight *w, const float *x, int64_t m, int64_t x_row_stride,
                     const float *bias, float *y, int64_t y_row_stride, qc_compute mode);
 /* 1 if qc_linear would run its tiled GEMM path for m rows, 0 for the GEMV path. */
