@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 from collections.abc import Mapping
 from typing import Any, Dict, Iterable, Iterator, Optional, Sequence, Union
@@ -94,10 +95,32 @@ def _to_array(value: Any, name: str) -> np.ndarray:
         raise TypeError(f"weights[{name!r}] is not an array: {e}") from None
 
 
+def _check_calibration(calibration: Any, weights: Mapping, config: QuantConfig, ovr) -> None:
+    """Reject a calibration mapping that no quantized tensor can use."""
+    from .calibrate import LayerStats, lookup
+    if not isinstance(calibration, Mapping):
+        raise TypeError(f"calibration must be a mapping of layer name -> LayerStats, "
+                        f"got {type(calibration).__name__}")
+    for k, v in calibration.items():
+        if not isinstance(k, str):
+            raise TypeError(f"calibration keys must be str layer names, got {k!r}")
+        if not isinstance(v, LayerStats):
+            raise TypeError(f"calibration[{k!r}] must be a LayerStats, got {type(v).__name__}")
+    methods = {config.method} | {c.method for _, c in ovr if c is not None}
+    if methods == {"absmax"}:
+        raise ValueError("calibration is used by method='mse' and method='gptq'; the config "
+                         "(and every override) has method='absmax'")
+    if calibration and not any(lookup(calibration, n) is not None for n in weights):
+        some = ", ".join(repr(n) for n in list(calibration)[:3])
+        wn = ", ".join(repr(n) for n in list(weights)[:3])
+        raise ValueError(f"calibration matches no weight: its names ({some}, ...) are neither "
+                         f"weight names nor weight names without '.weight' ({wn}, ...)")
+
+
 def quantize_model(weights: Mapping, config: Optional[QuantConfig] = None, *,
                    include: Patterns = None, exclude: Patterns = None,
                    overrides: Optional[Mapping] = None,
-                   progress: bool = True) -> QuantizedModel:
+                   progress: bool = True, calibration: Optional[Mapping] = None) -> QuantizedModel:
     """Quantize the matrices of a model.
 
     `weights` maps names to arrays (NumPy arrays or torch tensors, e.g. a
@@ -121,6 +144,16 @@ def quantize_model(weights: Mapping, config: Optional[QuantConfig] = None, *,
     QuantizedTensors are kept as they are (``metrics()`` without a reference).
     `progress` shows a tqdm bar on stderr when tqdm is installed and stderr is
     a terminal.  Errors name the tensor.
+
+    `calibration` maps layer names to ``quantcore.calibrate.LayerStats`` (from
+    ``StatsCollector``, ``quantcore.torch.collect_stats``, ``load_stats`` or
+    ``read_imatrix``); a weight ``name`` uses the entry ``name`` or, failing
+    that, ``name`` without its ``.weight`` suffix.  Configs with method="gptq"
+    need an entry for every tensor they quantize; method="mse" uses one where
+    there is one (importance-weighted) and the plain search elsewhere;
+    method="absmax" ignores them.  Calibrated layers get
+    ``calibrated_error`` in their metrics (see
+    ``quantcore.metrics.calibrated_error``).
     """
     if not isinstance(weights, Mapping):
         raise TypeError(f"weights must be a mapping of name -> array, got {type(weights).__name__}")
@@ -145,6 +178,8 @@ def quantize_model(weights: Mapping, config: Optional[QuantConfig] = None, *,
     for name in weights:
         if not isinstance(name, str):
             raise TypeError(f"weights keys must be str, got {type(name).__name__} {name!r}")
+    if calibration is not None:
+        _check_calibration(calibration, weights, config, ovr)
 
     items = list(weights.items())
     bar = None
@@ -178,9 +213,27 @@ def quantize_model(weights: Mapping, config: Optional[QuantConfig] = None, *,
                         cfg = c
                         break
             if cfg is not None:
+                st = None
+                if calibration is not None and cfg.method != "absmax":
+                    from .calibrate import lookup
+                    st = lookup(calibration, name)
+                if st is None and cfg.method == "gptq":
+                    where = "calibration=None" if calibration is None else (
+                        f"calibration has no entry {name!r}" +
+                        (f" or {name[:-7]!r}" if name.endswith(".weight") else ""))
+                    raise ValueError(f"weights[{name!r}]: method='gptq' needs calibration "
+                                     f"statistics of this layer's inputs and {where}; pass "
+                                     f"calibration={{name: LayerStats}}, or exclude the tensor or "
+                                     f"give it another config in overrides")
                 try:
-                    qt = QuantizedTensor.quantize(a, cfg)
+                    if st is None and cfg.method != "gptq":
+                        qt = QuantizedTensor.quantize(a, cfg)
+                    else:
+                        qt = QuantizedTensor._quantize(a, cfg, repr(name), st)
                     m = qt.metrics(a)
+                    if st is not None:
+                        from .metrics import calibrated_error
+                        m = dataclasses.replace(m, calibrated_error=calibrated_error(a, qt, st))
                 except (ValueError, TypeError) as e:
                     raise type(e)(f"weights[{name!r}]: {e}") from None
                 out[name] = qt

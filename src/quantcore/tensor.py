@@ -64,21 +64,33 @@ class QuantizedTensor:
 
     # ---- construction -----------------------------------------------------------
     @classmethod
-    def quantize(cls, array: Any, config: Optional[QuantConfig] = None) -> "QuantizedTensor":
+    def quantize(cls, array: Any, config: Optional[QuantConfig] = None, *,
+                 calibration: Any = None) -> "QuantizedTensor":
         """Quantize a float16/32/64 array (ndim >= 1, any strides) with `config`
         (default ``QuantConfig.int8()``).  The input is never modified.  NaN or Inf
         raises ValueError.  ``config.method == "mse"`` searches each group's
         parameters for the least squared error (never above absmax's, group by
-        group); the storage layout is the same."""
+        group); the storage layout is the same.
+
+        `calibration`: a ``quantcore.calibrate.LayerStats`` of the inputs this
+        weight multiplies (its last axis is their width).  method="mse" then
+        weights each input channel's error by its importance (mean square);
+        method="gptq" (which needs it, with the full ``X.T X``) chooses the
+        codes with GPTQ.  Either way the result is an ordinary tensor of the
+        config's format."""
         if config is None:
             config = QuantConfig.int8()
         if not isinstance(config, QuantConfig):
             raise TypeError(f"config must be a QuantConfig, got {type(config).__name__}")
-        return cls._quantize(array, config, "array")
+        return cls._quantize(array, config, "array", calibration)
 
     @classmethod
-    def _quantize(cls, array: Any, config: QuantConfig, what: str) -> "QuantizedTensor":
+    def _quantize(cls, array: Any, config: QuantConfig, what: str,
+                  calibration: Any = None) -> "QuantizedTensor":
         """quantize() with errors naming the argument `what`."""
+        if calibration is not None or config.method == "gptq":
+            from .calibrate import quantize_calibrated
+            return quantize_calibrated(array, config, calibration, what)
         a = _as_float_array(array, what)
         group = (config.group_size or 0) if config.granularity == "group" else 0
         data, scales, zeros = _ext.quantize_2d(
@@ -354,9 +366,10 @@ def _rebuild(config, shape, dtype, data, scales, zeros):
                                        np.dtype(dtype))
 
 
-def quantize(array: Any, config: Optional[QuantConfig] = None) -> QuantizedTensor:
-    """Same as ``QuantizedTensor.quantize(array, config)``."""
-    return QuantizedTensor.quantize(array, config)
+def quantize(array: Any, config: Optional[QuantConfig] = None, *,
+             calibration: Any = None) -> QuantizedTensor:
+    """Same as ``QuantizedTensor.quantize(array, config, calibration=calibration)``."""
+    return QuantizedTensor.quantize(array, config, calibration=calibration)
 
 
 def pack_int4(values: Any) -> np.ndarray:

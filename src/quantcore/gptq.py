@@ -1,0 +1,295 @@
+"""GPTQ: codes chosen against the layer's inputs (method="gptq").
+
+GPTQ (Frantar et al., 2022) quantizes the columns of a weight ``W`` (rows x K)
+one after the other and lets each column's rounding error be absorbed by the
+columns not yet quantized, so that the layer's output ``x @ W.T`` changes as
+little as possible on the calibration inputs: it minimises
+``tr((W - Q) H (W - Q).T)`` with ``H = X.T X / rows`` greedily, column by column.
+
+This implementation uses the equivalent nearest-plane form (the order of
+Babai's algorithm): with ``H = B.T B``, B lower triangular (one Cholesky
+factorization of H with its axes reversed; no matrix inverse) and
+``C = B / diag(B)`` (unit lower triangular), column i is rounded from
+
+    t_i = w_i + sum_{l < i} C[i, l] * e_l,    e_l = w_l - dequantize(q_l),
+
+which is the value GPTQ's update rule gives column i.  The sum is evaluated
+lazily: a block of 128 columns gets the contributions of all earlier blocks in
+one matrix product, sub-blocks of 16 inside it likewise, and a column only the
+few of its own sub-block.  The algebra is float64 NumPy (BLAS).
+
+Scales follow the format's own rules (``csrc/formats.h``, computed by the C
+kernels; ``search=True`` uses the method="mse" search instead):
+
+* group-wise: a group's parameters are chosen when its first column is reached,
+  from the group's weights as GPTQ has updated them so far (the least-error
+  values of those columns given the columns already quantized);
+* per-channel, per-tensor, and every group with ``act_order``: from the
+  original weights, before any column is quantized ("static" groups), so
+  that the stored format stays a plain row layout.
+
+Codes are the nearest ones for the scale as stored (float16-rounded where the
+format stores float16), and the result is an ordinary QuantizedTensor of the
+config's format.  ``act_order`` quantizes the columns in order of decreasing
+``diag(H)``; ``damp`` adds that fraction of the mean diagonal to H's diagonal.
+Input channels that were always zero in the calibration data (zero diagonal)
+are rounded plainly and do not influence the others.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Tuple
+
+import numpy as np
+
+from . import _ext
+from .config import QuantConfig
+
+__all__ = ["gptq_quantize", "gptq_arrays"]
+
+BLOCK = 128
+SUB_BLOCK = 16
+_MAX_DAMP_TRIES = 8
+
+
+def _cholesky_inplace(a: np.ndarray, nb: int = 64) -> None:
+    """Lower Cholesky factor of the symmetric positive definite `a`, in place
+    (the strict upper triangle is left as it was).  Blocked, left-looking: the
+    work is matrix products, one small factorization per diagonal block.
+    Raises np.linalg.LinAlgError when `a` is not positive definite."""
+    k = a.shape[0]
+    for j0 in range(0, k, nb):
+        j1 = min(j0 + nb, k)
+        if j0:
+            a[j0:, j0:j1] -= a[j0:, :j0] @ a[j0:j1, :j0].T
+        ljj = np.linalg.cholesky(a[j0:j1, j0:j1])
+        if not np.all(np.isfinite(ljj)):
+            raise np.linalg.LinAlgError("non-finite factor")
+        a[j0:j1, j0:j1] = ljj
+        if j1 < k:
+            a[j1:, j0:j1] = a[j1:, j0:j1] @ np.linalg.inv(ljj).T
+
+
+def _factor(h: np.ndarray, order: np.ndarray, damp: float) -> np.ndarray:
+    """The lower Cholesky factor L of ``J P (H + damping) P.T J`` (P: the
+    quantization `order`, J: reversal), so that ``B = J L.T J`` is lower
+    triangular with ``B.T B`` the damped, reordered H (see the module docstring).
+    Input channels with a zero diagonal (never active in the calibration data)
+    get the mean diagonal and no coupling.  Damping grows tenfold while the
+    factorization fails.  `h` (symmetric, unscaled sums are fine) is not modified."""
+    k = h.shape[0]
+    ro = order[::-1]
+    diag = np.diagonal(h)[ro]
+    dead = ~(diag > 0)
+    mean = float(diag[~dead].mean()) if not dead.all() else 1.0
+    extra = damp * mean
+    for _ in range(_MAX_DAMP_TRIES):
+        a = h[np.ix_(ro, ro)]
+        if dead.any():
+            idx = np.flatnonzero(dead)
+            a[idx, :] = 0.0
+            a[:, idx] = 0.0
+            a[idx, idx] = mean
+        a[np.diag_indices(k)] += extra
+        try:
+            _cholesky_inplace(a)
+            return a
+        except np.linalg.LinAlgError:
+            del a
+            extra = max(extra * 10.0, 1e-3 * mean)
+    raise ValueError("the calibration statistics could not be factorized (not positive definite "  # pragma: no cover
+                     "even with extra damping)")
+
+
+def _group_params(rows2d: np.ndarray, config: QuantConfig, search: bool,
+                  importance: Optional[np.ndarray], per_tensor: bool = False, group: int = 0):
+    """Scales and zero points (as stored, float32 / int32) of `rows2d` by the
+    format's rules: one set per row (group=0), per group, or per tensor."""
+    a = np.ascontiguousarray(rows2d, dtype=np.float32)
+    kw = {}
+    if search and importance is not None:
+        kw["importance"] = np.ascontiguousarray(importance, dtype=np.float32)
+    _, s, z = _ext.quantize_2d(a, config.kind, group, per_tensor, config.scale_dtype == "float16",
+                               "weight", search, **kw)
+    return s, z
+
+
+class _Quantizer:
+    """Nearest codes of a column for given stored parameters, and their values
+    as the kernels dequantize them (float32 products and sums)."""
+
+    def __init__(self, kind: int) -> None:
+        self.kind = kind
+        if kind == _ext.KIND_SYM8:
+            self.lo, self.hi, self.off = -127, 127, 0
+        elif kind == _ext.KIND_SYM4:
+            self.lo, self.hi, self.off = 0, 15, 8
+        elif kind == _ext.KIND_ASYM8:
+            self.lo, self.hi, self.off = 0, 255, None
+        else:  # ASYM4, MIN4
+            self.lo, self.hi, self.off = 0, 15, None
+
+    def __call__(self, t: np.ndarray, d: np.ndarray, z: Optional[np.ndarray]):
+        """(codes as float64, dequantized float32 values) for targets t (float64),
+        scales d (float32) and zero points z (int32; float32 minima for Q4_1)."""
+        zero_d = d == 0
+        dsafe = np.where(zero_d, np.float32(1), d).astype(np.float64)
+        if self.kind == _ext.KIND_MIN4:
+            assert z is not None
+            q = np.rint((t - z) / dsafe)
+            np.clip(q, self.lo, self.hi, out=q)
+            q[zero_d] = 0
+            return q, d * q.astype(np.float32) + z
+        zero = np.float64(self.off) if z is None else z.astype(np.float64)
+        q = np.rint(t / dsafe)
+        q += zero
+        np.clip(q, self.lo, self.hi, out=q)
+        if zero_d.any():
+            q = np.where(zero_d, zero, q)
+        return q, d * (q - zero).astype(np.float32)
+
+
+def gptq_arrays(w: np.ndarray, hessian: np.ndarray, config: QuantConfig, *, act_order: bool = False,
+                damp: float = 0.01, search: bool = False, block: int = BLOCK):
+    """GPTQ on a 2-D float array `w` (rows, K) with the symmetric K x K
+    `hessian` (``X.T X``, any positive scale; not modified).  Returns
+    ``(codes, scales, zeros)``: codes (rows, K) int16 in the format's code range,
+    scales and zeros in the layout of ``_ext.quantize_2d`` (float16/float32
+    scales; uint8 zero points, the Q4_1 minima, or None)."""
+    n, k = w.shape
+    kind = config.kind
+    f16 = config.scale_dtype == "float16"
+    per_tensor = config.granularity == "tensor"
+    g = (config.group_size or 0) if config.granularity == "group" else 0
+    if g >= k:
+        g = 0
+    diag = np.diagonal(hessian).copy()
+    order = np.argsort(-diag, kind="stable") if act_order else np.arange(k)
+    low = _factor(hessian, order, damp)
+    ldiag = np.diagonal(low).copy()
+
+    static = g == 0 or act_order
+    if static:
+        s_all, z_all = _group_params(w, config, search, diag if g == 0 and not per_tensor else None,
+                                     per_tensor=per_tensor, group=g)
+        if per_tensor:
+            s_all = np.broadcast_to(s_all.reshape(1, 1), (n, 1))
+            z_all = None if z_all is None else np.broadcast_to(z_all.reshape(1, 1), (n, 1))
+        d_static = s_all.astype(np.float32)
+        z_static = None if z_all is None else z_all.astype(np.float32 if kind == _ext.KIND_MIN4 else np.int32)
+    else:
+        ng = -(-k // g)
+        s_all = np.empty((n, ng), np.float16 if f16 else np.float32)
+        z_all = None
+        if kind in (_ext.KIND_ASYM8, _ext.KIND_ASYM4):
+            z_all = np.empty((n, ng), np.uint8)
+        elif kind == _ext.KIND_MIN4:
+            z_all = np.empty((n, ng), s_all.dtype)
+    quant = _Quantizer(kind)
+
+    wt = np.ascontiguousarray(np.asarray(w, dtype=np.float64).T[order])  # (K, rows), in quantization order
+    err = np.empty_like(wt)
+    codes = np.empty((k, n), np.int16)
+    if g and not act_order:
+        block = max(block, g)
+        block -= block % g
+    sub = min(SUB_BLOCK, g) if g and not act_order else SUB_BLOCK
+
+    d_col: Any = None
+    z_col: Any = None
+    for b1 in range(0, k, block):
+        b2 = min(b1 + block, k)
+        # C[b1:b2, :b2] (rows: this block's columns; C = B / diag(B), B = J L.T J)
+        cb = np.ascontiguousarray(low[k - b2:, k - b2:k - b1][::-1, ::-1].T)
+        cb /= ldiag[k - 1 - np.arange(b1, b2)][:, None]
+        t = wt[b1:b2].copy()
+        if b1:
+            t += cb[:, :b1] @ err[:b1]
+        for s1 in range(b1, b2, sub):
+            s2 = min(s1 + sub, b2)
+            for i in range(s1, s2):
+                r = i - b1
+                if static:
+                    gi = 0 if g == 0 else order[i] // g
+                    d_col = d_static[:, gi]
+                    z_col = None if z_static is None else z_static[:, gi]
+                elif i % g == 0:
+                    e = min(i + g, k)
+                    # the group's least-error values given the columns quantized so far
+                    # (sub-blocks start on group boundaries, so t holds every earlier column)
+                    u = t[r:r + e - i]
+                    if i:
+                        u = wt[i:e] + np.linalg.solve(np.tril(cb[r:r + e - i, i:e]), u - wt[i:e])
+                    s, z = _group_params(u.T, config, search, diag[i:e] if search else None)
+                    s_all[:, i // g] = s[:, 0]
+                    d_col = s[:, 0].astype(np.float32)
+                    if z is None:
+                        z_col = None
+                    else:
+                        assert z_all is not None
+                        z_all[:, i // g] = z[:, 0]
+                        z_col = z[:, 0].astype(np.float32 if kind == _ext.KIND_MIN4 else np.int32)
+                ti = t[r]
+                if i > s1:
+                    ti = ti + cb[r, s1:i] @ err[s1:i]
+                q, deq = quant(ti, d_col, z_col)
+                codes[i] = q
+                err[i] = wt[i] - deq
+            if s2 < b2:
+                t[s2 - b1:] += cb[s2 - b1:, s1:s2] @ err[s1:s2]
+    del low, err, wt
+    if act_order:
+        inv = np.empty_like(order)
+        inv[order] = np.arange(k)
+        codes = codes[inv]
+    if per_tensor:
+        s_all = np.ascontiguousarray(s_all[:1, :1])
+        z_all = None if z_all is None else np.ascontiguousarray(z_all[:1, :1])
+    return np.ascontiguousarray(codes.T), s_all, z_all
+
+
+def gptq_quantize(array: Any, stats: Any, config: QuantConfig, *, name: str = "array"):
+    """Quantize `array` (float, ndim >= 1; the last axis is the input features)
+    with GPTQ against `stats` (a ``quantcore.calibrate.LayerStats`` holding the
+    full ``X.T X``): an ordinary QuantizedTensor of `config`'s format."""
+    from .calibrate import LayerStats
+    from .tensor import QuantizedTensor, _as_float_array, pack_int4
+    a = _as_float_array(array, name)
+    if not isinstance(stats, LayerStats):
+        raise TypeError(f"calibration for {name} must be a quantcore.calibrate.LayerStats, "
+                        f"got {type(stats).__name__}")
+    k = a.shape[-1]
+    stats._check_width(k, name)
+    if not stats.has_hessian:
+        raise ValueError(f"calibration for {name}: method='gptq' needs the full input matrix "
+                         f"X^T X (LayerStats(..., hessian=True)); these statistics hold only its "
+                         f"diagonal (an importance vector): use method='mse' with them")
+    if stats.count == 0:
+        raise ValueError(f"calibration for {name}: the statistics hold no rows (count 0)")
+    w2 = a.reshape(-1, k)
+    if not np.all(np.isfinite(w2)):
+        bad = np.argwhere(~np.isfinite(w2))[0]
+        raise ValueError(f"{name} holds NaN or Inf (row {int(bad[0])}, column {int(bad[1])})")
+    codes, scales, zeros = gptq_arrays(w2, stats._full_xtx(), config, act_order=config.act_order, damp=config.damp,
+                                       search=False)
+    kind = config.kind
+    if kind == _ext.KIND_SYM8:
+        data = codes.astype(np.int8)
+    elif config.bits == 8:
+        data = codes.astype(np.uint8)
+    else:
+        data = pack_int4(codes.astype(np.uint8))
+    lead = a.shape[:-1]
+    rows = w2.shape[0]
+    if config.granularity == "tensor":
+        scales = scales.reshape(())
+        zeros = None if zeros is None else zeros.reshape(())
+    elif config.granularity == "channel":
+        scales = scales.reshape(lead)
+        zeros = None if zeros is None else zeros.reshape(lead)
+    else:
+        scales = scales.reshape(lead + (scales.shape[1],))
+        zeros = None if zeros is None else zeros.reshape(lead + (zeros.shape[1],))
+    data = data.reshape(lead + (data.shape[1],))
+    assert rows == int(np.prod(lead, dtype=np.int64))
+    return QuantizedTensor.from_arrays(data, scales, zeros, tuple(a.shape), config, a.dtype)
