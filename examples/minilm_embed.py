@@ -43,6 +43,7 @@ import numpy as np
 
 import quantcore as qc
 from quantcore import QuantConfig, QuantizedLinear, QuantizedTensor
+from quantcore.calibrate import LayerStats, StatsCollector
 
 HIDDEN, HEADS, LAYERS, FFN, EPS = 384, 12, 6, 1536, 1e-12
 HEAD_DIM = HIDDEN // HEADS
@@ -215,91 +216,25 @@ class Float32Linear:
         return y.reshape(x.shape[:-1] + (self.out_features,))
 
 
-def make_linear(weight: np.ndarray, bias: Optional[np.ndarray], config: Optional[QuantConfig]):
-    """A QuantizedLinear for a config, the float32 NumPy layer for None."""
+def make_linear(weight: np.ndarray, bias: Optional[np.ndarray], config: Optional[QuantConfig],
+                stats: Optional[LayerStats] = None):
+    """A QuantizedLinear for a config (its codes chosen against the layer's
+    input statistics `stats` for method="gptq" or "mse"), the float32 NumPy
+    layer for None."""
     if config is None:
         return Float32Linear(weight, bias)
-    return QuantizedLinear.from_linear(weight, bias, config)
+    return QuantizedLinear(QuantizedTensor.quantize(weight, config, calibration=stats), bias)
 
 
-def _inverse_cholesky_upper(h: np.ndarray) -> np.ndarray:
-    """The upper triangular u with ``inv(h) = u.T @ u`` for a positive definite h,
-    from one Cholesky factorization and one triangular inverse: with J the
-    reversal permutation and ``J h J = L L.T``, ``u = J inv(L) J``."""
-    # One BLAS thread: OpenBLAS's threaded factorizations of these sizes stall on a
-    # busy machine (measured here: 3.2 s with 2 threads, 0.2 s with 1, for k=1536).
-    try:
-        from threadpoolctl import threadpool_limits
-        limit: Any = threadpool_limits(limits=1, user_api="blas")
-    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
-        limit = contextlib.nullcontext()
-    with limit:
-        low = np.linalg.cholesky(np.ascontiguousarray(h[::-1, ::-1]))
-        try:
-            from scipy.linalg.lapack import dtrtri
-        except ImportError:  # pragma: no cover - scipy comes with sentence-transformers
-            inv = np.linalg.inv(low)
-        else:
-            inv, info = dtrtri(low, lower=1)
-            if info != 0:
-                raise np.linalg.LinAlgError(f"dtrtri failed (info={info})")
-    return np.ascontiguousarray(inv[::-1, ::-1])
+#: The linear layers of one encoder layer: key in MiniLM.layers -> name of the weight
+#: (and of its calibration statistics).  q, k and v are fused into one layer here.
+LINEARS = {"qkv": "attention.self.qkv", "attn_out": "attention.output.dense",
+           "ffn_in": "intermediate.dense", "ffn_out": "output.dense"}
 
 
-def gptq_quantize(weight: np.ndarray, inputs: np.ndarray, config: QuantConfig,
-                  damp: float = 0.01, block: int = 128) -> QuantizedTensor:
-    """Quantize `weight` (out, in) to the symmetric int4 group format of `config`
-    (``QuantConfig.int4(group_size=g)``), choosing the codes with GPTQ's error
-    feedback (Frantar et al., 2022) against calibration `inputs` (tokens, in).
-
-    The result is an ordinary QuantizedTensor in exactly that format (same codes
-    range, float32 scales, same kernels): only which codes are chosen differs
-    from ``QuantizedTensor.quantize``.  Columns are quantized left to right; each
-    one's rounding error is spread over the columns not yet quantized through the
-    inverse of the inputs' Hessian ``X^T X`` (damped by `damp` times its mean
-    diagonal).  A group's scale follows quantcore's Q4_0 rule ``d = max / -8`` on
-    the weights as updated when the group is reached.
-    """
-    if config.bits != 4 or not config.symmetric or config.granularity != "group":
-        raise ValueError(f"config must be a symmetric 4-bit group config (QuantConfig.int4()), got {config!r}")
-    if config.scale_dtype != "float32":
-        raise ValueError("config must have scale_dtype='float32'")
-    w = np.array(weight, dtype=np.float64)
-    n, k = w.shape
-    g = config.group_size
-    if k % g or block % g:
-        raise ValueError(f"in_features ({k}) and block ({block}) must be multiples of group_size ({g})")
-    x = np.asarray(inputs, dtype=np.float64).reshape(-1, k)
-    h = x.T @ x / max(len(x), 1)
-    dead = np.diag(h) == 0
-    h[dead, dead] = 1.0
-    w[:, dead] = 0.0
-    h[np.diag_indices(k)] += damp * np.mean(np.diag(h))
-    u = _inverse_cholesky_upper(h)
-    wt = np.ascontiguousarray(w.T)  # (in, out): one column of w is one row here
-    codes = np.empty((k, n), np.uint8)
-    scales = np.empty((k // g, n), np.float32)
-    d = dsafe = None
-    for i1 in range(0, k, block):
-        i2 = min(i1 + block, k)
-        wb = wt[i1:i2].copy()
-        err = np.empty_like(wb)
-        ub = u[i1:i2, i1:i2]
-        for i in range(i2 - i1):
-            if (i1 + i) % g == 0:
-                grp = wb[i:i + g]
-                signed_max = grp[np.abs(grp).argmax(0), np.arange(n)]
-                d = (signed_max / -8.0).astype(np.float32).astype(np.float64)
-                scales[(i1 + i) // g] = d
-                dsafe = np.where(d == 0, 1.0, d)
-            q = np.where(d == 0, 8.0, np.clip(np.trunc(wb[i] / dsafe + 8.5), 0, 15))
-            codes[i1 + i] = q
-            e = (wb[i] - d * (q - 8)) / ub[i, i]
-            wb[i:] -= ub[i, i:, None] * e
-            err[i] = e
-        wt[i2:] -= u[i1:i2, i2:].T @ err
-    data = qc.pack_int4(np.ascontiguousarray(codes.T).reshape(-1)).reshape(n, k // 2)
-    return QuantizedTensor.from_arrays(data, np.ascontiguousarray(scales.T), None, (n, k), config)
+def linear_name(layer: int, key: str) -> str:
+    """The name a linear layer's calibration statistics are kept under."""
+    return f"encoder.layer.{layer}.{LINEARS[key]}"
 
 
 class MiniLM:
@@ -308,14 +243,20 @@ class MiniLM:
     ``embed(ids, mask, types)`` returns L2-normalized float32 embeddings of shape
     (batch, 384); ``encode(sentences)`` tokenizes and embeds in batches.
     ``linear_seconds`` accumulates the time spent in the linear layers.
+    `calibration` (name -> ``quantcore.calibrate.LayerStats``, from
+    ``calibrate``) is what method="gptq" / "mse" configs quantize against;
+    `collector` (a ``StatsCollector``) records every linear layer's input rows
+    of real tokens (padding left out) under ``linear_name(layer, key)``.
     """
 
     def __init__(self, weights: Dict[str, np.ndarray], config: Optional[QuantConfig] = None,
-                 tokenizer: Any = None) -> None:
+                 tokenizer: Any = None, calibration: Optional[Dict[str, LayerStats]] = None,
+                 collector: Optional[StatsCollector] = None) -> None:
         w = {k: np.asarray(v) for k, v in weights.items()}
         f32 = lambda name: np.ascontiguousarray(w[name], dtype=np.float32)  # noqa: E731
         self.config = config
         self.tokenizer = tokenizer
+        self.collector = collector
         self.word = f32("embeddings.word_embeddings.weight")
         self.pos = f32("embeddings.position_embeddings.weight")
         self.token_type = f32("embeddings.token_type_embeddings.weight")
@@ -327,35 +268,18 @@ class MiniLM:
             # each output row on its own, so the codes are those of the three layers.
             qkv_w = np.concatenate([w[p + f"attention.self.{n}.weight"] for n in ("query", "key", "value")])
             qkv_b = np.concatenate([w[p + f"attention.self.{n}.bias"] for n in ("query", "key", "value")])
-            self.layers.append({
-                "qkv": make_linear(qkv_w, qkv_b, config),
-                "attn_out": make_linear(w[p + "attention.output.dense.weight"],
-                                        w[p + "attention.output.dense.bias"], config),
-                "ln1": (f32(p + "attention.output.LayerNorm.weight"), f32(p + "attention.output.LayerNorm.bias")),
-                "ffn_in": make_linear(w[p + "intermediate.dense.weight"], w[p + "intermediate.dense.bias"], config),
-                "ffn_out": make_linear(w[p + "output.dense.weight"], w[p + "output.dense.bias"], config),
-                "ln2": (f32(p + "output.LayerNorm.weight"), f32(p + "output.LayerNorm.bias")),
-            })
+            params = {"qkv": (qkv_w, qkv_b)}
+            for key in ("attn_out", "ffn_in", "ffn_out"):
+                params[key] = (w[p + LINEARS[key] + ".weight"], w[p + LINEARS[key] + ".bias"])
+            layer: Dict[str, Any] = {"names": {key: linear_name(i, key) for key in LINEARS}}
+            for key, (wt, bias) in params.items():
+                stats = None if calibration is None else calibration[linear_name(i, key)]
+                layer[key] = make_linear(wt, bias, config, stats)
+            layer["ln1"] = (f32(p + "attention.output.LayerNorm.weight"), f32(p + "attention.output.LayerNorm.bias"))
+            layer["ln2"] = (f32(p + "output.LayerNorm.weight"), f32(p + "output.LayerNorm.bias"))
+            self.layers.append(layer)
         self.linear_seconds = 0.0
-        self._record: Optional[Dict[int, List[np.ndarray]]] = None
         self._mask: Optional[np.ndarray] = None
-
-    @classmethod
-    def gptq(cls, weights: Dict[str, np.ndarray], config: QuantConfig, calibration,
-             tokenizer: Any = None) -> "MiniLM":
-        """A MiniLM whose QuantizedLinear layers hold codes chosen by
-        ``gptq_quantize`` from the inputs each layer sees in the float32 model on
-        the `calibration` batches (as ``make_batches`` returns them)."""
-        ref = cls(weights, None)
-        inputs = ref.record_inputs(calibration)
-        model = cls(weights, None, tokenizer)
-        model.config = config
-        for layer, ref_layer in zip(model.layers, ref.layers):
-            for key in ("qkv", "attn_out", "ffn_in", "ffn_out"):
-                f = ref_layer[key]
-                qt = gptq_quantize(f.wt.T, inputs[id(f)], config)
-                layer[key] = QuantizedLinear(qt, f.bias)
-        return model
 
     def linears(self) -> Iterable[Any]:
         for layer in self.layers:
@@ -366,25 +290,13 @@ class MiniLM:
         """Bytes of all linear weights and biases in this format."""
         return sum(lin.nbytes for lin in self.linears())
 
-    def _lin(self, lin, x):
-        if self._record is not None:  # calibration: keep the inputs of real (unpadded) tokens
-            self._record.setdefault(id(lin), []).append(x[self._mask > 0])
+    def _lin(self, layer: Dict[str, Any], key: str, x: np.ndarray) -> np.ndarray:
+        if self.collector is not None:  # calibration: the inputs of real (unpadded) tokens
+            self.collector.observe(layer["names"][key], x, mask=self._mask)
         t = time.perf_counter()
-        y = lin(x)
+        y = layer[key](x)
         self.linear_seconds += time.perf_counter() - t
         return y
-
-    def record_inputs(self, batches) -> Dict[int, np.ndarray]:
-        """id(linear layer) -> its inputs (tokens, in_features) over `batches`,
-        padding left out: the calibration data of ``gptq_quantize``."""
-        self._record = {}
-        try:
-            for _, ids, mask, types in batches:
-                self._mask = mask
-                self.embed(ids, mask, types)
-            return {k: np.concatenate(v) for k, v in self._record.items()}
-        finally:
-            self._record = None
 
     def embed(self, ids: np.ndarray, mask: np.ndarray, types: Optional[np.ndarray] = None) -> np.ndarray:
         ids = np.asarray(ids)
@@ -398,8 +310,9 @@ class MiniLM:
         # additive mask over the keys, as BERT's (finite: a padded key gets exp(-huge) = 0)
         bias = np.where(mask[:, None, None, :] > 0, 0.0, np.finfo(np.float32).min).astype(np.float32)
         scale = np.float32(1 / math.sqrt(HEAD_DIM))
+        self._mask = mask
         for L in self.layers:
-            qkv = self._lin(L["qkv"], h).reshape(b, n, 3, HEADS, HEAD_DIM)
+            qkv = self._lin(L, "qkv", h).reshape(b, n, 3, HEADS, HEAD_DIM)
             q = qkv[:, :, 0].transpose(0, 2, 1, 3)     # (b, heads, n, d)
             k = qkv[:, :, 1].transpose(0, 2, 3, 1)     # (b, heads, d, n)
             v = qkv[:, :, 2].transpose(0, 2, 1, 3)
@@ -410,11 +323,11 @@ class MiniLM:
             np.exp(s, out=s)
             s /= s.sum(-1, keepdims=True)
             ctx = np.matmul(s, v).transpose(0, 2, 1, 3).reshape(b, n, HIDDEN)
-            a = self._lin(L["attn_out"], ctx)
+            a = self._lin(L, "attn_out", ctx)
             a += h
             h = layer_norm(a, *L["ln1"])
-            f = gelu(self._lin(L["ffn_in"], h))
-            f = self._lin(L["ffn_out"], f)
+            f = gelu(self._lin(L, "ffn_in", h))
+            f = self._lin(L, "ffn_out", f)
             f += h
             h = layer_norm(f, *L["ln2"])
         m = mask[:, :, None].astype(np.float32)
@@ -434,6 +347,18 @@ def run_batches(fn, batches, n: int) -> np.ndarray:
     for idx, ids, mask, types in batches:
         out[idx] = np.asarray(fn(ids, mask, types))
     return out
+
+
+def calibrate(weights: Dict[str, np.ndarray], batches, hessian: bool = True) -> Dict[str, LayerStats]:
+    """Statistics of every linear layer's inputs in the float32 model over
+    `batches` (as ``make_batches`` returns them), padding left out: name ->
+    ``quantcore.calibrate.LayerStats``, what GPTQ and the importance-weighted
+    mse search quantize against (``hessian=False`` keeps only the diagonal)."""
+    collector = StatsCollector(hessian=hessian)
+    model = MiniLM(weights, None, collector=collector)
+    for _, ids, mask, types in batches:
+        model.embed(ids, mask, types)
+    return collector.stats
 
 
 # ---- the same forward in PyTorch ----------------------------------------------------------

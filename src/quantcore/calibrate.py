@@ -205,10 +205,25 @@ class LayerStats:
         return self._full_xtx() / self._n if self._n else np.zeros((self._k, self._k))
 
     # ---- accumulation -------------------------------------------------------------------------
-    def update(self, x: Any) -> "LayerStats":
-        """Add the rows of `x` (shape ``(..., in_features)``); returns self."""
+    def update(self, x: Any, weights: Any = None) -> "LayerStats":
+        """Add the rows of `x` (shape ``(..., in_features)``); returns self.
+
+        `weights` (shape ``x.shape[:-1]``, finite, >= 0) weighs each row's
+        contribution, e.g. ``1 / tokens`` of its sentence so that every sentence
+        counts alike however long it is; ``count`` still counts rows, so weights
+        averaging 1 keep ``importance`` a mean square."""
         a = _float_rows(x, self._k, "x")
         rows = a.shape[0]
+        wts = None
+        if weights is not None:
+            wts = np.asarray(weights, dtype=np.float64)
+            want = tuple(np.shape(x))[:-1]
+            if wts.shape != want:
+                raise ValueError(f"weights must have shape {want} (x's shape without the last "
+                                 f"axis), got {wts.shape}")
+            wts = wts.reshape(-1)
+            if not np.all(np.isfinite(wts)) or np.any(wts < 0):
+                raise ValueError("weights must be finite and >= 0")
         if rows == 0:
             return self
         for r0 in range(0, rows, _CHUNK_ROWS):  # all checked before anything is added
@@ -219,6 +234,8 @@ class LayerStats:
                                  f"{int(bad[1])}); statistics unchanged")
         for r0 in range(0, rows, _CHUNK_ROWS):
             c = a[r0:r0 + _CHUNK_ROWS].astype(np.float64)
+            if wts is not None:
+                c *= np.sqrt(wts[r0:r0 + _CHUNK_ROWS])[:, None]
             self._sum_sq += np.einsum("ij,ij->j", c, c)
             if self._xtx is not None:
                 _add_gram_lower(self._xtx, c)
@@ -310,26 +327,35 @@ class StatsCollector(Mapping):
         self._hessian = hessian
         self._stats: Dict[str, LayerStats] = {}
 
-    def observe(self, name: str, x: Any, mask: Any = None) -> None:
+    def observe(self, name: str, x: Any, mask: Any = None, weights: Any = None) -> None:
         """Add the rows of `x` (``(..., in_features)``) to `name`'s statistics;
         with `mask` (bool or 0/1, shape ``x.shape[:-1]``) only rows where it is
-        true."""
+        true; `weights` (same shape) as in ``LayerStats.update``."""
         if not isinstance(name, str) or not name:
             raise TypeError(f"name must be a non-empty str, got {name!r}")
         a = _float_rows(x, None, f"input of {name!r}")
+        xs = tuple(np.shape(x))[:-1]
+        w = None
+        if weights is not None:
+            w = np.asarray(weights, dtype=np.float64)
+            if w.shape != xs:
+                raise ValueError(f"weights must have shape {xs} (x's shape without the last axis), "
+                                 f"got {w.shape}")
+            w = w.reshape(-1)
         if mask is not None:
             m = np.asarray(mask)
-            xs = np.shape(x)[:-1] if not hasattr(x, "shape") else tuple(x.shape)[:-1]
             if m.shape != xs:
                 raise ValueError(f"mask must have shape {xs} (x's shape without the last axis), "
                                  f"got {m.shape}")
-            a = a[m.reshape(-1) != 0]
+            keep = m.reshape(-1) != 0
+            a = a[keep]
+            w = None if w is None else w[keep]
         st = self._stats.get(name)
         if st is None:
             st = self._stats[name] = LayerStats(a.shape[1], hessian=self._hessian)
         elif st.in_features != a.shape[1]:
             raise ValueError(f"input of {name!r} has width {a.shape[1]}, earlier ones {st.in_features}")
-        st.update(a)
+        st.update(a, w)
 
     def wrap(self, name: str, layer: Callable) -> Callable:
         """`layer` with its input recorded under `name` on every call
