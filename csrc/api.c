@@ -179,11 +179,13 @@ typedef struct {
     int64_t rows, cols, rs, cs;
     qc_status st;
     double *rowsums; /* 3 per row */
+    const float *w;  /* cols weights scaled to max 1; NULL: unweighted */
 } tensor_ctx;
 
 /* mode 0: t = {sum(x l), sum(l l), -}; 1: {sum(q), sum(q q), sum(x q)};
- * 2: {sum(x), sum(x x), -}.  Rows in parallel, their sums added in row order
- * (the result does not depend on the thread count). */
+ * 2: {sum(x), sum(x x), sum(1)}, each term weighted when c->w is set.  Rows in
+ * parallel, their sums added in row order (the result does not depend on the
+ * thread count). */
 static void tensor_sums(tensor_ctx *c, float id, float lo, float hi, float m, int mode,
                         double t[3]) {
     int failed = 0;
@@ -205,9 +207,9 @@ static void tensor_sums(tensor_ctx *c, float id, float lo, float hi, float m, in
             double *u = c->rowsums + 3 * r;
             u[0] = u[1] = u[2] = 0.0;
             if (mode == 2)
-                qc_mse_moments(x, c->cols, &u[0], &u[1]);
+                qc_mse_moments(x, c->w, c->cols, &u[2], &u[0], &u[1]);
             else
-                qc_mse_row_sums(x, c->cols, id, lo, hi, m, mode, u);
+                qc_mse_row_sums(x, c->w, c->cols, id, lo, hi, m, mode, u);
         }
         free(buf);
     }
@@ -236,11 +238,12 @@ static void tensor_eval_min(tensor_ctx *c, float id, float m, float hi, qc_mse_s
     s->sxq = t[2];
 }
 
-static void tensor_moments(tensor_ctx *c, double *sx, double *sxx) {
+static void tensor_moments(tensor_ctx *c, double *sw, double *sx, double *sxx) {
     double t[3];
     tensor_sums(c, 0.0f, 0.0f, 0.0f, 0.0f, 2, t);
     *sx = t[0];
     *sxx = t[1];
+    *sw = t[2];
 }
 
 #define QC_MSE_SUFFIX tensor
@@ -248,19 +251,30 @@ static void tensor_moments(tensor_ctx *c, double *sx, double *sxx) {
 #define QC_MSE_CTX tensor_ctx
 #define QC_MSE_EVAL_SYM(c, id, lo, hi, s) tensor_eval_sym(c, id, lo, hi, s)
 #define QC_MSE_EVAL_MIN(c, id, m, hi, s) tensor_eval_min(c, id, m, hi, s)
-#define QC_MSE_MOMENTS(c, sx, sxx) tensor_moments(c, sx, sxx)
+#define QC_MSE_MOMENTS(c, sw, sx, sxx) tensor_moments(c, sw, sx, sxx)
 #include "quantize_mse.inc"
 
 /* *p: the absmax parameters on entry; on return the search's where their exact
- * error over the tensor is lower (*use_search = 1: codes by qc_mse_codes). */
+ * error over the tensor (weighted by imp, per column, unless NULL or all equal)
+ * is lower (*use_search = 1: codes by qc_mse_codes). */
 static qc_status tensor_mse(const qc_kernels *k, qc_kind kind, const char *src, qc_dtype dt,
                             int64_t rows, int64_t cols, int64_t rs, int64_t cs, int f16,
-                            const qc_stats *s, qc_qparams *p, int *use_search) {
+                            const float *imp, const qc_stats *s, qc_qparams *p,
+                            int *use_search) {
     *use_search = 0;
-    tensor_ctx ctx = {rows * cols, k, src, dt, rows, cols, rs, cs, QC_OK, NULL};
-    ctx.rowsums = (double *)malloc((size_t)rows * 3 * sizeof(double));
-    if (!ctx.rowsums)
+    tensor_ctx ctx = {rows * cols, k, src, dt, rows, cols, rs, cs, QC_OK, NULL, NULL};
+    float *wn = imp ? (float *)malloc((size_t)cols * sizeof(float)) : NULL;
+    if (imp && !wn)
         return QC_ERR_NOMEM;
+    if (imp && qc_mse_weights(imp, cols, wn))
+        ctx.w = wn;
+    else
+        imp = NULL; /* all weights equal (or zero): the unweighted search */
+    ctx.rowsums = (double *)malloc((size_t)rows * 3 * sizeof(double));
+    if (!ctx.rowsums) {
+        free(wn);
+        return QC_ERR_NOMEM;
+    }
     qc_qparams c = {0.0f, 0.0f, 0.0f, 0};
     int found;
     if (kind == QC_SYM8 || kind == QC_SYM4)
@@ -269,6 +283,7 @@ static qc_status tensor_mse(const qc_kernels *k, qc_kind kind, const char *src, 
         found = search_min_tensor(&ctx, s, f16, &c);
     else
         found = search_asym_tensor(kind, &ctx, s, f16, &c);
+    free(wn);
     if (ctx.st != QC_OK || !found) {
         free(ctx.rowsums);
         return ctx.st;
@@ -296,9 +311,9 @@ static qc_status tensor_mse(const qc_kernels *k, qc_kind kind, const char *src, 
                 continue;
             const float *x = load_row(k, src, dt, r, cols, rs, cs, buf);
             k->quantize[kind](x, cols, p, codes);
-            re[2 * r] = qc_mse_group_error(kind, x, cols, codes, &ps);
+            re[2 * r] = qc_mse_group_error(kind, x, cols, codes, &ps, imp);
             qc_mse_codes(kind, x, cols, &c, codes);
-            re[2 * r + 1] = qc_mse_group_error(kind, x, cols, codes, &c);
+            re[2 * r + 1] = qc_mse_group_error(kind, x, cols, codes, &c, imp);
         }
         free(buf);
         free(codes);
@@ -317,9 +332,23 @@ static qc_status tensor_mse(const qc_kernels *k, qc_kind kind, const char *src, 
     return QC_OK;
 }
 
-static qc_status quantize_impl(const qc_qdesc *desc, int mse, const void *src, qc_dtype src_dtype,
-                               int64_t rows, int64_t cols, int64_t row_stride, int64_t col_stride,
-                               uint8_t *data, void *scales, void *zeros, qc_error *err) {
+/* The first negative (QC_ERR_RANGE) or non-finite (QC_ERR_NONFINITE) weight. */
+static qc_status check_importance(const float *imp, int64_t cols, qc_error *err) {
+    for (int64_t j = 0; j < cols; j++) {
+        if (!(fabsf(imp[j]) < INFINITY) || imp[j] < 0.0f) {
+            err->row = -1;
+            err->col = j;
+            return imp[j] < 0.0f ? QC_ERR_RANGE : QC_ERR_NONFINITE;
+        }
+    }
+    return QC_OK;
+}
+
+/* mse with imp (cols weights, NULL: unweighted): the weighted search. */
+static qc_status quantize_impl(const qc_qdesc *desc, int mse, const float *imp, const void *src,
+                               qc_dtype src_dtype, int64_t rows, int64_t cols, int64_t row_stride,
+                               int64_t col_stride, uint8_t *data, void *scales, void *zeros,
+                               qc_error *err) {
     qc_error dummy;
     if (!err)
         err = &dummy;
@@ -333,6 +362,8 @@ static qc_status quantize_impl(const qc_qdesc *desc, int mse, const void *src, q
     const int zkind = QC_KINDS[kind].has_zero;
     if (zkind && !zeros)
         return QC_ERR_ARG;
+    if (imp && (st = check_importance(imp, cols, err)) != QC_OK)
+        return st;
     if (rows == 0)
         return QC_OK;
     const qc_kernels *k = qc_active();
@@ -353,7 +384,7 @@ static qc_status quantize_impl(const qc_qdesc *desc, int mse, const void *src, q
         tensor_p = qc_params_from_stats(kind, &s);
         if (mse) {
             st = tensor_mse(k, kind, base, src_dtype, rows, cols, row_stride, col_stride,
-                            desc->scale_dtype == QC_F16, &s, &tensor_p, &tensor_search);
+                            desc->scale_dtype == QC_F16, imp, &s, &tensor_p, &tensor_search);
             if (st != QC_OK)
                 return st;
         }
@@ -384,13 +415,14 @@ static qc_status quantize_impl(const qc_qdesc *desc, int mse, const void *src, q
             record_error(&st, err, QC_ERR_NOMEM, -1, -1);
         float *pm = pd ? pd + ngroups : NULL;
         uint8_t *scratch = mse ? (uint8_t *)malloc((size_t)qc_row_bytes(kind, group)) : NULL;
-        if (mse && !scratch)
+        float *wscratch = mse && imp ? (float *)malloc((size_t)group * sizeof(float)) : NULL;
+        if ((mse && !scratch) || (mse && imp && !wscratch))
             record_error(&st, err, QC_ERR_NOMEM, -1, -1);
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
         for (int64_t r = 0; r < rows; r++) {
-            if (!buf || !pd || !pz || (mse && !scratch))
+            if (!buf || !pd || !pz || (mse && !scratch) || (mse && imp && !wscratch))
                 continue; /* no early exit on errors: the smallest (row, col) must win */
             const float *x = load_row(k, base, src_dtype, r, cols, row_stride, col_stride, buf);
             uint8_t *out = data + r * rbytes;
@@ -402,7 +434,7 @@ static qc_status quantize_impl(const qc_qdesc *desc, int mse, const void *src, q
                 continue;
             }
             int64_t bad = mse ? k->quantize_row_mse[kind](x, cols, group, desc->scale_dtype == QC_F16,
-                                                          out, pd, pm, pz, scratch)
+                                                          imp, out, pd, pm, pz, scratch, wscratch)
                               : k->quantize_row[kind](x, cols, group, out, pd, pm, pz);
             int64_t ndone = bad < 0 ? ngroups : bad / group; /* groups with parameters */
             for (int64_t g = 0; g < ndone; g++) {
@@ -437,6 +469,7 @@ static qc_status quantize_impl(const qc_qdesc *desc, int mse, const void *src, q
         free(pd);
         free(pz);
         free(scratch);
+        free(wscratch);
     }
     return st;
 }
@@ -444,15 +477,23 @@ static qc_status quantize_impl(const qc_qdesc *desc, int mse, const void *src, q
 qc_status qc_quantize(const qc_qdesc *desc, const void *src, qc_dtype src_dtype, int64_t rows,
                       int64_t cols, int64_t row_stride, int64_t col_stride, uint8_t *data,
                       void *scales, void *zeros, qc_error *err) {
-    return quantize_impl(desc, 0, src, src_dtype, rows, cols, row_stride, col_stride, data,
+    return quantize_impl(desc, 0, NULL, src, src_dtype, rows, cols, row_stride, col_stride, data,
                          scales, zeros, err);
 }
 
 qc_status qc_quantize_mse(const qc_qdesc *desc, const void *src, qc_dtype src_dtype,
                           int64_t rows, int64_t cols, int64_t row_stride, int64_t col_stride,
                           uint8_t *data, void *scales, void *zeros, qc_error *err) {
-    return quantize_impl(desc, 1, src, src_dtype, rows, cols, row_stride, col_stride, data,
+    return quantize_impl(desc, 1, NULL, src, src_dtype, rows, cols, row_stride, col_stride, data,
                          scales, zeros, err);
+}
+
+qc_status qc_quantize_mse_weighted(const qc_qdesc *desc, const void *src, qc_dtype src_dtype,
+                                   int64_t rows, int64_t cols, int64_t row_stride,
+                                   int64_t col_stride, const float *importance, uint8_t *data,
+                                   void *scales, void *zeros, qc_error *err) {
+    return quantize_impl(desc, 1, importance, src, src_dtype, rows, cols, row_stride, col_stride,
+                         data, scales, zeros, err);
 }
 
 qc_status qc_dequantize(const qc_qdesc *desc, const uint8_t *data, const void *scales,

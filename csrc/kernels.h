@@ -27,11 +27,13 @@ typedef void (*qc_dequantize_fn)(const uint8_t *src, int64_t n, const qc_qparams
 typedef int64_t (*qc_quantize_row_fn)(const float *x, int64_t n, int64_t group, uint8_t *dst,
                                       float *d, float *m, uint8_t *z);
 /* method="mse": as qc_quantize_row_fn, with the parameters searched for the
- * least squared error as stored (scale_f16: float16 scales); scratch holds one
- * group's codes (see quantize_mse.h). */
+ * least squared error as stored (scale_f16: float16 scales), weighted by imp[0..n)
+ * unless imp is NULL; scratch holds one group's codes, wscratch one group's
+ * floats (see quantize_mse.h). */
 typedef int64_t (*qc_quantize_row_mse_fn)(const float *x, int64_t n, int64_t group,
-                                          int scale_f16, uint8_t *dst, float *d, float *m,
-                                          uint8_t *z, uint8_t *scratch);
+                                          int scale_f16, const float *imp, uint8_t *dst,
+                                          float *d, float *m, uint8_t *z, uint8_t *scratch,
+                                          float *wscratch);
 /* float32 -> float16 (round to nearest even) for n values. */
 typedef void (*qc_store_f16_fn)(const float *src, int64_t n, uint16_t *dst);
 /* Pack n nibble values (already range-checked) into ceil(n/2) bytes, and back. */
@@ -138,8 +140,9 @@ typedef struct {
 /* The method="mse" row kernels of an ISA file (ref/mse_scalar.c, x86/mse_avx2.c). */
 #define QC_DECLARE_ROW_MSE(K, ISA)                                                              \
     int64_t qc_quantize_row_mse_##K##_##ISA(const float *x, int64_t n, int64_t group,          \
-                                            int scale_f16, uint8_t *dst, float *d, float *m,   \
-                                            uint8_t *z, uint8_t *scratch);
+                                            int scale_f16, const float *imp, uint8_t *dst,     \
+                                            float *d, float *m, uint8_t *z, uint8_t *scratch,  \
+                                            float *wscratch);
 #define QC_DECLARE_ROW_MSE_ALL(ISA)                                                             \
     QC_DECLARE_ROW_MSE(SYM8, ISA)                                                               \
     QC_DECLARE_ROW_MSE(ASYM8, ISA)                                                              \

@@ -29,6 +29,13 @@
  *    group, and Q8_0 / Q4_0 / Q4_1 stay valid GGUF blocks (same layout, float16
  *    scales evaluated as stored).
  *
+ * Weighted (an importance w_j >= 0 per column): the same search for the least
+ * sum_j w_j (x_j - xhat_j)^2.  Every candidate sum carries w (sum(w x l),
+ * sum(w l l); MIN4 fits with sum(w) in place of n), taken from w / max(w) of
+ * the group (or tensor); the grid also tries narrower ranges (QC_MSE_WIDE);
+ * step 3 compares exact errors weighted by w as given.  A group whose weights
+ * are all equal (all zero included) gets the unweighted search, bit for bit.
+ *
  * Exactness: the candidate sums are float32, accumulated in 8 lanes (element i
  * into lane i % 8) and reduced as ((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7)); codes
  * are rounded to nearest-even by the 1.5 * 2^23 trick on clamped values; all
@@ -49,6 +56,19 @@
 #define QC_MSE_SYM8_STEPS 18 /* 127 + i, i = -16..1 */
 #define QC_MSE_ASYM4_STEPS 13 /* qmax + delta, delta = -2 + 0.25 j */
 #define QC_MSE_ASYM8_STEPS 18 /* qmax + delta, delta = -16 + j */
+/* Non-uniform weights may leave a low-weight extreme best clipped: also every
+ * QC_MSE_WIDE_EVERY-th point of the grid with the range narrowed by 0.8^k,
+ * k = 1..QC_MSE_WIDE (1/d times 1.25^k, exact in float32). */
+#define QC_MSE_WIDE 4
+#define QC_MSE_WIDE_EVERY 6
+/* the most candidates of one search (SYM4's two sides) */
+#define QC_MSE_MAX_CANDIDATES                                                                   \
+    (2 * QC_MSE_SYM4_STEPS +                                                                    \
+     2 * QC_MSE_WIDE * ((QC_MSE_SYM4_STEPS + QC_MSE_WIDE_EVERY - 1) / QC_MSE_WIDE_EVERY))
+_Static_assert(2 * (QC_MSE_ASYM8_STEPS + QC_MSE_WIDE * ((QC_MSE_ASYM8_STEPS + QC_MSE_WIDE_EVERY - 1) /
+                                                        QC_MSE_WIDE_EVERY)) <=
+                   QC_MSE_MAX_CANDIDATES,
+               "the integer zero point search needs more candidates");
 
 /* Sum of 8 lanes in the order of hsum8 (x86/avx2_common.h). */
 static inline float qc_lane_sum8(const float a[8]) {
@@ -82,6 +102,7 @@ typedef struct {
 typedef struct {
     const float *x;
     int64_t n;
+    const float *w; /* the group's weights scaled to max 1; NULL: unweighted */
 } qc_mse_group;
 
 /* Symmetric least squares: d for the codes, and the error reduction sxl^2/sll
@@ -93,11 +114,12 @@ static inline double qc_mse_sym_fit(const qc_mse_sums *s, float *d) {
     return s->sxl * s->sxl / s->sll;
 }
 
-/* MIN4 least squares (d, m) for codes with sums s over n elements whose
- * sum(x) is sx; the error reduction d sxq + m sx (larger is better). */
-static inline double qc_mse_min_fit(const qc_mse_sums *s, int64_t n, double sx, float *d,
+/* MIN4 least squares (d, m) for codes with sums s over elements whose weights
+ * sum to sw (their count when unweighted) and whose sum(w x) is sx; the error
+ * reduction d sxq + m sx (larger is better). */
+static inline double qc_mse_min_fit(const qc_mse_sums *s, double sw, double sx, float *d,
                                     float *m) {
-    double nn = (double)n, sq = s->sq, sqq = s->sqq, sxq = s->sxq;
+    double nn = sw, sq = s->sq, sqq = s->sqq, sxq = s->sxq;
     double det = nn * sqq - sq * sq;
     if (!(det > 0.0))
         return -1.0; /* all codes equal: nothing to fit */
@@ -151,9 +173,11 @@ static inline void qc_mse_codes(qc_kind kind, const float *x, int64_t n, const q
 }
 
 /* Exact squared error (float64, in element order) of stored codes against x,
- * each value dequantized as qc_dequantize does (p->d, p->m as stored). */
+ * each value dequantized as qc_dequantize does (p->d, p->m as stored); each
+ * term times w[i] unless w is NULL. */
 static inline double qc_mse_group_error(qc_kind kind, const float *x, int64_t n,
-                                        const uint8_t *codes, const qc_qparams *p) {
+                                        const uint8_t *codes, const qc_qparams *p,
+                                        const float *w) {
     const int four = QC_KINDS[kind].bits == 4;
     double e = 0.0;
     for (int64_t i = 0; i < n; i++) {
@@ -166,7 +190,7 @@ static inline double qc_mse_group_error(qc_kind kind, const float *x, int64_t n,
         else
             v = p->d * (float)(q - p->z);
         double r = (double)x[i] - (double)v;
-        e += r * r;
+        e += w ? r * r * (double)w[i] : r * r;
     }
     return e;
 }
@@ -174,20 +198,22 @@ static inline double qc_mse_group_error(qc_kind kind, const float *x, int64_t n,
 /* The candidate sums of one row in float64, element order (the per-tensor
  * search): t = {sum(x l), sum(l l), -} for l = round(clamp(x * id, lo, hi)), or
  * with mode_min t = {sum(q), sum(q q), sum(x q)} for q = round(clamp((x - m) * id,
- * 0, hi)). */
-static inline void qc_mse_row_sums(const float *x, int64_t n, float id, float lo, float hi,
-                                   float m, int mode_min, double t[3]) {
+ * 0, hi)); each term carries w[i] (as w l or w q) unless w is NULL. */
+static inline void qc_mse_row_sums(const float *x, const float *w, int64_t n, float id,
+                                   float lo, float hi, float m, int mode_min, double t[3]) {
     double a = 0.0, b = 0.0, e = 0.0;
     for (int64_t i = 0; i < n; i++) {
         if (mode_min) {
             float q = qc_mse_round(qc_mse_clamp((x[i] - m) * id, 0.0f, hi));
-            a += (double)q;
-            b += (double)q * (double)q;
-            e += (double)x[i] * (double)q;
+            double wq = w ? (double)w[i] * (double)q : (double)q;
+            a += wq;
+            b += wq * (double)q;
+            e += (double)x[i] * wq;
         } else {
             float l = qc_mse_round(qc_mse_clamp(x[i] * id, lo, hi));
-            a += (double)x[i] * (double)l;
-            b += (double)l * (double)l;
+            double wl = w ? (double)w[i] * (double)l : (double)l;
+            a += (double)x[i] * wl;
+            b += wl * (double)l;
         }
     }
     t[0] = a;
@@ -195,15 +221,36 @@ static inline void qc_mse_row_sums(const float *x, int64_t n, float id, float lo
     t[2] = e;
 }
 
-/* float64 sum(x) and sum(x x) of a group, in element order. */
-static inline void qc_mse_moments(const float *x, int64_t n, double *sx, double *sxx) {
-    double a = 0.0, b = 0.0;
+/* float64 sum(w), sum(w x) and sum(w x x) of a group, in element order (w NULL:
+ * all ones, sum(w) = n). */
+static inline void qc_mse_moments(const float *x, const float *w, int64_t n, double *sw,
+                                  double *sx, double *sxx) {
+    double a = 0.0, b = 0.0, c = 0.0;
     for (int64_t i = 0; i < n; i++) {
-        a += (double)x[i];
-        b += (double)x[i] * (double)x[i];
+        double wi = w ? (double)w[i] : 1.0;
+        a += wi * (double)x[i];
+        b += wi * (double)x[i] * (double)x[i];
+        c += wi;
     }
     *sx = a;
     *sxx = b;
+    *sw = c;
+}
+
+/* The weights of a group scaled to a largest of 1 (out[i] = w[i] / max w, so
+ * float32 sums of weighted terms range as unweighted ones); 0 when they are
+ * all equal (all zero included: nothing to weight, out unset). */
+static inline int qc_mse_weights(const float *w, int64_t n, float *out) {
+    float mx = 0.0f, mn = w[0];
+    for (int64_t i = 0; i < n; i++) {
+        mx = w[i] > mx ? w[i] : mx;
+        mn = w[i] < mn ? w[i] : mn;
+    }
+    if (!(mx > mn))
+        return 0;
+    for (int64_t i = 0; i < n; i++)
+        out[i] = w[i] / mx;
+    return 1;
 }
 
 #endif /* QC_QUANTIZE_MSE_H */

@@ -123,13 +123,81 @@ static inline void eval_min_neon(const float *x, int64_t n, float id, float m, f
     s->sxq = sum8(c0, c1);
 }
 
+/* Weighted (eval_sym_w_scalar): wl = w l; the tail's padding has w = 0 */
+static inline void eval_sym_w_neon(const float *x, const float *w, int64_t n, float id,
+                                   float lo, float hi, qc_mse_sums *s) {
+    const float32x4_t vid = vdupq_n_f32(id), vlo = vdupq_n_f32(lo), vhi = vdupq_n_f32(hi);
+    float32x4_t a0 = vdupq_n_f32(0.0f), a1 = a0, b0 = a0, b1 = a0;
+    float tx[8], tw[8];
+    for (int64_t i = 0; i < n; i += 8) {
+        const float *px = x + i, *pw = w + i;
+        if (i + 8 > n) {
+            memset(tx, 0, sizeof tx);
+            memset(tw, 0, sizeof tw);
+            memcpy(tx, px, (size_t)(n - i) * sizeof(float));
+            memcpy(tw, pw, (size_t)(n - i) * sizeof(float));
+            px = tx;
+            pw = tw;
+        }
+        float32x4_t v0 = vld1q_f32(px), v1 = vld1q_f32(px + 4);
+        float32x4_t l0 = round_magic(vminq_f32(vmaxq_f32(mul_nofuse(v0, vid), vlo), vhi));
+        float32x4_t l1 = round_magic(vminq_f32(vmaxq_f32(mul_nofuse(v1, vid), vlo), vhi));
+        float32x4_t wl0 = mul_nofuse(vld1q_f32(pw), l0), wl1 = mul_nofuse(vld1q_f32(pw + 4), l1);
+        a0 = vaddq_f32(a0, mul_nofuse(v0, wl0));
+        a1 = vaddq_f32(a1, mul_nofuse(v1, wl1));
+        b0 = vaddq_f32(b0, mul_nofuse(wl0, l0));
+        b1 = vaddq_f32(b1, mul_nofuse(wl1, l1));
+    }
+    s->sxl = sum8(a0, a1);
+    s->sll = sum8(b0, b1);
+}
+
+/* Weighted (eval_min_w_scalar): wq = w q */
+static inline void eval_min_w_neon(const float *x, const float *w, int64_t n, float id,
+                                   float m, float hi, qc_mse_sums *s) {
+    const float32x4_t vid = vdupq_n_f32(id), vm = vdupq_n_f32(m), vhi = vdupq_n_f32(hi);
+    const float32x4_t zero = vdupq_n_f32(0.0f);
+    float32x4_t a0 = zero, a1 = zero, b0 = zero, b1 = zero, c0 = zero, c1 = zero;
+    float tx[8], tw[8];
+    for (int64_t i = 0; i < n; i += 8) {
+        const float *px = x + i, *pw = w + i;
+        if (i + 8 > n) {
+            memset(tx, 0, sizeof tx);
+            memset(tw, 0, sizeof tw);
+            memcpy(tx, px, (size_t)(n - i) * sizeof(float));
+            memcpy(tw, pw, (size_t)(n - i) * sizeof(float));
+            px = tx;
+            pw = tw;
+        }
+        float32x4_t v0 = vld1q_f32(px), v1 = vld1q_f32(px + 4);
+        float32x4_t q0 =
+            round_magic(vminq_f32(vmaxq_f32(mul_nofuse(vsubq_f32(v0, vm), vid), zero), vhi));
+        float32x4_t q1 =
+            round_magic(vminq_f32(vmaxq_f32(mul_nofuse(vsubq_f32(v1, vm), vid), zero), vhi));
+        float32x4_t wq0 = mul_nofuse(vld1q_f32(pw), q0), wq1 = mul_nofuse(vld1q_f32(pw + 4), q1);
+        a0 = vaddq_f32(a0, wq0);
+        a1 = vaddq_f32(a1, wq1);
+        b0 = vaddq_f32(b0, mul_nofuse(wq0, q0));
+        b1 = vaddq_f32(b1, mul_nofuse(wq1, q1));
+        c0 = vaddq_f32(c0, mul_nofuse(v0, wq0));
+        c1 = vaddq_f32(c1, mul_nofuse(v1, wq1));
+    }
+    s->sq = sum8(a0, a1);
+    s->sqq = sum8(b0, b1);
+    s->sxq = sum8(c0, c1);
+}
+
 #define QC_MSE_SUFFIX neon
 #define QC_MSE_ATTR
 #define QC_MSE_TABLE qc_kernels_neon
 #define QC_MSE_CTX qc_mse_group
-#define QC_MSE_EVAL_SYM(c, id, lo, hi, s) eval_sym_neon((c)->x, (c)->n, id, lo, hi, s)
-#define QC_MSE_EVAL_MIN(c, id, m, hi, s) eval_min_neon((c)->x, (c)->n, id, m, hi, s)
-#define QC_MSE_MOMENTS(c, sx, sxx) qc_mse_moments((c)->x, (c)->n, sx, sxx)
+#define QC_MSE_EVAL_SYM(c, id, lo, hi, s)                                                       \
+    ((c)->w ? eval_sym_w_neon((c)->x, (c)->w, (c)->n, id, lo, hi, s)                            \
+            : eval_sym_neon((c)->x, (c)->n, id, lo, hi, s))
+#define QC_MSE_EVAL_MIN(c, id, m, hi, s)                                                        \
+    ((c)->w ? eval_min_w_neon((c)->x, (c)->w, (c)->n, id, m, hi, s)                             \
+            : eval_min_neon((c)->x, (c)->n, id, m, hi, s))
+#define QC_MSE_MOMENTS(c, sw, sx, sxx) qc_mse_moments((c)->x, (c)->w, (c)->n, sw, sx, sxx)
 #include "../quantize_mse.inc"
 
 #endif /* QC_HAVE_NEON */

@@ -117,6 +117,21 @@ qc_status qc_quantize_mse(const qc_qdesc *desc, const void *src, qc_dtype src_dt
                           int64_t rows, int64_t cols, int64_t row_stride, int64_t col_stride,
                           uint8_t *data, void *scales, void *zeros, qc_error *err);
 
+/* As qc_quantize_mse, minimising the importance-weighted squared error
+ * sum_j importance[j] * (x[r, j] - xhat[r, j])^2 instead (llama.cpp's imatrix):
+ * importance holds cols finite weights >= 0, one per column (input feature),
+ * and NULL means all ones.  Never worse than qc_quantize in that weighted error,
+ * group by group (per_tensor: over the tensor); all ones give qc_quantize_mse's
+ * result bit for bit, as does any group whose weights are all equal (all zero
+ * included: a dead input channel); with unequal weights the search also tries
+ * narrower ranges, since clipping a low-weight extreme may pay.  A negative
+ * weight gives QC_ERR_RANGE, NaN or Inf QC_ERR_NONFINITE, with err->col the
+ * column (err->row -1); nothing is written. */
+qc_status qc_quantize_mse_weighted(const qc_qdesc *desc, const void *src, qc_dtype src_dtype,
+                                   int64_t rows, int64_t cols, int64_t row_stride,
+                                   int64_t col_stride, const float *importance, uint8_t *data,
+                                   void *scales, void *zeros, qc_error *err);
+
 /* Dequantize into a float32 matrix whose rows are dst_row_stride floats apart. */
 qc_status qc_dequantize(const qc_qdesc *desc, const uint8_t *data, const void *scales,
                         const void *zeros, int64_t rows, int64_t cols, float *dst,

@@ -53,6 +53,10 @@ cdef extern from "quantcore.h" nogil:
     qc_status qc_quantize_mse(const qc_qdesc *desc, const void *src, qc_dtype src_dtype,
                               int64_t rows, int64_t cols, int64_t row_stride, int64_t col_stride,
                               uint8_t *data, void *scales, void *zeros, qc_error *err)
+    qc_status qc_quantize_mse_weighted(const qc_qdesc *desc, const void *src, qc_dtype src_dtype,
+                                       int64_t rows, int64_t cols, int64_t row_stride,
+                                       int64_t col_stride, const float *importance,
+                                       uint8_t *data, void *scales, void *zeros, qc_error *err)
     qc_status qc_dequantize(const qc_qdesc *desc, const uint8_t *data, const void *scales,
                             const void *zeros, int64_t rows, int64_t cols, float *dst,
                             int64_t dst_row_stride, qc_error *err)

@@ -59,10 +59,42 @@ def aligned_empty(shape, dtype, align=QC_ALIGN):
     return buf[off:off + n * dtype.itemsize].view(dtype).reshape(shape)
 
 
+def _as_importance(importance, int64_t cols):
+    """importance as a contiguous float32 vector of cols finite weights >= 0."""
+    try:
+        arr = np.asarray(importance)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"importance must be a 1-D array of {cols} weights (one per column); "
+                         f"could not make an array of it: {e}") from None
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"importance must hold real numbers (float32-convertible), got "
+                        f"{type(importance).__name__} of dtype {arr.dtype}")
+    if arr.ndim != 1 or arr.shape[0] != cols:
+        raise ValueError(f"importance must be a 1-D array of {cols} weights (one per column "
+                         f"of the array), got shape {arr.shape}")
+    with np.errstate(over="ignore"):  # values beyond float32 become inf, reported below
+        w = np.ascontiguousarray(arr, dtype=np.float32)
+    bad = np.flatnonzero(~(np.isfinite(w) & (w >= 0)))
+    if len(bad):
+        j = int(bad[0])
+        v = arr[j]
+        if not np.isfinite(w[j]):
+            rule = "finite" if not np.isfinite(v) else "finite in float32"
+        else:
+            rule = ">= 0 (one weight per column; zero marks a column that does not matter)"
+        raise ValueError(f"importance must be {rule}, got {v!r} at column {j}")
+    return w
+
+
 def quantize_2d(a, int kind, int64_t group=0, bint per_tensor=False, bint scale_f16=False,
-                str what="array", bint mse=False):
+                str what="array", bint mse=False, importance=None):
     """Quantize a 2-D float array row by row (mse: method="mse", the search for
     the least squared error; else absmax).
+
+    importance (mse only): None, or one weight >= 0 per column (float32 after
+    conversion); the search then minimises sum_j importance[j] * error_j^2 (a
+    group whose weights are all equal, all zero included, gets the unweighted
+    search).
 
     Returns (data, scales, zeros): data is int8 (kind SYM8) or uint8, shape
     (rows, row_bytes); scales (rows, n_groups), or (1, 1) when per_tensor, in
@@ -70,10 +102,14 @@ def quantize_2d(a, int kind, int64_t group=0, bint per_tensor=False, bint scale_
     (scale dtype), or None.
     """
     _check_kind(kind)
+    if importance is not None and not mse:
+        raise ValueError("importance is only used by the mse search (mse=True); "
+                         "absmax quantization ignores it")
     a = _as_kernel_input(a, what)
     cdef int64_t rows = a.shape[0], cols = a.shape[1]
     if rows == 0 or cols == 0:
         raise ValueError(f"{what} is empty (shape {a.shape}); nothing to quantize")
+    w = None if importance is None else _as_importance(importance, cols)
     if group < 0:
         raise ValueError(f"group must be >= 0, got {group}")
     if qc_kind_bits(<qc_kind>kind) == 4 and 0 < group < cols and group % 2:
@@ -100,10 +136,16 @@ def quantize_2d(a, int kind, int64_t group=0, bint per_tensor=False, bint scale_
     cdef uint8_t *dp = <uint8_t *>cnp.PyArray_DATA(data)
     cdef void *sp = cnp.PyArray_DATA(scales)
     cdef void *zp = NULL if zeros is None else cnp.PyArray_DATA(zeros)
+    cdef const float *wp = NULL
+    if w is not None:
+        wp = <const float *>cnp.PyArray_DATA(w)
     cdef qc_error err
     cdef qc_status st
     with nogil:
-        if mse:
+        if wp != NULL:
+            st = qc_quantize_mse_weighted(&desc, src, sdtype, rows, cols, rs, cs, wp, dp, sp, zp,
+                                          &err)
+        elif mse:
             st = qc_quantize_mse(&desc, src, sdtype, rows, cols, rs, cs, dp, sp, zp, &err)
         else:
             st = qc_quantize(&desc, src, sdtype, rows, cols, rs, cs, dp, sp, zp, &err)

@@ -251,7 +251,33 @@ static qsizes sizes_for(const qc_qdesc *d, int64_t rows, int64_t cols) {
     return z;
 }
 
-static int use_mse; /* run_q: qc_quantize_mse instead of qc_quantize */
+static int use_mse;     /* run_q: 1 qc_quantize_mse, 2 qc_quantize_mse_weighted (cur_imp) */
+static float *cur_imp;  /* the importance of the weighted cases, cols weights */
+static int imp_pattern; /* advances with each weighted case */
+enum { NIMP = 8 };
+static const char *IMP_NAMES[NIMP] = {"ones", "uniform", "exp_wide", "some_zero",
+                                      "all_zero", "huge_tiny", "one_column", "pow2"};
+
+/* cols weights >= 0 of pattern p (some_zero: the first 20 columns and every third
+ * one zero, so whole groups are dead) */
+static float *make_importance(int64_t cols, int p) {
+    float *w = xmalloc((size_t)cols * sizeof(float));
+    int64_t one = irand(cols);
+    for (int64_t j = 0; j < cols; j++) {
+        float u = 0.5f * (uni() + 1.0f); /* [0, 1) */
+        switch (p) {
+        case 0: w[j] = 1.0f; break;
+        case 1: w[j] = u + 0x1p-24f; break;
+        case 2: w[j] = expf(16.0f * u - 8.0f); break;
+        case 3: w[j] = (j < 20 || j % 3 == 0) ? 0.0f : u; break;
+        case 4: w[j] = (j & 1) ? -0.0f : 0.0f; break;
+        case 5: w[j] = irand(3) == 0 ? 1e30f * u : irand(2) ? 1e-30f * u : 1e-41f; break;
+        case 6: w[j] = j == one ? 3.0f : 0.0f; break;
+        default: w[j] = ldexpf(1.0f, (int)irand(41) - 20); break;
+        }
+    }
+    return w;
+}
 
 static void run_q(qc_isa isa, const qc_qdesc *d, const void *src, qc_dtype dt, int64_t rows,
                   int64_t cols, int64_t rs, int64_t cs, const qsizes *z, qres *r) {
@@ -265,8 +291,12 @@ static void run_q(qc_isa isa, const qc_qdesc *d, const void *src, qc_dtype dt, i
     memset(r->zeros, 0xa5, z->zbytes);
     memset(r->deq, 0xa5, z->deqn * sizeof(float));
     void *zp = QC_KINDS[d->kind].has_zero ? r->zeros : NULL;
-    r->st = (use_mse ? qc_quantize_mse : qc_quantize)(d, src, dt, rows, cols, rs, cs, r->data,
-                                                       r->scales, zp, &r->err);
+    if (use_mse == 2)
+        r->st = qc_quantize_mse_weighted(d, src, dt, rows, cols, rs, cs, cur_imp, r->data,
+                                         r->scales, zp, &r->err);
+    else
+        r->st = (use_mse ? qc_quantize_mse : qc_quantize)(d, src, dt, rows, cols, rs, cs,
+                                                           r->data, r->scales, zp, &r->err);
     r->dst_st = QC_OK;
     if (r->st == QC_OK) {
         qc_error e2;
@@ -287,11 +317,17 @@ static void compare_case(const qc_qdesc *d, const void *src, qc_dtype dt, int64_
                          int64_t cols, int64_t rs, int64_t cs, const char *what) {
     qsizes z = sizes_for(d, rows, cols);
     qres a, b;
+    const int ip = imp_pattern;
+    if (use_mse == 2) {
+        imp_pattern = (imp_pattern + 1) % NIMP;
+        cur_imp = make_importance(cols, ip);
+    }
     run_q(QC_ISA_SCALAR, d, src, dt, rows, cols, rs, cs, &z, &a);
     run_q(simd, d, src, dt, rows, cols, rs, cs, &z, &b);
-    char ctx[200];
-    snprintf(ctx, sizeof ctx, "%s%s kind=%s rows=%lld cols=%lld group=%lld per_tensor=%d scale=%s src=%s",
-             use_mse ? "mse " : "", what, KIND_NAMES[d->kind], (long long)rows, (long long)cols, (long long)d->group,
+    char ctx[240];
+    snprintf(ctx, sizeof ctx, "%s%s%s kind=%s rows=%lld cols=%lld group=%lld per_tensor=%d scale=%s src=%s",
+             use_mse ? "mse " : "", use_mse == 2 ? IMP_NAMES[ip] : "", what, KIND_NAMES[d->kind],
+             (long long)rows, (long long)cols, (long long)d->group,
              d->per_tensor, d->scale_dtype == QC_F16 ? "f16" : "f32", DT_NAMES[dt]);
     if (a.st == QC_OK)
         n_ok_cases++;
@@ -329,6 +365,10 @@ static void compare_case(const qc_qdesc *d, const void *src, qc_dtype dt, int64_
     }
     free_q(&a);
     free_q(&b);
+    if (use_mse == 2) {
+        free(cur_imp);
+        cur_imp = NULL;
+    }
 }
 
 static const int64_t GROUPS[] = {0, 16, 32, 64};
@@ -743,6 +783,68 @@ static void test_quant_mse(void) {
     use_mse = 0;
 }
 
+/* qc_quantize_mse_weighted: the same cases with importance vectors of every
+ * pattern (make_importance), the weighted search's kernels compared */
+static void test_quant_mse_weighted(void) {
+    use_mse = 2;
+    test_quant_f32();
+    test_quant_f16_f64();
+    use_mse = 0;
+}
+
+/* Bad importance: the first negative (QC_ERR_RANGE) or NaN/Inf (QC_ERR_NONFINITE)
+ * column reported, nothing written, on both ISAs alike. */
+static void test_importance_errors(void) {
+    const int64_t rows = 3, cols = 70;
+    const float bad_vals[4] = {-1.0f, NAN, INFINITY, -INFINITY};
+    float *x = xmalloc((size_t)(rows * cols) * sizeof(float));
+    float *w = xmalloc((size_t)cols * sizeof(float));
+    for (int64_t i = 0; i < rows * cols; i++)
+        x[i] = uni();
+    for (int trial = 0; trial < 12; trial++) {
+        for (int64_t j = 0; j < cols; j++)
+            w[j] = 0.5f * (uni() + 1.0f);
+        int64_t c1 = trial == 0 ? cols - 1 : irand(cols), c2 = irand(cols);
+        float v1 = bad_vals[trial % 4], v2 = bad_vals[(trial / 4) % 4];
+        w[c1] = v1;
+        w[c2] = v2;
+        int64_t first = c1 < c2 ? c1 : c2;
+        float fv = c1 < c2 ? v1 : v2;
+        if (c1 == c2)
+            fv = v2;
+        qc_status want = fv < 0.0f ? QC_ERR_RANGE : QC_ERR_NONFINITE;
+        for (int k = 0; k < QC_NUM_KINDS; k++)
+            for (int pt = 0; pt < 2; pt++)
+                for (int isa = 0; isa < 2; isa++) {
+                    use(isa ? simd : QC_ISA_SCALAR);
+                    qc_qdesc d = {(qc_kind)k, 32, pt, QC_F32};
+                    qsizes z = sizes_for(&d, rows, cols);
+                    uint8_t *data = xmalloc(z.dbytes), *sc = xmalloc(z.sbytes), *zz = xmalloc(z.zbytes);
+                    memset(data, 0xa5, z.dbytes);
+                    memset(sc, 0xa5, z.sbytes);
+                    qc_error e;
+                    qc_status st = qc_quantize_mse_weighted(&d, x, QC_F32, rows, cols, cols * 4, 4, w,
+                                                            data, sc, QC_KINDS[k].has_zero ? zz : NULL, &e);
+                    size_t i = 0;
+                    while (i < z.dbytes && data[i] == 0xa5)
+                        i++;
+                    size_t j = 0;
+                    while (j < z.sbytes && sc[j] == 0xa5)
+                        j++;
+                    CHECK(st == want && e.row == -1 && e.col == first && i == z.dbytes && j == z.sbytes,
+                          "bad importance %s kind=%s pt=%d: status %d at column %lld (expected %d at "
+                          "%lld), untouched data %d scales %d",
+                          qc_isa_name(isa ? simd : QC_ISA_SCALAR), KIND_NAMES[k], pt, st,
+                          (long long)e.col, want, (long long)first, i == z.dbytes, j == z.sbytes);
+                    free(data);
+                    free(sc);
+                    free(zz);
+                }
+    }
+    free(x);
+    free(w);
+}
+
 /* qc_linear under the SIMD ISA against the scalar reference, both compute modes,
  * every kind, whole-row / per-tensor / group scales, float32 / float16 scales, awkward
  * K and N, M from 1 (GEMV) into the x86 GEMM's range.  NEON's int8 path is specified
@@ -874,6 +976,8 @@ int main(void) {
         SECTION(test_dequant_random)
         SECTION(test_pack)
         SECTION(test_quant_mse)
+        SECTION(test_quant_mse_weighted)
+        SECTION(test_importance_errors)
     }
     if (!nsimd) {
         printf("no SIMD ISA compiled in and supported here: nothing to compare\n");
