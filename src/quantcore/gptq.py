@@ -16,7 +16,9 @@ factorization of H with its axes reversed; no matrix inverse) and
 which is the value GPTQ's update rule gives column i.  The sum is evaluated
 lazily: a block of 128 columns gets the contributions of all earlier blocks in
 one matrix product, sub-blocks of 16 inside it likewise, and a column only the
-few of its own sub-block.  The algebra is float64 NumPy (BLAS).
+few of its own sub-block.  The algebra is NumPy (BLAS) in float64, except the
+block products of large layers (16M weights and up), which carry the errors
+forward in float32; the factorization is always float64.
 
 Scales follow the format's own rules (``csrc/formats.h``, computed by the C
 kernels; ``search=True`` uses the method="mse" search instead):
@@ -38,7 +40,8 @@ are rounded plainly and do not influence the others.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Tuple
+import contextlib
+from typing import Any, ContextManager, Optional
 
 import numpy as np
 
@@ -50,9 +53,45 @@ __all__ = ["gptq_quantize", "gptq_arrays"]
 BLOCK = 128
 SUB_BLOCK = 16
 _MAX_DAMP_TRIES = 8
+_BIG = 1 << 26  # multiply-adds from which a matrix product may use every BLAS thread
+_LAZY_FLOAT32_FROM = 1 << 24  # weights from which the lazy block products run in float32
 
 
-def _cholesky_inplace(a: np.ndarray, nb: int = 64) -> None:
+class _Blas:
+    """BLAS threads for the work at hand.  GPTQ makes thousands of small matrix
+    products whose OpenBLAS threads cost more than they give (far more on a busy
+    machine), and a few large ones that want every core.  With threadpoolctl
+    installed, the small ones run on one thread and ``big()`` restores the
+    count for a large one; without it this changes nothing."""
+
+    _controller: Any = None
+
+    def __init__(self) -> None:
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:
+            self.ctl = None
+            return
+        if _Blas._controller is None:
+            _Blas._controller = ThreadpoolController()
+        self.ctl = _Blas._controller
+        counts = [lib.num_threads for lib in self.ctl.select(user_api="blas").lib_controllers]
+        self.threads = max(counts) if counts else 1
+
+    def small(self) -> ContextManager[Any]:
+        """Context: one BLAS thread."""
+        if self.ctl is None or self.threads <= 1:
+            return contextlib.nullcontext()
+        return self.ctl.limit(limits=1, user_api="blas")
+
+    def big(self, madds: float) -> ContextManager[Any]:
+        """Context (inside ``small()``): every thread for a product of `madds`."""
+        if self.ctl is None or self.threads <= 1 or madds < _BIG:
+            return contextlib.nullcontext()
+        return self.ctl.limit(limits=self.threads, user_api="blas")
+
+
+def _cholesky_inplace(a: np.ndarray, blas: _Blas, nb: int = 64) -> None:
     """Lower Cholesky factor of the symmetric positive definite `a`, in place
     (the strict upper triangle is left as it was).  Blocked, left-looking: the
     work is matrix products, one small factorization per diagonal block.
@@ -61,7 +100,8 @@ def _cholesky_inplace(a: np.ndarray, nb: int = 64) -> None:
     for j0 in range(0, k, nb):
         j1 = min(j0 + nb, k)
         if j0:
-            a[j0:, j0:j1] -= a[j0:, :j0] @ a[j0:j1, :j0].T
+            with blas.big((k - j0) * j0 * (j1 - j0)):
+                a[j0:, j0:j1] -= a[j0:, :j0] @ a[j0:j1, :j0].T
         ljj = np.linalg.cholesky(a[j0:j1, j0:j1])
         if not np.all(np.isfinite(ljj)):
             raise np.linalg.LinAlgError("non-finite factor")
@@ -70,7 +110,7 @@ def _cholesky_inplace(a: np.ndarray, nb: int = 64) -> None:
             a[j1:, j0:j1] = a[j1:, j0:j1] @ np.linalg.inv(ljj).T
 
 
-def _factor(h: np.ndarray, order: np.ndarray, damp: float) -> np.ndarray:
+def _factor(h: np.ndarray, order: np.ndarray, damp: float, blas: _Blas) -> np.ndarray:
     """The lower Cholesky factor L of ``J P (H + damping) P.T J`` (P: the
     quantization `order`, J: reversal), so that ``B = J L.T J`` is lower
     triangular with ``B.T B`` the damped, reordered H (see the module docstring).
@@ -92,7 +132,7 @@ def _factor(h: np.ndarray, order: np.ndarray, damp: float) -> np.ndarray:
             a[idx, idx] = mean
         a[np.diag_indices(k)] += extra
         try:
-            _cholesky_inplace(a)
+            _cholesky_inplace(a, blas)
             return a
         except np.linalg.LinAlgError:
             del a
@@ -150,12 +190,20 @@ class _Quantizer:
 
 
 def gptq_arrays(w: np.ndarray, hessian: np.ndarray, config: QuantConfig, *, act_order: bool = False,
-                damp: float = 0.01, search: bool = False, block: int = BLOCK):
+                damp: float = 0.01, search: bool = False, block: int = BLOCK,
+                lazy_float32: Optional[bool] = None):
     """GPTQ on a 2-D float array `w` (rows, K) with the symmetric K x K
     `hessian` (``X.T X``, any positive scale; not modified).  Returns
     ``(codes, scales, zeros)``: codes (rows, K) int16 in the format's code range,
     scales and zeros in the layout of ``_ext.quantize_2d`` (float16/float32
     scales; uint8 zero points, the Q4_1 minima, or None)."""
+    blas = _Blas()
+    with blas.small():
+        return _gptq(w, hessian, config, act_order, damp, search, block, blas, lazy_float32)
+
+
+def _gptq(w: np.ndarray, hessian: np.ndarray, config: QuantConfig, act_order: bool, damp: float,
+          search: bool, block: int, blas: _Blas, lazy_float32: Optional[bool]):
     n, k = w.shape
     kind = config.kind
     f16 = config.scale_dtype == "float16"
@@ -165,7 +213,7 @@ def gptq_arrays(w: np.ndarray, hessian: np.ndarray, config: QuantConfig, *, act_
         g = 0
     diag = np.diagonal(hessian).copy()
     order = np.argsort(-diag, kind="stable") if act_order else np.arange(k)
-    low = _factor(hessian, order, damp)
+    low = _factor(hessian, order, damp, blas)
     ldiag = np.diagonal(low).copy()
 
     static = g == 0 or act_order
@@ -188,7 +236,10 @@ def gptq_arrays(w: np.ndarray, hessian: np.ndarray, config: QuantConfig, *, act_
     quant = _Quantizer(kind)
 
     wt = np.ascontiguousarray(np.asarray(w, dtype=np.float64).T[order])  # (K, rows), in quantization order
-    err = np.empty_like(wt)
+    if lazy_float32 is None:
+        lazy_float32 = n * k >= _LAZY_FLOAT32_FROM
+    # the errors (and the block products that carry them forward) in float32 for large layers
+    err = np.empty(wt.shape, np.float32 if lazy_float32 else np.float64)
     codes = np.empty((k, n), np.int16)
     if g and not act_order:
         block = max(block, g)
@@ -204,7 +255,11 @@ def gptq_arrays(w: np.ndarray, hessian: np.ndarray, config: QuantConfig, *, act_
         cb /= ldiag[k - 1 - np.arange(b1, b2)][:, None]
         t = wt[b1:b2].copy()
         if b1:
-            t += cb[:, :b1] @ err[:b1]
+            with blas.big((b2 - b1) * b1 * n):
+                if lazy_float32:
+                    t += cb[:, :b1].astype(np.float32) @ err[:b1]
+                else:
+                    t += cb[:, :b1] @ err[:b1]
         for s1 in range(b1, b2, sub):
             s2 = min(s1 + sub, b2)
             for i in range(s1, s2):
