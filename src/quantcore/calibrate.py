@@ -35,7 +35,7 @@ from typing import Any, Callable, Dict, Iterator, Optional
 import numpy as np
 
 __all__ = ["LayerStats", "StatsCollector", "save_stats", "load_stats", "read_imatrix",
-           "write_imatrix", "lookup", "quantize_calibrated"]
+           "write_imatrix", "lookup"]
 
 _META_KEY = "quantcore.calibration"
 _FORMAT_VERSION = 1
@@ -415,14 +415,14 @@ def _importance_supported() -> bool:
     return _IMPORTANCE_SUPPORTED
 
 
-def importance_vector(stats: LayerStats) -> np.ndarray:
+def _importance_vector(stats: LayerStats) -> np.ndarray:
     """The per-input-channel weights that method="mse" minimises its error with:
     the statistics' mean squares, float32."""
     imp = stats.importance
     return np.ascontiguousarray(imp, dtype=np.float32)
 
 
-def quantize_calibrated(array: Any, config: Any, calibration: Any, what: str = "array"):
+def _quantize_calibrated(array: Any, config: Any, calibration: Any, what: str = "array"):
     """The body of ``QuantizedTensor.quantize(..., calibration=...)`` and of
     method="gptq" (errors name `what`)."""
     from . import _ext
@@ -452,7 +452,7 @@ def quantize_calibrated(array: Any, config: Any, calibration: Any, what: str = "
     group = (config.group_size or 0) if config.granularity == "group" else 0
     data, scales, zeros = _ext.quantize_2d(
         _rows_view(a), config.kind, group, config.granularity == "tensor",
-        config.scale_dtype == "float16", what, True, importance=importance_vector(calibration))
+        config.scale_dtype == "float16", what, True, importance=_importance_vector(calibration))
     return QuantizedTensor._make(data, scales, zeros, tuple(a.shape), a.dtype, config)
 
 
@@ -535,21 +535,21 @@ def load_stats(path: Any) -> Dict[str, LayerStats]:
         raise ValueError(f"{path}: {_META_KEY} metadata must be {{'version': {_FORMAT_VERSION}, "
                          f"'layers': [names]}}")
     out: Dict[str, LayerStats] = {}
-    used = set()
+    used: set = set()
     with open(path, "rb") as f:
         for name in meta["layers"]:
-            parts = {}
+            parts: Dict[str, np.ndarray] = {}
             for part, dtype, required in (("sum_sq", "F64", True), ("count", "I64", True),
                                           ("xtx", "F64", False)):
-                e = header.entries.get(f"{name}.{part}")
-                if e is None:
+                entry = header.entries.get(f"{name}.{part}")
+                if entry is None:
                     if required:
                         raise ValueError(f"{path}: layer {name!r} has no tensor {name}.{part}")
                     continue
-                if e.dtype != dtype:
-                    raise ValueError(f"{path}: {name}.{part} must be {dtype}, got {e.dtype}")
-                parts[part] = header.read(f, e)
-                used.add(e.name)
+                if entry.dtype != dtype:
+                    raise ValueError(f"{path}: {name}.{part} must be {dtype}, got {entry.dtype}")
+                parts[part] = header.read(f, entry)
+                used.add(entry.name)
             cnt = parts["count"]
             if cnt.shape != (1,) or cnt[0] < 0:
                 raise ValueError(f"{path}: {name}.count must hold one non-negative count, got {cnt!r}")

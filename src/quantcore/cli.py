@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import List, NoReturn, Optional, Sequence
+from typing import Any, Dict, List, NoReturn, Optional, Sequence
 
 __all__ = ["main"]
 
@@ -252,7 +252,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
                              f"--method mse or gptq, not absmax")
         if args.act_order and args.method != "gptq":
             raise ValueError("--act-order needs --method gptq")
-        extra = {"act_order": True} if args.act_order else {}
+        extra: Dict[str, Any] = {"act_order": True} if args.act_order else {}
         if args.format:
             clash = [flag for flag, given in (("--bits", args.bits is not None),
                                               ("--group-size", args.group_size is not None),

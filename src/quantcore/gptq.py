@@ -160,6 +160,7 @@ class _Quantizer:
 
     def __init__(self, kind: int) -> None:
         self.kind = kind
+        self.off: Optional[int]
         if kind == _ext.KIND_SYM8:
             self.lo, self.hi, self.off = -127, 127, 0
         elif kind == _ext.KIND_SYM4:
@@ -274,7 +275,7 @@ def _gptq(w: np.ndarray, hessian: np.ndarray, config: QuantConfig, act_order: bo
                     # (sub-blocks start on group boundaries, so t holds every earlier column)
                     u = t[r:r + e - i]
                     if i:
-                        u = wt[i:e] + np.linalg.solve(np.tril(cb[r:r + e - i, i:e]), u - wt[i:e])
+                        u = wt[i:e] + np.linalg.inv(np.tril(cb[r:r + e - i, i:e])) @ (u - wt[i:e])
                     s, z = _group_params(u.T, config, search, diag[i:e] if search else None)
                     s_all[:, i // g] = s[:, 0]
                     d_col = s[:, 0].astype(np.float32)

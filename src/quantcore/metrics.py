@@ -430,7 +430,10 @@ class ModelCompressionMetrics:
     ``average_effective_bits() = total_compressed_bits / total_parameters`` and
     ``mean_quantization_mse() = sum(n_i * mse_i) / sum(n_i)`` (the MSE over all
     the model's parameters).  ``str()`` is a text table, ``to_markdown()`` the
-    same as Markdown.
+    same as Markdown; when some layer was quantized with calibration
+    statistics, the table has a ``calib err`` column beside the weight errors:
+    that layer's relative output error on its calibration inputs
+    (``CompressionMetrics.calibrated_error``; "-" for the others).
     """
 
     def __init__(self) -> None:

@@ -89,8 +89,8 @@ class QuantizedTensor:
                   calibration: Any = None) -> "QuantizedTensor":
         """quantize() with errors naming the argument `what`."""
         if calibration is not None or config.method == "gptq":
-            from .calibrate import quantize_calibrated
-            return quantize_calibrated(array, config, calibration, what)
+            from .calibrate import _quantize_calibrated
+            return _quantize_calibrated(array, config, calibration, what)
         a = _as_float_array(array, what)
         group = (config.group_size or 0) if config.granularity == "group" else 0
         data, scales, zeros = _ext.quantize_2d(
