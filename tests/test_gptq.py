@@ -176,6 +176,25 @@ def test_float32_block_products_of_large_layers():
     assert e32 == pytest.approx(e64, rel=0.01)
 
 
+@pytest.mark.parametrize("k", [1, 2, 3, 15, 16, 17, 31, 33, 65])
+@pytest.mark.parametrize("fmt", ["int8", "int4_g16", "int4_tensor_asym", "q4_1"])
+def test_awkward_widths(fmt, k):
+    w, x, st = _problem(16, 3, k, tokens=40)
+    cfg = FORMATS[fmt].replace(method="gptq", act_order=k % 2 == 1)
+    np.testing.assert_array_equal(_codes(qc.quantize(w, cfg, calibration=st)),
+                                  reference_gptq(w, st.hessian, cfg, cfg.act_order))
+
+
+def test_mse_scale_search_inside_gptq():
+    w, x, st = _problem(17, 16, 128, tokens=600)
+    cfg = QuantConfig.int4(method="gptq")
+    plain = _out_err(x, w, qc.quantize(w, QuantConfig.int4()))
+    for ao in (False, True):
+        codes, s, _ = gptq_arrays(w, st.xtx, cfg, act_order=ao, search=True)
+        qt = QuantizedTensor.from_arrays(qc.pack_int4(codes.astype(np.uint8)), s, None, w.shape, cfg)
+        assert _out_err(x, w, qt) < 0.9 * plain
+
+
 def test_damping_is_a_fraction_of_the_mean_diagonal():
     w, x, st = _problem(4, 6, 64)
     cfg = QuantConfig.int4(method="gptq", damp=0.1)

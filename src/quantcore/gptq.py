@@ -194,7 +194,11 @@ def gptq_arrays(w: np.ndarray, hessian: np.ndarray, config: QuantConfig, *, act_
                 damp: float = 0.01, search: bool = False, block: int = BLOCK,
                 lazy_float32: Optional[bool] = None):
     """GPTQ on a 2-D float array `w` (rows, K) with the symmetric K x K
-    `hessian` (``X.T X``, any positive scale; not modified).  Returns
+    `hessian` (``X.T X``, any positive scale; not modified).  `search` chooses
+    each group's parameters with the method="mse" search weighted by
+    ``diag(H)`` instead of the format's rule; `block` is the lazy block;
+    `lazy_float32` forces the float32 block products on or off (default: from
+    16M weights).  Returns
     ``(codes, scales, zeros)``: codes (rows, K) int16 in the format's code range,
     scales and zeros in the layout of ``_ext.quantize_2d`` (float16/float32
     scales; uint8 zero points, the Q4_1 minima, or None)."""
@@ -326,8 +330,8 @@ def gptq_quantize(array: Any, stats: Any, config: QuantConfig, *, name: str = "a
     if not np.all(np.isfinite(w2)):
         bad = np.argwhere(~np.isfinite(w2))[0]
         raise ValueError(f"{name} holds NaN or Inf (row {int(bad[0])}, column {int(bad[1])})")
-    codes, scales, zeros = gptq_arrays(w2, stats._full_xtx(), config, act_order=config.act_order, damp=config.damp,
-                                       search=False)
+    codes, scales, zeros = gptq_arrays(w2, stats._full_xtx(), config, act_order=config.act_order,
+                                       damp=config.damp)
     kind = config.kind
     if kind == _ext.KIND_SYM8:
         data = codes.astype(np.int8)
