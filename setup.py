@@ -11,8 +11,11 @@ Environment variables read at build time:
 
 * ``QUANTCORE_NATIVE=1``: add ``-march=native`` (the wheel then runs only on
   CPUs like the build machine).
-* ``QUANTCORE_OPENMP=0``: build without OpenMP even where the compiler has it.
 * ``QUANTCORE_SANITIZE=address,undefined``: build with those sanitizers.
+
+Threads: the kernels run on quantcore's own pool (csrc/pool.c: POSIX threads,
+``-pthread``); the build needs no OpenMP.  Without POSIX threads (e.g. MSVC on
+Windows) the pool is serial and every kernel runs on the calling thread.
 
 ``-ffp-contract=off`` is always on: the kernels are specified as separately
 rounded products and sums, and a fused multiply-add the compiler invents would
@@ -23,7 +26,6 @@ import glob
 import os
 import shutil
 import sys
-import tempfile
 
 import numpy as np
 from Cython.Build import cythonize
@@ -35,16 +37,20 @@ C_SOURCES = [
     "csrc/api.c",
     "csrc/api_linear.c",
     "csrc/api_table.c",
+    "csrc/api_kquant.c",
     "csrc/cpu.c",
     "csrc/dispatch.c",
+    "csrc/pool.c",
     "csrc/ref/quant_scalar.c",
     "csrc/ref/linear_scalar.c",
     "csrc/ref/mse_scalar.c",
+    "csrc/ref/kquant_scalar.c",
     "csrc/x86/quant_avx2.c",
     "csrc/x86/linear_avx2.c",
     "csrc/x86/gemm_avx2.c",
     "csrc/x86/gemm_avx512.c",
     "csrc/x86/mse_avx2.c",
+    "csrc/x86/kquant_avx2.c",
     "csrc/x86/linear_avx512.c",
     "csrc/arm/quant_neon.c",
     "csrc/arm/mse_neon.c",
@@ -54,31 +60,6 @@ C_SOURCES = [
 
 def _flag_set(name):
     return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no", "off")
-
-
-def _compiler_accepts(compiler, cflags, ldflags, source):
-    """Try to compile and link a small program with the given flags."""
-    tmp = tempfile.mkdtemp()
-    try:
-        src = os.path.join(tmp, "probe.c")
-        with open(src, "w") as f:
-            f.write(source)
-        objs = compiler.compile([src], output_dir=tmp, extra_postargs=cflags)
-        compiler.link_executable(objs, "probe", output_dir=tmp, extra_postargs=ldflags)
-        return True
-    except Exception:
-        return False
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-OPENMP_PROBE = """
-#include <omp.h>
-int main(void) { int n = 0;
-#pragma omp parallel reduction(+:n)
-  n += 1;
-  return n > 0 ? 0 : 1; }
-"""
 
 
 class BuildExt(build_ext):
@@ -98,18 +79,18 @@ class BuildExt(build_ext):
         else:  # MSVC
             cflags += ["/O2", "/fp:precise"]
 
-        openmp = False
-        if os.environ.get("QUANTCORE_OPENMP", "1").strip() not in ("0", "false", "no", "off"):
-            omp_c, omp_l = (["-fopenmp"], ["-fopenmp"]) if unix else (["/openmp"], [])
-            if _compiler_accepts(cc, omp_c, omp_l, OPENMP_PROBE):
-                cflags += omp_c
-                ldflags += omp_l
-                openmp = True
-        if not openmp:
-            print("quantcore: building WITHOUT OpenMP: kernels will run on one thread",
-                  file=sys.stderr)
+        if unix:
+            cflags.append("-pthread")
+            ldflags.append("-pthread")
+        if os.environ.get("QUANTCORE_OPENMP") is not None:
+            print("quantcore: QUANTCORE_OPENMP is ignored: the kernels run on quantcore's own "
+                  "thread pool", file=sys.stderr)
 
-        build_flags = " ".join(cflags + ldflags)
+        build_flags = " ".join(dict.fromkeys(cflags + ldflags))  # -fopenmp once
+        # A build folder reused with other flags (QUANTCORE_NATIVE, ...) is rebuilt.
+        stamp = os.path.join(self.build_temp, "quantcore-flags.txt")
+        if _read(stamp) != build_flags:
+            self.force = True
         for ext in self.extensions:
             ext.extra_compile_args = list(ext.extra_compile_args or []) + cflags
             ext.extra_link_args = list(ext.extra_link_args or []) + ldflags
@@ -117,6 +98,17 @@ class BuildExt(build_ext):
                 ("QC_BUILD_FLAGS", '"%s"' % build_flags.replace('"', "")),
             ]
         super().build_extensions()
+        os.makedirs(self.build_temp, exist_ok=True)
+        with open(stamp, "w") as f:
+            f.write(build_flags)
+
+
+def _read(path):
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
 
 
 def _copy_public_header():
@@ -126,15 +118,36 @@ def _copy_public_header():
     os.makedirs(dst, exist_ok=True)
     for name in sorted(os.listdir(src)):
         if name.endswith(".h"):
-            shutil.copyfile(os.path.join(src, name), os.path.join(dst, name))
+            text = _read(os.path.join(src, name))
+            if _read(os.path.join(dst, name)) != text:  # unchanged: keep its date
+                with open(os.path.join(dst, name), "w") as f:
+                    f.write(text)
+
+
+def _cython_output_current(pyx):
+    """True when the C file Cython made from `pyx` is newer than every .pyx, .pxd
+    and .pxi of the package.  Then a second build (``pip install .`` followed by
+    ``pip install ".[test]"``) reuses it and, through setuptools' date check, the
+    compiled module in build/: cythonize would instead see a Cython freshly
+    installed in pip's isolated build environment as a newer dependency and
+    start over, C files included."""
+    c_file = os.path.splitext(pyx)[0] + ".c"
+    if not os.path.exists(c_file):
+        return False
+    here = os.path.dirname(pyx)
+    ours = [os.path.join(here, f) for f in os.listdir(here) if f.endswith((".pyx", ".pxd", ".pxi"))]
+    return all(os.path.getmtime(f) <= os.path.getmtime(c_file) for f in ours)
 
 
 _copy_public_header()
 
+PYX = "src/quantcore/_ext.pyx"
+CYTHON_CURRENT = _cython_output_current(PYX)
+
 extensions = [
     Extension(
         "quantcore._ext",
-        sources=["src/quantcore/_ext.pyx"] + C_SOURCES,
+        sources=[PYX[:-4] + ".c" if CYTHON_CURRENT else PYX] + C_SOURCES,
         include_dirs=["csrc/include", "csrc", np.get_include()],
         # headers and the per-ISA templates (*.inc): a change rebuilds the module
         depends=sorted(glob.glob("csrc/**/*.h", recursive=True) + glob.glob("csrc/**/*.inc", recursive=True)),
@@ -143,7 +156,7 @@ extensions = [
 ]
 
 setup(
-    ext_modules=cythonize(
+    ext_modules=extensions if CYTHON_CURRENT else cythonize(
         extensions,
         language_level=3,
         compiler_directives={"boundscheck": False, "wraparound": False, "cdivision": True,

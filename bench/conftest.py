@@ -11,7 +11,8 @@ import time
 import pytest
 
 import quantcore
-from quantcore import benchmark as qb
+from quantcore.bench import gbps, make_weights
+from quantcore.bench.machine import size_classes
 
 _ROWS = []          # (group, impl, median seconds, GB/s), in run order
 SLOW_CALL_S = 0.1   # calls longer than this get 3 rounds instead of pytest-benchmark's calibration
@@ -28,8 +29,10 @@ def pytest_report_header(config):
 
 @pytest.fixture(scope="session")
 def weights():
-    """weights(size_class) -> float32 array of qb.SIZE_CLASSES[size_class] (cached, read-only)."""
-    return lambda size: qb.make_weights(qb.SIZE_CLASSES[size])
+    """weights(size_class) -> float32 array of the shape size_classes()[size_class]
+    (from this machine's caches; cached, read-only)."""
+    classes = size_classes()
+    return lambda size: make_weights(classes[size])
 
 
 @pytest.fixture
@@ -50,9 +53,9 @@ def bench_gbps(benchmark):
             benchmark(fn)
         if benchmark.stats is not None:      # None under --benchmark-disable
             med = benchmark.stats.stats.median
-            gbps = qb.gbps(nbytes, med)
-            benchmark.extra_info["gbps"] = round(gbps, 3)
-            _ROWS.append((group, impl, med, gbps))
+            rate = gbps(nbytes, med)
+            benchmark.extra_info["gbps"] = round(rate, 3)
+            _ROWS.append((group, impl, med, rate))
 
     return run
 

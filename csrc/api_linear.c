@@ -5,20 +5,24 @@
  * Activations: float32 rows copied into zero-padded blocks of 32 (F32 mode, with
  * per-block sums), or quantized into Q8_0 blocks (I8 mode).  A row holding NaN or
  * Inf cannot be quantized; in either mode such a row is recomputed one weight row
- * at a time from dequantized values (exact_row), so it propagates as IEEE
- * arithmetic over x @ dequantize(W).T would and other rows are untouched.
- * Threads: OpenMP over output features in chunks of 16; every thread runs all m
- * rows of its chunk, so the weights are read once per call (GEMV) or once per
- * M-tile (GEMM).  Memory: O(m * k) scratch, nothing proportional to the weights.
+ * at a time from dequantized values summed in double (exact_row), so it
+ * propagates as IEEE arithmetic over x @ dequantize(W).T would and other rows are
+ * untouched.  Large and tiny rows: a row is computed as 2^s * f(x * 2^-s) (s = 0
+ * for ordinary rows; tiny rows scaled up; finite rows whose kernel outputs
+ * overflow redone on the batch's path with every intermediate below 2^126).
+ * y may overlap x (x is copied first).
+ * Threads: the pool (pool.h) over chunks of output features, multiples of 16;
+ * every thread runs all m rows of a chunk it claims, so the weights are read once
+ * per call (GEMV) or once per M-tile (GEMM).  The activations are prepared on the
+ * calling thread (O(m * k) against the kernels' O(m * k * n)).  Memory: O(m * k)
+ * scratch, nothing proportional to the weights.
  */
 #include <math.h>
 #include <stdlib.h>
 
+#include "internal.h"
 #include "kernels.h"
-
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+#include "pool.h"
 
 static void make_view(const qc_qweight *w, qc_wview *v) {
     v->w = w;
@@ -70,28 +74,103 @@ int qc_linear_uses_gemm(const qc_qweight *w, int64_t m, qc_compute mode) {
     return gemm;
 }
 
-/* Copy row x into xf (zero padded to kp, in the 4-bit GEMV order with groups of
- * `span` blocks when span > 0) and sum its blocks. */
-static void prep_f32_row(const float *x, int64_t k, int64_t kp, int span, float *xf, float *xs) {
+/* ---- row scaling ------------------------------------------------------------
+ * A row is computed as y = 2^s * f(x * 2^-s), with s = 0 for ordinary rows (bit
+ * for bit the plain computation).  Scaling by a power of two is exact as long as
+ * nothing under- or overflows, so s changes only what would otherwise be lost:
+ *   tiny rows (largest |x| below 2^ROW_TINY_EXP) are scaled up to [0.5, 1),
+ *     where int8 activations would get no representable block scale and the
+ *     float steps would underflow;
+ *   rows whose outputs overflow (inf/NaN from finite x) are recomputed with the
+ *     s that keeps every intermediate of every kernel below 2^ROW_SAFE_EXP:
+ *     each is bounded by kp * max|x'| * max(Wq, Q), with Q the code bound and
+ *     Wq = max over groups of Q |d| + |c| (see weight_bound).  Products of
+ *     weights alone (d times an integer block dot, 128 d) do not scale with x:
+ *     they stay finite for |d| up to ~3e32 (QuantizedLinear takes up to 1e30). */
+#define ROW_TINY_EXP (-40)
+#define ROW_SAFE_EXP 126
+
+/* Largest |code| any kernel multiplies by (8-bit: 255 for ASYM8's codes as
+ * stored, |q - 128| and SYM8's q + 128 included; 4-bit: 15, with q - 8), and the
+ * offset shifts they fold into c (128 d, 8 d), rounded up. */
+static double code_bound(qc_kind kind) { return QC_KINDS[kind].bits == 8 ? 384.0 : 32.0; }
+
+/* max over the scale groups of Q |d| + |c| (inf if a scale is not finite). */
+static double weight_bound(const qc_wview *v) {
+    const qc_qweight *w = v->w;
+    const double q = code_bound(w->kind);
+    const int64_t ng = w->per_tensor ? 1 : w->n * v->ngroups;
+    double best = 0.0;
+    for (int64_t gi = 0; gi < ng; gi++) {
+        float d, c;
+        qc_group_dc(v, gi, &d, &c);
+        double t = q * fabs((double)d) + fabs((double)c);
+        if (!(t <= best))
+            best = t; /* NaN propagates */
+    }
+    return best;
+}
+
+/* Largest |x| of a finite row. */
+static float row_amax(const float *x, int64_t k) {
+    float a = 0.0f;
+    for (int64_t e = 0; e < k; e++) {
+        float v = fabsf(x[e]);
+        a = v > a ? v : a;
+    }
+    return a;
+}
+
+/* The s for a finite row whose largest |x| is amax: nonzero for tiny rows only. */
+static int tiny_shift(float amax) {
+    if (!(amax > 0.0f) || amax >= ldexpf(1.0f, ROW_TINY_EXP))
+        return 0;
+    int e;
+    frexpf(amax, &e);
+    return e;
+}
+
+/* dst = x * 2^-s, rounded once (the product is exact in double). */
+static void scale_row(const float *x, int64_t k, int s, float *dst) {
+    const double f = ldexp(1.0, -s);
+    for (int64_t e = 0; e < k; e++)
+        dst[e] = (float)((double)x[e] * f);
+}
+
+/* Copy row x * 2^-s into xf (zero padded to kp, in the 4-bit GEMV order with
+ * groups of `span` blocks when span > 0) and sum its blocks; returns the row's
+ * largest |x| (before scaling), or -1 if it holds NaN or Inf. */
+static float prep_f32_row(const float *x, int64_t k, int64_t kp, int span, int s, float *xf,
+                          float *xs) {
     const int64_t nb = kp / QC_BLK;
+    const double f = ldexp(1.0, -s);
+    float amax = 0.0f;
+    int bad = 0;
     for (int64_t b = 0; b < nb; b++) {
-        float s = 0.0f;
+        float sum = 0.0f;
         for (int j = 0; j < QC_BLK; j++) {
             int64_t e = b * QC_BLK + j;
             float v = e < k ? x[e] : 0.0f;
+            float a = fabsf(v);
+            bad |= !(a < INFINITY);
+            amax = a > amax ? a : amax;
+            if (s)
+                v = (float)((double)v * f);
             xf[span ? qc_act_pos4(span, nb, b, j) : e] = v;
-            s += v;
+            sum += v;
         }
-        xs[b] = s;
+        xs[b] = sum;
     }
+    return bad ? -1.0f : amax;
 }
 
-/* y[j] = sum_k x[k] * W[j, k] for one row x, with each W[j, k] dequantized as
- * qc_dequantize does (one weight row at a time: O(k) scratch).  For rows holding
- * NaN or Inf (or whose block sums overflow): the kernels factor each group as
- * d * sum(x q) + c * sum(x), which turns inf * 0 into NaN where x @ W^T has +-inf;
- * this gives the class IEEE arithmetic gives x @ dequantize(W).T (NaN, +inf or
- * -inf do not depend on the summation order). */
+/* y[j] = sum_k x[k] * W[j, k] (+ bias[j]) for one row x holding NaN or Inf, with
+ * each W[j, k] dequantized as qc_dequantize does (one weight row at a time: O(k)
+ * scratch).  The kernels factor each group as d * sum(x q) + c * sum(x), which
+ * turns inf * 0 into NaN where x @ W^T has +-inf; this sums the products in
+ * double, where finite ones cannot overflow, so the result is NaN, +inf or -inf
+ * exactly as IEEE arithmetic over x @ dequantize(W).T in float64 gives it (the
+ * class does not depend on the summation order). */
 static qc_status exact_row(const qc_wview *v, const float *x, const float *bias, float *y,
                            float *wrow) {
     const qc_qweight *w = v->w;
@@ -106,10 +185,10 @@ static qc_status exact_row(const qc_wview *v, const float *x, const float *bias,
                                      wrow, w->k, NULL);
         if (st != QC_OK)
             return st;
-        float acc = 0.0f;
+        double acc = 0.0;
         for (int64_t e = 0; e < w->k; e++)
-            acc += x[e] * wrow[e];
-        y[j] = bias ? acc + bias[j] : acc;
+            acc += (double)x[e] * (double)wrow[e];
+        y[j] = bias ? (float)(acc + (double)bias[j]) : (float)acc;
     }
     return QC_OK;
 }
@@ -128,31 +207,179 @@ static qc_status redo_exact(const qc_wview *v, const float *x, int64_t m, int64_
     return st;
 }
 
-static int threads_for(int64_t work) {
-    return work < (1 << 18) ? 1 : qc_get_num_threads();
+/* fn over all of [0, n) output features, in chunks claimed by the pool's
+ * threads.  A chunk flags in flags[c * (m1 - m0) + r] the rows whose part it
+ * wrote holds inf or NaN, then scales that part back by 2^rs[r] (rs may be
+ * NULL: all 0) and adds the bias (when given). */
+typedef struct {
+    qc_linear_fn fn;
+    const qc_wview *v;
+    const qc_act *a;
+    int64_t m0, m1;
+    const int *rs;
+    const float *bias;
+    float *y;
+    int64_t ldy, chunk;
+    uint8_t *flags;
+} split_job;
+
+static void split_chunk(void *ctx, int64_t c, int slot) {
+    const split_job *j = (const split_job *)ctx;
+    (void)slot;
+    const int64_t n = j->v->w->n, mr = j->m1 - j->m0;
+    int64_t n0 = c * j->chunk, n1 = n0 + j->chunk < n ? n0 + j->chunk : n;
+    j->fn(j->v, j->a, j->m0, j->m1, n0, n1, j->y + n0, j->ldy);
+    for (int64_t r = 0; r < mr; r++) {
+        float *yr = j->y + r * j->ldy;
+        const int s = j->rs ? j->rs[j->m0 + r] : 0;
+        int bad = 0;
+        for (int64_t jn = n0; jn < n1; jn++)
+            bad |= !(fabsf(yr[jn]) < INFINITY);
+        j->flags[c * mr + r] = (uint8_t)bad;
+        if (s) {
+            const double f = ldexp(1.0, s);
+            for (int64_t jn = n0; jn < n1; jn++)
+                yr[jn] = (float)((double)yr[jn] * f);
+        }
+        if (j->bias)
+            for (int64_t jn = n0; jn < n1; jn++)
+                yr[jn] += j->bias[jn];
+    }
 }
 
-/* Run fn over all of [0, n) output features, split across threads; each thread
- * adds the bias (when given) to the part of y it wrote. */
-static void run_split(qc_linear_fn fn, const qc_wview *v, const qc_act *a, int64_t m0, int64_t m1,
-                      const float *bias, float *y, int64_t ldy, int nt) {
-    const int64_t n = v->w->n;
-    int64_t chunk = (n + nt - 1) / nt;
-    chunk = (chunk + 15) / 16 * 16;
-    int64_t nchunks = (n + chunk - 1) / chunk;
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(nt)
-#endif
-    for (int64_t c = 0; c < nchunks; c++) {
-        int64_t n0 = c * chunk, n1 = n0 + chunk < n ? n0 + chunk : n;
-        fn(v, a, m0, m1, n0, n1, y + n0, ldy);
-        if (bias)
-            for (int64_t r = 0; r < m1 - m0; r++) {
-                float *yr = y + r * ldy;
-                for (int64_t j = n0; j < n1; j++)
-                    yr[j] += bias[j];
-            }
+/* Chunks: GEMV, about 32 per thread (a thread that starts late or stalls
+ * costs at most a few of them), 16 features and 2^16 multiply-adds at least
+ * (a claim costs a cache line moving between cores); GEMM, whole 64-feature
+ * panels, about 4 per thread, at most 256 (the GEMM's N tile: each chunk packs
+ * its activations again).  ovf[r] (m1 - m0 entries): some chunk's part of row r
+ * held inf or NaN before the scaling back. */
+static qc_status run_split(qc_linear_fn fn, const qc_wview *v, const qc_act *a, int64_t m0,
+                           int64_t m1, const int *rs, const float *bias, float *y, int64_t ldy,
+                           int nt, int gemm, uint8_t *ovf) {
+    const int64_t n = v->w->n, mr = m1 - m0, row_work = mr * v->kp;
+    const int64_t min_gemv = ((int64_t)1 << 16) / (row_work > 0 ? row_work : 1);
+    int64_t chunk = gemm ? qc_pool_chunk_len(n, nt, 4, 64, 64)
+                         : qc_pool_chunk_len(n, nt, 32, min_gemv > 16 ? min_gemv : 16, 16);
+    if (gemm && chunk > 256)
+        chunk = 256;
+    if (nt <= 1)
+        chunk = n; /* one thread: one call */
+    const int64_t nchunks = qc_pool_nchunks(n, chunk);
+    uint8_t *flags = (uint8_t *)calloc((size_t)(nchunks * mr), 1);
+    if (!flags)
+        return QC_ERR_NOMEM;
+    split_job j = {fn, v, a, m0, m1, rs, bias, y, ldy, chunk, flags};
+    qc_pool_run(nt, nchunks, split_chunk, &j);
+    for (int64_t r = 0; r < mr; r++) {
+        ovf[r] = 0;
+        for (int64_t c = 0; c < nchunks; c++)
+            ovf[r] |= flags[c * mr + r];
     }
+    free(flags);
+    return QC_OK;
+}
+
+/* One pass of the kernels over rows [0, m) of x; y = 2^rs[r] * f(x'), plus bias.
+ * force == NULL: x' = x * 2^-rs[r], with each row's rs[r] chosen here
+ * (tiny_shift); else x holds x' already and rs[r] = force[r].  Rows holding NaN
+ * or Inf are flagged in bad[] (their y is left unspecified), rows whose f(x')
+ * holds inf or NaN in ovf[].  The kernels are those qc_linear picks for mpath
+ * rows (so that rows redone in a smaller batch take the same path). */
+static qc_status linear_pass(const qc_wview *v, const qc_linear_kernels *l, qc_compute mode,
+                             int64_t mpath, const float *x, int64_t m, int64_t ldx,
+                             const int *force, int *rs, uint8_t *bad, uint8_t *ovf,
+                             const float *bias, float *y, int64_t ldy) {
+    const qc_qweight *w = v->w;
+    int gemm;
+    qc_linear_fn fn = pick(l, w->kind, mpath, mode, &gemm);
+    const int deint = !gemm && QC_KINDS[w->kind].bits == 4 ? l->act_span4 : 0;
+    const int64_t kp = v->kp, nb = v->nb, k = w->k;
+    const int nt = qc_threads_for(m * w->n * k);
+
+    qc_act a = {m, kp, nb, deint, NULL, NULL, NULL, NULL};
+    float *xf = NULL, *xd = NULL, *tmp = NULL, *xs = (float *)malloc((size_t)(m * nb) * sizeof(float));
+    int8_t *xq = NULL;
+    int scaled = 0;
+    qc_status st = QC_OK;
+    if (!xs) {
+        st = QC_ERR_NOMEM;
+        goto done;
+    }
+    if (mode == QC_COMPUTE_F32) {
+        xf = (float *)malloc((size_t)(m * kp) * sizeof(float));
+        if (!xf) {
+            st = QC_ERR_NOMEM;
+            goto done;
+        }
+        for (int64_t r = 0; r < m; r++) {
+            const float *xr = x + r * ldx;
+            int s = force ? force[r] : 0;
+            float amax = prep_f32_row(xr, k, kp, deint, 0, xf + r * kp, xs + r * nb);
+            bad[r] = amax < 0.0f;
+            if (!force && !bad[r] && (s = tiny_shift(amax)) != 0)
+                prep_f32_row(xr, k, kp, deint, s, xf + r * kp, xs + r * nb);
+            rs[r] = s;
+            scaled |= s != 0;
+        }
+        a.xf = xf;
+    } else {
+        xq = (int8_t *)malloc((size_t)(m * kp));
+        xd = (float *)malloc((size_t)(m * nb) * sizeof(float));
+        tmp = (float *)malloc((size_t)k * sizeof(float));
+        if (!xq || !xd || !tmp) {
+            st = QC_ERR_NOMEM;
+            goto done;
+        }
+        for (int64_t r = 0; r < m; r++) {
+            const float *xr = x + r * ldx;
+            int8_t *q = xq + r * kp;
+            float *d = xd + r * nb, *sm = xs + r * nb;
+            int s = force ? force[r] : 0;
+            bad[r] = 0;
+            if (l->act_quant(xr, k, deint, q, d, sm)) {
+                bad[r] = 1;
+                memset(q, 0, (size_t)kp); /* harmless values for the main pass */
+                for (int64_t b = 0; b < nb; b++)
+                    d[b] = sm[b] = 0.0f;
+            } else if (!force) {
+                /* the block scales are max|x_b| / 127 (0 when that is below ~2^-121):
+                 * only a row whose scales are all small can be tiny */
+                float dmax = 0.0f;
+                for (int64_t b = 0; b < nb; b++)
+                    dmax = d[b] > dmax ? d[b] : dmax;
+                if (dmax < ldexpf(1.0f, ROW_TINY_EXP - 6))
+                    s = tiny_shift(row_amax(xr, k));
+            }
+            rs[r] = s;
+            scaled |= s != 0;
+        }
+        /* tiny rows: quantize x * 2^-s instead (one scratch row, rows in turn) */
+        if (!force)
+            for (int64_t r = 0; r < m; r++)
+                if (rs[r]) {
+                    scale_row(x + r * ldx, k, rs[r], tmp);
+                    l->act_quant(tmp, k, deint, xq + r * kp, xd + r * nb, xs + r * nb);
+                }
+        a.xq = xq;
+        a.xd = xd;
+    }
+    a.xs = xs;
+    st = run_split(fn, v, &a, 0, m, scaled ? rs : NULL, bias, y, ldy, nt, gemm, ovf);
+done:
+    free(xf);
+    free(xd);
+    free(xs);
+    free(xq);
+    free(tmp);
+    return st;
+}
+
+/* Do the memory ranges of x and y overlap? */
+static int overlaps(const float *x, int64_t m, int64_t ldx, int64_t k, const float *y,
+                    int64_t ldy, int64_t n) {
+    uintptr_t x0 = (uintptr_t)x, x1 = (uintptr_t)(x + (m - 1) * ldx + k);
+    uintptr_t y0 = (uintptr_t)y, y1 = (uintptr_t)(y + (m - 1) * ldy + n);
+    return x0 < y1 && y0 < x1;
 }
 
 qc_status qc_linear(const qc_qweight *w, const float *x, int64_t m, int64_t x_row_stride,
@@ -164,83 +391,94 @@ qc_status qc_linear(const qc_qweight *w, const float *x, int64_t m, int64_t x_ro
     qc_wview v;
     make_view(w, &v);
     const qc_linear_kernels *l = qc_active_linear();
-    int gemm;
-    qc_linear_fn fn = pick(l, w->kind, m, mode, &gemm);
-    const int deint = !gemm && QC_KINDS[w->kind].bits == 4 ? l->act_span4 : 0;
-    const int64_t kp = v.kp, nb = v.nb, k = w->k;
-    const int nt = threads_for(m * w->n * k);
-
-    qc_act a = {m, kp, nb, deint, NULL, NULL, NULL, NULL};
-    float *xf = NULL, *xd = NULL, *xs = (float *)malloc((size_t)(m * nb) * sizeof(float));
-    int8_t *xq = NULL;
-    uint8_t *bad = NULL;
+    const int64_t k = w->k, n = w->n;
+    float *xc = NULL, *xb = NULL, *yb = NULL;
+    int *rs = (int *)malloc((size_t)m * sizeof(int)), *force = NULL;
+    uint8_t *bad = (uint8_t *)malloc((size_t)m), *ovf = (uint8_t *)malloc((size_t)m), *redo = NULL;
+    int64_t nbad = 0, nredo = 0;
+    double wq = -1.0;
     qc_status st = QC_OK;
-    if (!xs)
-        return QC_ERR_NOMEM;
-    if (mode == QC_COMPUTE_F32) {
-        xf = (float *)malloc((size_t)(m * kp) * sizeof(float));
-        if (!xf) {
+    if (!rs || !bad || !ovf) {
+        st = QC_ERR_NOMEM;
+        goto done;
+    }
+    /* y may overlap x (out=x): read x in full first */
+    if (overlaps(x, m, x_row_stride, k, y, y_row_stride, n)) {
+        if (!(xc = (float *)malloc((size_t)(m * k) * sizeof(float)))) {
             st = QC_ERR_NOMEM;
             goto done;
         }
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(nt) if (m > 1)
-#endif
         for (int64_t r = 0; r < m; r++)
-            prep_f32_row(x + r * x_row_stride, k, kp, deint, xf + r * kp, xs + r * nb);
-        a.xf = xf;
-        a.xs = xs;
-        run_split(fn, &v, &a, 0, m, bias, y, y_row_stride, nt);
-        /* a non-finite block sum: NaN/Inf in the row (or an overflowing sum) */
-        for (int64_t r = 0; r < m; r++) {
-            for (int64_t b = 0; b < nb; b++) {
-                if (!isfinite(xs[r * nb + b])) {
-                    if (!bad && !(bad = (uint8_t *)calloc((size_t)m, 1))) {
-                        st = QC_ERR_NOMEM;
-                        goto done;
-                    }
-                    bad[r] = 1;
-                    break;
-                }
-            }
-        }
-        if (bad && (st = redo_exact(&v, x, m, x_row_stride, bad, bias, y, y_row_stride)) != QC_OK)
-            goto done;
-    } else {
-        xq = (int8_t *)malloc((size_t)(m * kp));
-        xd = (float *)malloc((size_t)(m * nb) * sizeof(float));
-        bad = (uint8_t *)calloc((size_t)m, 1);
-        if (!xq || !xd || !bad) {
+            memcpy(xc + r * k, x + r * x_row_stride, (size_t)k * sizeof(float));
+        x = xc;
+        x_row_stride = k;
+    }
+    st = linear_pass(&v, l, mode, m, x, m, x_row_stride, NULL, rs, bad, ovf, bias, y, y_row_stride);
+    if (st != QC_OK)
+        goto done;
+    /* rows with NaN/Inf: the exact float64 path */
+    for (int64_t r = 0; r < m; r++)
+        nbad += bad[r];
+    if (nbad && (st = redo_exact(&v, x, m, x_row_stride, bad, bias, y, y_row_stride)) != QC_OK)
+        goto done;
+    /* finite rows whose kernel outputs overflowed: redo with a larger s */
+    for (int64_t r = 0; r < m; r++) {
+        if (bad[r] || !ovf[r])
+            continue;
+        if (wq < 0.0)
+            wq = weight_bound(&v);
+        double q = code_bound(w->kind);
+        double bound = (double)row_amax(x + r * x_row_stride, k) * (double)v.kp * (wq > q ? wq : q);
+        if (!isfinite(bound))
+            continue;
+        int e;
+        frexp(bound, &e); /* bound < 2^e */
+        if (e - ROW_SAFE_EXP <= rs[r])
+            continue; /* the bound held already: the output itself overflows */
+        if (!redo && !(redo = (uint8_t *)calloc((size_t)m, 1))) {
             st = QC_ERR_NOMEM;
             goto done;
         }
-        int64_t nbad = 0;
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(nt) if (m > 1) reduction(+ : nbad)
-#endif
-        for (int64_t r = 0; r < m; r++) {
-            if (l->act_quant(x + r * x_row_stride, k, deint, xq + r * kp, xd + r * nb, xs + r * nb)) {
-                bad[r] = 1;
-                nbad++;
-                memset(xq + r * kp, 0, (size_t)kp); /* harmless values for the main pass */
-                for (int64_t b = 0; b < nb; b++)
-                    xd[r * nb + b] = xs[r * nb + b] = 0.0f;
+        redo[r] = 1;
+        rs[r] = e - ROW_SAFE_EXP;
+        nredo++;
+    }
+    if (nredo) { /* those rows again, as a compact batch of x * 2^-s */
+        xb = (float *)malloc((size_t)(nredo * k) * sizeof(float));
+        yb = (float *)malloc((size_t)(nredo * n) * sizeof(float));
+        force = (int *)malloc((size_t)nredo * sizeof(int));
+        int *rsb = (int *)malloc((size_t)nredo * sizeof(int));
+        uint8_t *badb = (uint8_t *)malloc((size_t)(2 * nredo));
+        if (!xb || !yb || !force || !rsb || !badb) {
+            free(rsb);
+            free(badb);
+            st = QC_ERR_NOMEM;
+            goto done;
+        }
+        int64_t i = 0;
+        for (int64_t r = 0; r < m; r++)
+            if (redo[r]) {
+                scale_row(x + r * x_row_stride, k, rs[r], xb + i * k);
+                force[i++] = rs[r];
             }
-        }
-        a.xq = xq;
-        a.xd = xd;
-        a.xs = xs;
-        run_split(fn, &v, &a, 0, m, bias, y, y_row_stride, nt);
-        if (nbad) { /* rows with NaN/Inf: redo them on the exact float32 path */
-            if ((st = redo_exact(&v, x, m, x_row_stride, bad, bias, y, y_row_stride)) != QC_OK)
-                goto done;
-        }
+        st = linear_pass(&v, l, mode, m, xb, nredo, k, force, rsb, badb, badb + nredo, bias, yb, n);
+        free(rsb);
+        free(badb);
+        if (st != QC_OK)
+            goto done;
+        i = 0;
+        for (int64_t r = 0; r < m; r++)
+            if (redo[r])
+                memcpy(y + r * y_row_stride, yb + (i++) * n, (size_t)n * sizeof(float));
     }
 done:
-    free(xf);
-    free(xd);
-    free(xs);
-    free(xq);
+    free(xc);
+    free(xb);
+    free(yb);
+    free(rs);
+    free(force);
     free(bad);
+    free(ovf);
+    free(redo);
     return st;
 }

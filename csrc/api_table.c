@@ -18,7 +18,6 @@ static const qc_api table = {
     qc_unpack_int4,
     qc_linear,
     qc_linear_uses_gemm,
-    qc_read_probe,
     qc_cpu_features,
     qc_isa_compiled,
     qc_isa_supported,

@@ -17,10 +17,7 @@
 #include <string.h>
 
 #include "kernels.h"
-
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+#include "pool.h"
 
 static const char *const ISA_NAMES[QC_NUM_ISAS] = {"scalar", "avx2", "avx512", "neon"};
 
@@ -199,26 +196,17 @@ const qc_kernels *qc_active(void) { return &active_tables[qc_current_isa()]; }
 
 const qc_linear_kernels *qc_active_linear(void) { return &active_linear[qc_current_isa()]; }
 
-/* ---- threads ---- */
-static _Atomic int num_threads = 0; /* 0: not set, use the OpenMP default */
+/* ---- threads (the pool itself: pool.c) ---- */
+static _Atomic int num_threads = 0; /* 0: not set, use qc_pool_default_threads() */
 
-void qc_set_num_threads(int n) { atomic_store(&num_threads, n > 0 ? n : 0); }
+void qc_set_num_threads(int n) {
+    atomic_store(&num_threads, n > 0 ? (n < QC_POOL_MAX_THREADS ? n : QC_POOL_MAX_THREADS) : 0);
+}
 
 int qc_get_num_threads(void) {
     int n = atomic_load(&num_threads);
-    if (n > 0)
-        return n;
-#ifdef _OPENMP
-    return omp_get_max_threads();
-#else
-    return 1;
-#endif
+    return n > 0 ? n : qc_pool_default_threads();
 }
 
-int qc_has_openmp(void) {
-#ifdef _OPENMP
-    return 1;
-#else
-    return 0;
-#endif
-}
+/* The kernels run on quantcore's own pool (pool.c), never on OpenMP. */
+int qc_has_openmp(void) { return 0; }

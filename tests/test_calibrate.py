@@ -12,6 +12,7 @@ import pytest
 
 import quantcore as qc
 from quantcore import QuantConfig
+from quantcore import _layerstats as LS
 from quantcore import calibrate as C
 from quantcore.calibrate import LayerStats, StatsCollector, load_stats, read_imatrix, save_stats, write_imatrix
 
@@ -39,7 +40,7 @@ def test_update_is_x_transpose_x_in_float64(dtype):
 
 def test_merge_equals_one_pass_over_the_concatenated_batches(monkeypatch):
     # a small block so that the lower-triangle accumulation and mirroring run
-    monkeypatch.setattr(C, "_SYRK_BLOCK", 16)
+    monkeypatch.setattr(LS, "_SYRK_BLOCK", 16)
     batches = [_x(i, r, 70) for i, r in enumerate((1, 13, 40, 7))]
     one = LayerStats(70).update(np.concatenate(batches))
     a = LayerStats(70)
@@ -273,11 +274,6 @@ def test_imatrix_dat_files(tmp_path):
 
 # ---- method="mse" with importance --------------------------------------------------------------------
 
-needs_importance = pytest.mark.skipif(not C._importance_supported(),
-                                      reason="this build's C core has no importance-weighted search")
-
-
-@needs_importance
 @pytest.mark.parametrize("cfg", [QuantConfig.int4(), QuantConfig.q4_0(), QuantConfig.q4_1(),
                                  QuantConfig.int8(), QuantConfig.int4(symmetric=False)],
                          ids=["int4", "q4_0", "q4_1", "int8", "int4_asym"])
@@ -335,12 +331,11 @@ def test_quantize_model_with_calibration():
     # plain quantization has no such column
     assert "calib err" not in str(qc.quantize_model(weights, progress=False).metrics)
     # method="mse" uses what it finds and quantizes the rest plainly
-    if C._importance_supported():
-        m2 = qc.quantize_model(weights, QuantConfig.int4(method="mse"), calibration={"l1": stats["l1"]},
-                               progress=False)
-        assert m2.metrics["l1.weight"].calibrated_error is not None
-        assert m2.metrics["l2.weight"].calibrated_error is None
-        assert m2["l2.weight"] == qc.quantize(weights["l2.weight"], QuantConfig.int4(method="mse"))
+    m2 = qc.quantize_model(weights, QuantConfig.int4(method="mse"), calibration={"l1": stats["l1"]},
+                           progress=False)
+    assert m2.metrics["l1.weight"].calibrated_error is not None
+    assert m2.metrics["l2.weight"].calibrated_error is None
+    assert m2["l2.weight"] == qc.quantize(weights["l2.weight"], QuantConfig.int4(method="mse"))
 
 
 def test_quantize_model_calibration_errors():

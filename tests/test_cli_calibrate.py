@@ -48,8 +48,6 @@ def test_quantize_gptq_with_calibration(tmp_path):
 
 def test_quantize_mse_with_an_imatrix(tmp_path):
     pytest.importorskip("gguf", reason="the gguf package is not installed")
-    if not C._importance_supported():
-        pytest.skip("this build's C core has no importance-weighted search")
     src, arrays = _model_file(tmp_path)
     _, stats = _stats(tmp_path, arrays, names=("layer.0.q.weight",))
     ipath = tmp_path / "imatrix.gguf"

@@ -1,6 +1,7 @@
 """Python conventions: QuantizedLinear pickles, copies and travels to a spawned
 worker process (as to multiprocessing, Dask or Ray workers) with identical
-outputs; threadpoolctl sees quantcore's OpenMP pool, and what its limits do."""
+outputs; threadpoolctl does not see quantcore's own thread pool, and its limits
+leave quantcore's thread count alone."""
 
 from __future__ import annotations
 
@@ -94,33 +95,60 @@ def test_spawned_worker_gives_identical_outputs(rng):
 # ---- threadpoolctl ----------------------------------------------------------------------
 @pytest.fixture
 def tpc():
-    mod = pytest.importorskip("threadpoolctl", reason="threadpoolctl is not installed")
-    if not quantcore.info()["openmp"]:
-        pytest.skip("this build has no OpenMP")
-    return mod
+    return pytest.importorskip("threadpoolctl", reason="threadpoolctl is not installed")
 
 
-def test_threadpoolctl_lists_the_openmp_pool(tpc):
-    infos = [i for i in tpc.threadpool_info() if i["user_api"] == "openmp"]
-    assert infos, tpc.threadpool_info()
-    assert any(i["prefix"] in ("libgomp", "libiomp", "libomp", "vcomp") for i in infos)
+# Lists what threadpoolctl sees before and after importing quantcore and running a
+# call that starts the pool's workers.
+TPC_CHILD = r"""
+import json, os, numpy as np, threadpoolctl
+before = {i["filepath"] for i in threadpoolctl.threadpool_info()}
+import quantcore
+quantcore.set_num_threads(2)
+quantcore.quantize(np.ones((600, 600), np.float32), quantcore.QuantConfig.int8())
+pkg = os.path.dirname(quantcore.__file__)
+after = threadpoolctl.threadpool_info()
+print(json.dumps({"new": [i for i in after if i["filepath"] not in before],
+                  "ours": [i for i in after if i["filepath"].startswith(pkg)],
+                  "workers": quantcore.info()["pool_workers"]}))
+"""
 
 
-def test_threadpool_limits_apply_to_the_calling_thread(tpc, threads):
-    """OpenMP's thread count is per calling thread: threadpool_limits changes the
-    default of quantcore's kernels called from this thread; an explicit
-    quantcore.set_num_threads wins over it everywhere."""
-    threads(None)  # back to OpenMP's default
+def test_threadpoolctl_sees_no_pool_of_quantcore(tpc):
+    """quantcore runs no OpenMP or BLAS: importing it and starting its workers
+    adds nothing to threadpoolctl's list."""
+    import json
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [os.path.dirname(os.path.dirname(quantcore.__file__))] + [env.get("PYTHONPATH", "")])
+    r = subprocess.run([sys.executable, "-c", TPC_CHILD], env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    assert got["new"] == [] and got["ours"] == [], got
+    if quantcore.info()["thread_pool"] == "pthreads":
+        assert got["workers"] == 1  # the pool did start
+
+
+def test_threadpool_limits_leave_quantcore_alone(tpc, threads, rng):
+    """threadpool_limits limits NumPy's BLAS (and OpenMP libraries), not
+    quantcore: its thread count, here and in other Python threads, stays."""
+    threads(None)
     default = quantcore.get_num_threads()
-    with tpc.threadpool_limits(limits=1, user_api="openmp"):
-        assert quantcore.get_num_threads() == 1
+    layer = _layer(CONFIGS["int4_g32"], rng, n=600, k=512)
+    x = rng.standard_normal((2, 512)).astype(np.float32)
+    want = layer(x)
+    with tpc.threadpool_limits(limits=1):
+        assert quantcore.get_num_threads() == default
         other = []
         t = threading.Thread(target=lambda: other.append(quantcore.get_num_threads()))
         t.start()
         t.join()
-        assert other == [default]  # another Python thread keeps OpenMP's default
+        assert other == [default]
+        assert layer(x).tobytes() == want.tobytes()
         quantcore.set_num_threads(3)
         assert quantcore.get_num_threads() == 3
-        quantcore.set_num_threads(None)
-        assert quantcore.get_num_threads() == 1
-    assert quantcore.get_num_threads() == default
+    assert quantcore.get_num_threads() == 3

@@ -196,6 +196,21 @@ def test_get_include_has_the_headers():
     assert type(quantcore._ext._C_API).__name__ == "PyCapsule"
 
 
+def test_public_headers_export_no_bench_plumbing():
+    """The bandwidth probe and the GEMM switch-over are quantcore's own business
+    (csrc/internal.h): not in the headers get_include() ships, nor in the table
+    (whose layout changed with them: API version 2)."""
+    inc = quantcore.get_include()
+    pkg = os.path.dirname(quantcore.__file__)
+    for path in [os.path.join(inc, h) for h in os.listdir(inc) if h.endswith(".h")] + \
+            [os.path.join(pkg, p) for p in ("kernels.pxd", "_kernels.pxd")]:
+        with open(path) as f:
+            text = f.read()
+        for name in ("read_probe", "QC_GEMM_MIN_M", "threads_for", "QC_PAR_MIN_WORK"):
+            assert name not in text, f"{os.path.basename(path)} exports {name}"
+    assert quantcore._ext.C_API_VERSION == 2
+
+
 def test_third_party_quantize_matches_python_api(thirdparty, values):
     x = values((7, 100))
     data, scales, rb, ng = thirdparty.quantize_int4_g32(x)

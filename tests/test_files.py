@@ -388,9 +388,9 @@ def test_unsupported_dtype_raises(tmp_path):
 
 
 def test_missing_file_and_directory(tmp_path):
-    with pytest.raises(OSError):
+    with pytest.raises(FileNotFoundError, match="nope.safetensors: no such file"):
         qc.load(tmp_path / "nope.safetensors")
-    with pytest.raises(OSError):
+    with pytest.raises(ValueError, match="is a directory, not a regular file"):
         qc.load(tmp_path)
 
 

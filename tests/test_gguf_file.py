@@ -127,7 +127,7 @@ def test_float_and_other_types(tmp_path, values):
 
 
 def test_submodule_is_reachable_from_the_package():
-    assert quantcore.gguf is qg and quantcore.matmulnbits.to_matmulnbits is not None
+    assert quantcore.gguf is qg and quantcore.matmulnbits.MatMulNBitsWeights is not None
 
 
 def test_reader_agrees_with_gguf_reader(tmp_path, values):

@@ -117,7 +117,7 @@ def _int8_emulation(layer, x, per_row):
 @pytest.mark.parametrize("m", [1, 3, 16])
 def test_int8_compute_rounds_activations_per_block(name, m, isa, rng):
     """Every format, whole-row scales included, rounds activations with one scale
-    per 32-block (the README says why not per row); GEMV (m < 8) and GEMM alike.
+    per 32-block (docs/linear.md says why not per row); GEMV (m < 8) and GEMM alike.
     The two rules differ by far more than float rounding when one block of the
     row holds a large value."""
     cfg = CONFIGS[name].replace(compute="int8")

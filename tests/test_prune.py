@@ -113,7 +113,7 @@ def test_torch_and_lists():
 
 
 def test_empty_raises():
-    # SPEC.md: empty arrays are bad input, as for quantize
+    # empty arrays are bad input, as for quantize
     with pytest.raises(ValueError, match="array is empty"):
         prune_magnitude(np.zeros((0, 4), np.float32), 0.5)
 

@@ -1,31 +1,21 @@
 /*
- * linear_neon.c -- NEON GEMV kernels of the linear layer (AArch64).  NEON has no
- * tiled GEMM of its own: these run for every m (the gemm entries stay NULL).
+ * linear_neon.c -- NEON GEMV kernels of the linear layer (AArch64), for every m:
+ * NEON has no tiled GEMM (its gemm entries stay NULL).
  *
  * ISA: two tables from one loop (linear_neon_gemv.inc): qc_linear_neon, baseline
- * AArch64 Advanced SIMD (every ARMv8 CPU), and qc_linear_neon_dot, the same with
- * the integer dots on SDOT, for CPUs with the dot-product extension (dispatch.c
- * checks QC_CPU_DOTPROD).  Both give the same bits.  Layout: weights as quantcore.h,
- * read in place; activations in natural order (act_span4 = 0: the table's 4-bit
- * order), quantized by the scalar reference's act_quant.  A block the row ends
- * inside is read through a zeroed copy, never past the row.
- *
- * Per 32-block a block's codes are decoded into 32 bytes in natural order
- * (4-bit: mask and shift the nibbles, then zip low/high back together), then
- *   I8:  the integer dot sum(q * aq) with widening multiplies (vmull_s8, products
- *        <= 128 * 127 fit int16) and pairwise widening adds into int32, or SDOT
- *        (int8 x int8, four products per int32 lane): exact either way.
- *        ASYM8 codes 0..255 are not int8, so q - 128 is used and 128 * sum(aq) is
- *        added back in integers.  Then, per block and in block order, exactly the
- *        scalar reference's float steps: y += d * (da * dot) + c * xs; the result
- *        is bit-identical to qc_linear_scalar (tests/c checks it).
- *   F32: codes widened to float32, four FMA chains over the block's 32 floats,
- *        summed, then y += d * bs + c * xs as the reference does; the in-block sum
- *        runs in another order, so results agree to a K * eps bound.
- * Memory: one pass over a weight row per activation row (the weights of a row
- * stay in L1/L2 for the next m), each block decoded again per activation row.
- * Checked for correctness under qemu only: no ARM machine here to time it, so
- * nothing in it is tuned (no multi-row passes, no GEMM, no prefetch).
+ * AArch64 Advanced SIMD, and qc_linear_neon_dot, with the integer dots on SDOT
+ * for CPUs with the dot-product extension (dispatch.c checks QC_CPU_DOTPROD);
+ * both give the same bits.  Layout: weights as quantcore.h, read in place;
+ * activations in natural order (act_span4 = 0), quantized by the scalar
+ * reference's act_quant; a block the row ends inside is read through a zeroed
+ * copy.  Per 32-block the codes are decoded into 32 bytes in natural order, then
+ *   I8:  the exact integer dot sum(q * aq) (widening multiplies into int16, then
+ *        pairwise adds into int32; or SDOT); ASYM8 uses q - 128 and adds
+ *        128 * sum(aq) back in integers; then, per block and in block order, the
+ *        scalar reference's float steps y += d * (da * dot) + c * xs: bit for
+ *        bit qc_linear_scalar (tests/c checks it).
+ *   F32: codes widened to float32, four FMA chains over the block, summed, then
+ *        y += d * bs + c * xs: within K * eps of the reference.
  */
 #include "../kernels.h"
 

@@ -2,25 +2,18 @@
  * quant_neon.c -- AArch64 Advanced SIMD (NEON) versions of the quantize /
  * dequantize / pack kernels.
  *
- * ISA: baseline armv8-a AdvSIMD only (architectural on every AArch64 CPU, so no
- * target attribute and no runtime check beyond QC_CPU_NEON); no dotprod, no fp16
- * arithmetic (the float16 loads use the baseline FCVTL conversion).
- * Layout: as quantcore.h; 32 floats per step (eight q registers), which is one
- * 32-byte store of 8-bit codes or a 16-byte store of nibbles (element 2i in the
- * low nibble of byte i, 2i+1 in the high one).  Tails (n % 32) go to the scalar
- * reference, so a row of any length is exact.
- * Exactness: every element is computed with the same float32 operations as the
- * scalar reference, in the same order: a multiply, then a separate add (never
- * FMLA: each product passes through an empty asm barrier so that no compiler,
- * whatever its -ffp-contract, can fuse it with the add), the same clamps
- * before the conversion to int, round-half-away-from-zero by FCVTAS (round to
- * nearest, ties away: exactly (int)roundf on the clamped value), truncation by
- * FCVTZS.  Both conversions give 0 for NaN, as the scalar (int32_t) conversion
- * does on AArch64.  AArch64 NEON honours FPCR.FZ (off on Linux, macOS and
- * Windows), so subnormals are computed, not flushed, as in scalar code.  stats
- * returns the same min, max and amax_signed as the scalar one, the sign of a
- * zero min or max included.  Results match the reference bit for bit
- * (tests/c/test_neon_vs_scalar.c, run under qemu-aarch64).
+ * ISA: baseline armv8-a AdvSIMD (every AArch64 CPU: no target attribute, no
+ * runtime check beyond QC_CPU_NEON); float16 loads use the baseline FCVTL.
+ * Layout: as quantcore.h; 32 floats per step, one 32-byte store of 8-bit codes or
+ * 16 bytes of nibbles (element 2i low, 2i+1 high); tails (n % 32) go to the
+ * scalar reference.
+ * Exactness: the scalar reference's float32 operations in its order: a multiply,
+ * then a separate add (each product passes an empty asm barrier, so no compiler
+ * fuses them into FMLA), the same clamps, round-half-away by FCVTAS, truncation by
+ * FCVTZS (both 0 for NaN, as the scalar conversion on AArch64).  FPCR.FZ is off
+ * on Linux, macOS and Windows, so subnormals are computed, not flushed.  stats
+ * returns the reference's min, max and amax_signed, signed zeros included.
+ * Results match the reference bit for bit (tests/c, under qemu-aarch64).
  */
 #include "../quantize_row.h"
 

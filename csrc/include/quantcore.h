@@ -8,7 +8,7 @@
  *
  * From another Python extension, include quantcore_api.h instead: the kernels
  * live inside quantcore._ext, and that header calls them through the table the
- * module exports (no linking; see the README, "Embedding quantcore").
+ * module exports (no linking; see docs/embedding.md).
  *
  * Data layout shared by all entry points
  * --------------------------------------
@@ -145,6 +145,42 @@ qc_status qc_pack_int4(const uint8_t *src, int64_t rows, int64_t cols, int is_si
 qc_status qc_unpack_int4(const uint8_t *src, int64_t rows, int64_t cols, int is_signed,
                          uint8_t *dst);
 
+/* ---- K-quants: GGUF Q4_K, Q5_K, Q6_K -------------------------------------------
+ * A row of `cols` values (a positive multiple of 256) is stored as cols / 256
+ * super-blocks of 144 (Q4_K), 176 (Q5_K) or 210 (Q6_K) bytes, byte for byte
+ * ggml's block_q4_K / block_q5_K / block_q6_K (layouts in csrc/formats.h):
+ * 4.5, 5.5 and 6.5625 bits per value.  Rows follow each other without padding.
+ *
+ * qc_quantize_kquant reproduces ggml's quantizers bit for bit: without
+ * `importance`, quantize_row_q4_K_ref (q5_K, q6_K); with it, quantize_q4_K &
+ * co. given quant_weights = importance (`cols` finite floats >= 0, the same for
+ * every row: an importance-matrix column).  src is float32, rows src_row_stride
+ * floats apart.  NaN or Inf in src: QC_ERR_NONFINITE (qc_error: where); a bad
+ * importance value: QC_ERR_RANGE (col: which); a super-block whose float16
+ * scale would overflow, or whose search overflows float32 (where ggml writes
+ * garbage): QC_ERR_OVERFLOW (row, first column of the block).
+ * Single-threaded; rows are independent.
+ *
+ * qc_dequantize_kquant: value = (d * sc) * q - dmin * m (Q4_K, Q5_K) or
+ * (d * sc) * (q - 32) (Q6_K), as ggml's dequantize_row_* and gguf.quants.
+ * qc_kquant_params: the effective scale d * sc of each sub-block (32 values;
+ * Q6_K: 16), rows x qc_kquant_sub_blocks floats, and for Q4_K / Q5_K the value
+ * of code 0, -(dmin * m), in `offsets` (same shape; NULL for Q6_K). */
+typedef enum { QC_KTYPE_Q4_K = 0, QC_KTYPE_Q5_K = 1, QC_KTYPE_Q6_K = 2, QC_NUM_KTYPES } qc_ktype;
+#define QC_KQUANT_BLOCK 256
+
+/* Bytes per row; 0 when cols is not a positive multiple of 256 (or type is unknown). */
+int64_t qc_kquant_row_bytes(qc_ktype type, int64_t cols);
+/* Sub-blocks per row (cols / 32, Q6_K cols / 16); 0 where qc_kquant_row_bytes is 0. */
+int64_t qc_kquant_sub_blocks(qc_ktype type, int64_t cols);
+qc_status qc_quantize_kquant(qc_ktype type, const float *src, int64_t rows, int64_t cols,
+                             int64_t src_row_stride, const float *importance, uint8_t *dst,
+                             qc_error *err);
+qc_status qc_dequantize_kquant(qc_ktype type, const uint8_t *src, int64_t rows, int64_t cols,
+                               float *dst, int64_t dst_row_stride, qc_error *err);
+qc_status qc_kquant_params(qc_ktype type, const uint8_t *src, int64_t rows, int64_t cols,
+                           float *scales, float *offsets, qc_error *err);
+
 /* ---- Linear layers: y[m, :] = x[m, :] @ W^T (+ bias) ------------------------
  * W is a quantized (n x k) matrix in the layout above, seen through a qc_qweight
  * (no copy).  x is float32 with contiguous rows (x_row_stride floats apart).
@@ -173,18 +209,14 @@ typedef struct {
     const void *zeros;    /* as in qc_quantize, or NULL                     */
 } qc_qweight;
 
-/* y (m x n, rows y_row_stride floats apart) = x (m x k) @ W^T + bias (may be NULL). */
+/* y (m x n, rows y_row_stride floats apart) = x (m x k) @ W^T + bias (may be NULL).
+ * y may overlap x.  Outputs are finite wherever the result is representable in
+ * float32, for |scales| (and Q4_1 minima) up to ~1e30: rows of x are scaled by a
+ * power of two where the kernels' sums would overflow or underflow. */
 qc_status qc_linear(const qc_qweight *w, const float *x, int64_t m, int64_t x_row_stride,
                     const float *bias, float *y, int64_t y_row_stride, qc_compute mode);
 /* 1 if qc_linear would run its tiled GEMM path for m rows, 0 for the GEMV path. */
 int qc_linear_uses_gemm(const qc_qweight *w, int64_t m, qc_compute mode);
-/* Rows of x from which the GEMM path is taken at the latest (where the ISA has
- * one); an ISA may switch earlier for some modes (qc_linear_uses_gemm says). */
-#define QC_GEMM_MIN_M 8
-
-/* Read `bytes` (a multiple of 64, 8-byte aligned) with all kernel threads and
- * return a checksum: the benchmark's probe of the memory bandwidth. */
-uint64_t qc_read_probe(const void *p, size_t bytes);
 
 /* Runtime: CPU features, kernel set, threads. */
 uint32_t qc_cpu_features(void);
@@ -196,7 +228,7 @@ qc_isa qc_current_isa(void);
 const char *qc_isa_name(qc_isa isa);
 void qc_set_num_threads(int n);
 int qc_get_num_threads(void);
-int qc_has_openmp(void);
+int qc_has_openmp(void); /* 0: the kernels run on quantcore's own thread pool (no OpenMP) */
 
 #ifdef __cplusplus
 }

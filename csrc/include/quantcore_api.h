@@ -41,7 +41,7 @@
 extern "C" {
 #endif
 
-#define QC_API_VERSION 1 /* major: a change that is not an append */
+#define QC_API_VERSION 2 /* major: a change that is not an append */
 #define QC_API_CAPSULE "quantcore._ext._C_API"
 
 typedef struct qc_api {
@@ -67,7 +67,6 @@ typedef struct qc_api {
                         const float *bias, float *y, int64_t y_row_stride, qc_compute mode);
     int (*linear_uses_gemm)(const qc_qweight *w, int64_t m, qc_compute mode);
     /* runtime */
-    uint64_t (*read_probe)(const void *p, size_t bytes);
     uint32_t (*cpu_features)(void);
     int (*isa_compiled)(qc_isa isa);
     int (*isa_supported)(qc_isa isa);
@@ -128,7 +127,6 @@ static inline int qc_import_api(void) {
 #define qc_unpack_int4 (qc_api_ptr->unpack_int4)
 #define qc_linear (qc_api_ptr->linear)
 #define qc_linear_uses_gemm (qc_api_ptr->linear_uses_gemm)
-#define qc_read_probe (qc_api_ptr->read_probe)
 #define qc_cpu_features (qc_api_ptr->cpu_features)
 #define qc_isa_compiled (qc_api_ptr->isa_compiled)
 #define qc_isa_supported (qc_api_ptr->isa_supported)

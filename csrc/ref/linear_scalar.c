@@ -1,5 +1,5 @@
 /*
- * linear_scalar.c -- the scalar reference of the linear-layer kernels (the spec).
+ * linear_scalar.c -- the scalar reference of the linear-layer kernels.
  *
  * ISA: none.  Layout: weights as quantcore.h (row-major codes, scales per group),
  * activations as qc_act in kernels.h.  Per 32-block b of a weight row with group

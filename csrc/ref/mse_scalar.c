@@ -1,8 +1,8 @@
 /*
- * mse_scalar.c -- the scalar reference of method="mse" (the spec that every
- * SIMD version matches bit for bit): the candidate evaluators, one element at
- * a time but accumulated in 8 lanes (element i into lane i % 8) and reduced in
- * the fixed order of qc_lane_sum8, and the search of quantize_mse.inc.
+ * mse_scalar.c -- the scalar reference of method="mse", which every SIMD version
+ * matches bit for bit: the candidate evaluators, one element at a time but
+ * accumulated in 8 lanes (element i into lane i % 8) and reduced in the fixed
+ * order of qc_lane_sum8, and the search of quantize_mse.inc.
  *
  * ISA: none (baseline C99).  Exactness: see quantize_mse.h.
  */

@@ -1,5 +1,6 @@
 /*
- * quant_scalar.c -- the scalar reference: the spec that every SIMD kernel matches.
+ * quant_scalar.c -- the scalar reference of the quantize / dequantize / pack
+ * kernels, which every SIMD version matches.
  *
  * ISA: none (baseline C99).  Data layout: see quantcore.h.  Accumulation: none
  * (every output element depends on one input element and its group's

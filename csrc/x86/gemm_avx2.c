@@ -1,53 +1,27 @@
 /*
- * gemm_avx2.c -- AVX2/FMA tiled GEMM kernels of the linear layer (m >= QC_GEMM_MIN_M rows).
+ * gemm_avx2.c -- AVX2/FMA tiled GEMM kernels of the linear layer, for m from the
+ * ISA's threshold on (dispatch.c).  Design and measurements: docs/linear.md and
+ * docs/performance.md.
  *
- * ISA: AVX2 + FMA + F16C (every function carries the target attribute); the
- * 4x16 integer block of the I8 family is inline assembly (GCC/clang syntax,
- * QC_NO_ASM selects the intrinsics version).  Exported as qc_gemm_f32_avx2 /
- * qc_gemm_i8_avx2, the gemm entries of the AVX2 linear table (dispatch.c).
- *
+ * ISA: AVX2 + FMA + F16C, by target attribute; the I8 4x16 block is inline
+ * assembly (GCC/clang syntax; QC_NO_ASM selects the intrinsics).  Exported as
+ * qc_gemm_f32_avx2 / qc_gemm_i8_avx2, the gemm entries of the AVX2 linear table.
  * Layout: weights as quantcore.h, read in place and never past a row's end (a
- * partial last block goes through a zeroed copy).  Activations as qc_act in
- * kernels.h, natural order.  A call computes y[m0:m1, n0:n1] (no bias); scratch
- * is O(tile), about 200 KiB, allocated per call.
- *
- * Panels: weight rows 16 at a time, two halves of 8 rows with one row per 32-bit
- * lane.  A panel is built from 16 (4-bit) or 32 (8-bit) code bytes of 8 rows:
- * [row i | row i+4] in one register, then a 4x4 dword transpose per 128-bit lane
- * gives registers of 4 consecutive code bytes of 8 rows.  Each panel is built
- * right before its use, into a buffer that stays in L1, and the next panel's
- * codes are prefetched meanwhile.
- *
- * Tiling (both families): N tile (256 rows) > M tile (132 / 128 rows of x,
- * copied into a compact buffer per K tile) > K tile > 16-row panel > microkernel
- * over the M tile.  y[M tile, N tile] stays in L2 while the K tiles add into it.
- *
- * F32 family: panels of float32 weights [k][16], expanded with the dequantize
- *   rule (d * (q - z), d * q, d * q + m, each product and sum rounded: bit for
- *   bit the values of qc_dequantize); microkernel 6 x 16 (12 ymm accumulators,
- *   per k two panel loads and one broadcast of x[m, k] per row, 12 FMAs), K tile
- *   256 (a 16 KiB panel).  Accumulation: per output, FMAs in k order within a K
- *   tile, K tiles added in order.  Result: x @ dequantize(W).T in float32, within
- *   K * eps of the scalar reference (which sums d * sum(q x) + c * sum(x)).
- * I8 family: integer dots per 32-block, then one float step per block; exact:
- *   4-bit: panels of uint8 codes [block][8 steps][half][lane][4 codes];
- *          vpmaddubsw(codes <= 15, 4 broadcast int8 activations |aq| <= 127)
- *          (a step takes the even or the odd codes of 8, so that a panel is a
- *          dword transpose and a nibble split; the activations follow):
- *          a pair <= 3810, the 8 steps of a block summed in int16 (<= 30480),
- *          then vpmaddwd(.., 1) to int32.  K tile 16 blocks.
- *   8-bit: panels of int16 codes [block][16 steps][half][lane][2 codes] (SYM8
- *          sign-extended, ASYM8 zero-extended, so its offset is c as is; codes
- *          0 2 / 1 3 of each 4 per step), the activations widened to int16 (in
- *          that order) per M x K tile; vpmaddwd(codes, 2
- *          broadcast activations) + vpaddd, exact in int32.  (vpmaddubsw needs
- *          a vpmaddwd per step here anyway, as 8-bit pairs overflow int16; the
- *          int16 route saves the sign trick.)  K tile 16 blocks.
- *   Microkernel 4 rows x 16 columns (8 integer accumulators), then per block:
- *   whole-row scales (per channel / per tensor) acc += dot * da_b, and at the
- *   end of a K tile y += d * acc + c * sum_b xs_b; split groups acc += dot *
- *   (d_g * da_b) + c_g * xs_b.  The float sums run in another order than the
- *   reference: within K * eps of it.
+ * partial last block through a zeroed copy); activations as qc_act (kernels.h),
+ * natural order; a call computes y[m0:m1, n0:n1] (no bias) with O(tile) scratch
+ * (about 200 KiB) allocated per call.  Panels hold 16 weight rows, one row per
+ * 32-bit lane (two halves of 8).
+ * F32: panels of float32 weights expanded bit for bit as qc_dequantize; per
+ *   output, FMAs in k order within a K tile, K tiles added in order: within
+ *   K * eps of the scalar reference.
+ * I8: per 32-block an exact int32 dot: 4-bit, vpmaddubsw(codes <= 15, |aq| <=
+ *   127) with a step taking the even or the odd codes of each 8 (the activations
+ *   follow), 8 steps summed in int16 (<= 30480), then vpmaddwd(.., 1); 8-bit,
+ *   int16 codes (SYM8 sign-, ASYM8 zero-extended; codes 0 2 / 1 3 of each 4 per
+ *   step) and vpmaddwd.  Then one float step per block: whole-row scales
+ *   acc += dot * da_b and y += d * acc + c * sum_b xs_b per K tile; split groups
+ *   acc += dot * (d_g * da_b) + c_g * xs_b.  Float sums in another order than
+ *   the reference: within K * eps of it.
  */
 #include "avx2_common.h"
 

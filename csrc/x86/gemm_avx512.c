@@ -1,55 +1,29 @@
 /*
- * gemm_avx512.c -- AVX-512 / VNNI tiled GEMM kernels of the linear layer (m >= QC_GEMM_MIN_M rows).
+ * gemm_avx512.c -- AVX-512 / VNNI tiled GEMM kernels of the linear layer, for m
+ * from the ISA's threshold on (dispatch.c).  Design and measurements:
+ * docs/linear.md and docs/performance.md.
  *
- * ISA: AVX-512 F, BW, VL and VNNI (vpdpbusd), plus F16C for float16 scales; every
- * function carries the target attribute, so the rest of the build stays baseline.
- * Exported as qc_gemm_f32_avx512 / qc_gemm_i8_avx512, the gemm entries of the
- * avx512 linear table (dispatch.c).  The contract is qc_linear_fn (kernels.h):
- * natural-order activations, y[(m - m0) * ldy + (n - n0)], no bias.
- *
- * Layout: weights as quantcore.h, read in place and never past a row's end (a
- * partial last block goes through a zeroed copy).  Scratch is O(tile), at most
- * about 350 KiB, allocated per call (so concurrent calls share nothing).
- *
- * Panels: 32 weight rows (output features) at a time, two halves of 16 rows with
- * one row per 32-bit lane of a zmm register.  A panel is built for one K tile
- * right before its use, into a buffer that stays in L1, from 16-byte pieces of
- * 16 rows: [rows i | i+4 | i+8 | i+12] in one register, then a 4x4 dword
- * transpose per 128-bit lane gives registers of 4 code bytes of 16 rows.  The
- * next panel's codes are prefetched into L2 meanwhile.  A panel is built once
- * per M tile and used by all of its rows.
- *
- * Tiling (both families): N tile (256 rows) > M tile (up to ~140 / 256 rows of x,
- * copied into a compact buffer per K tile) > K tile > 32-row panel >
- * microkernel over the M tile.  y[M tile, N tile] stays in L2 while the K tiles
- * add into it.  Columns past n1 are never written (masked stores).
- *
- * F32 family: panels of float32 weights [k][32], expanded with the dequantize
- *   rule (d * (q - z), d * q, d * q + m, each product and sum rounded: bit for
- *   bit the values of qc_dequantize); microkernel 14 x 32 (28 zmm accumulators;
- *   per k two panel loads and one broadcast of x[m, k] per row folded into the
- *   FMA), K tile 256 (a 32 KiB panel: measured a little faster than 128).  Accumulation: per output, FMAs in k order
- *   within a K tile, K tiles added in order.  Result: x @ dequantize(W).T in
- *   float32, within K * eps of the scalar reference.
- * I8 family: vpdpbusd (u8 x s8 -> s32, 4 products per dword, no saturation) with
- *   the weights as the unsigned side for every kind, the int8 activations
- *   (|aq| <= 127) as the signed side:
- *     4-bit codes are 0..15 already; ASYM8 codes 0..255 are used as they are;
- *     SYM8 codes are stored as q + 128 (q xor 0x80) and SYM4 codes as q = w + 8,
- *     and the integer accumulator of each block starts at -128 * sum(aq) (SYM8)
- *     or -8 * sum(aq) (SYM4), the compensation, computed once per x tile and
- *     row while packing it: the block's dot is then exactly sum(w * aq) in int32
- *     (|dot| <= 255 * 127 * 32), so these kinds need no offset term.
- *   Panel step s (4 codes of each of 32 rows): 8-bit, codes 4s..4s+3 (natural
- *   order); 4-bit, the even codes 8t, +2, +4, +6 (s = 2t) or the odd ones (s =
- *   2t + 1) of each 8, so that a panel is a dword transpose and a nibble split;
- *   the packed activations follow that order.
- *   Microkernel 6 rows x 32 columns: 12 integer accumulators per block (8 steps,
- *   96 vpdpbusd), then per block one float step: whole-row scales (per channel,
- *   per tensor) f += dot * da_b, and at the end of a K tile y += d * f + c *
- *   sum_b xs_b; split groups f += dot * (d_g * da_b) [+ c_g * xs_b].  Float sums
- *   in another order than the reference: within K * eps of it; the integer dots
- *   are exact.
+ * ISA: AVX-512 F, BW, VL and VNNI, plus F16C for float16 scales, by target
+ * attribute.  Exported as qc_gemm_f32_avx512 / qc_gemm_i8_avx512; contract
+ * qc_linear_fn (kernels.h): natural-order activations, y[(m - m0) * ldy +
+ * (n - n0)], no bias.  Layout: weights as quantcore.h, read in place and never
+ * past a row's end (a partial last block through a zeroed copy); columns past n1
+ * never written (masked stores); O(tile) scratch (at most about 350 KiB) per
+ * call, shared with no other call.  Panels hold 32 weight rows, one row per
+ * 32-bit lane (two halves of 16).
+ * F32: panels of float32 weights expanded bit for bit as qc_dequantize; per
+ *   output, FMAs in k order within a K tile, K tiles added in order: within
+ *   K * eps of the scalar reference.
+ * I8: vpdpbusd with the weight codes as the unsigned side for every kind (4-bit
+ *   and ASYM8 codes as stored, SYM8 codes q + 128) and the activations (|aq| <=
+ *   127) as the signed side; a SYM8 / SYM4 block's accumulator starts at -128 /
+ *   -8 * sum(aq), so its dot is exactly sum(w * aq) in int32 (|dot| <= 255 * 127
+ *   * 32).  Panel step s (4 codes of each of 32 rows): 8-bit, codes 4s..4s+3;
+ *   4-bit, the even codes 8t, +2, +4, +6 (s = 2t) or the odd ones (s = 2t + 1)
+ *   of each 8; the packed activations follow that order.  Then one float step per
+ *   block: whole-row scales f += dot * da_b and y += d * f + c * sum_b xs_b per
+ *   K tile; split groups f += dot * (d_g * da_b) [+ c_g * xs_b].  Float sums in
+ *   another order than the reference: within K * eps of it.
  */
 #include "../kernels.h"
 

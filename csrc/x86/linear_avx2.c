@@ -2,23 +2,19 @@
  * linear_avx2.c -- AVX2/FMA GEMV kernels of the linear layer, and the Q8_0
  * activation quantizer.
  *
- * Layout: weights as quantcore.h, read in place (no repacking): a 32-block of a
- * row is 16 bytes of nibbles (4-bit) or 32 bytes (8-bit); scales and zero points
- * per group.  Activations as qc_act (kernels.h); for 4-bit weights each block is
- * deinterleaved, so that the low nibbles of the 16 bytes (elements 0, 2, ..., 30)
- * meet the first 16 activations and the high nibbles the last 16.
- * I8 path: vpmaddubsw(u8, s8) then vpmaddwd(.., 1) per block, exact in int32:
- *   4-bit codes (<= 15) x int8 activations (|a| <= 127) cannot saturate int16;
- *   8-bit weights use the sign trick (|w| x sign(a, w)), ASYM8 shifted by 128
- *   first, so every pair sum stays <= 2 * 128 * 127 < 32767.
- *   One float FMA per block: acc += (d * da) * dot; the zero-point/offset term
- *   c * (da * sum(aq)) is added per block in scalar.
- * F32 path: codes widened to float32, multiplied by the activations, scaled per
- *   block: acc += d * sum(q * x); plus c * sum(x).
+ * Layout: weights as quantcore.h, read in place: a 32-block of a row is 16 bytes
+ * of nibbles (4-bit) or 32 bytes (8-bit), scales and zero points per group.
+ * Activations as qc_act (kernels.h); for 4-bit weights each block is
+ * deinterleaved, so that the low nibbles (elements 0, 2, ..., 30) meet the first
+ * 16 activations and the high nibbles the last 16.  The last block of a row is
+ * read through a zeroed copy when the row ends inside it.
+ * I8: vpmaddubsw(u8, s8) then vpmaddwd(.., 1) per block, exact in int32: 4-bit
+ *   codes (<= 15) x |aq| <= 127 cannot saturate int16; 8-bit weights use the sign
+ *   trick (|w| x sign(a, w)), ASYM8 shifted by 128 first, so every pair sum stays
+ *   <= 2 * 128 * 127.  Per block acc += (d * da) * dot, plus c * (da * sum(aq)).
+ * F32: codes widened to float32, acc += d * sum(q * x) per block, plus c * sum(x).
  * Accumulation: two 8-lane accumulators (even and odd blocks), summed at the end;
  * the order differs from the scalar reference, so results agree to K * eps.
- * The last block of a row is copied into a zeroed buffer when the row ends
- * inside it, so no load reads past a row.
  */
 #include "avx2_common.h"
 

@@ -1,52 +1,24 @@
 /*
  * linear_avx512.c -- AVX-512 (F, BW, VL, VNNI) GEMV kernels of the linear layer
- * (m < QC_GEMM_MIN_M), and the Q8_0 activation quantizer.
+ * (m below the GEMM threshold), and the Q8_0 activation quantizer.  Design and
+ * measurements: docs/linear.md and docs/performance.md.
  *
- * Layout: weights as quantcore.h, read in place (no repacking).  Activations as
- * qc_act (kernels.h); for 4-bit weights the blocks go in groups of four
- * (act_span4 = 4, where AVX2 uses pairs): a 64-byte load of four blocks'
- * nibbles gives, after one mask, the even elements of the four blocks, which are
- * the first 64 activation bytes of the group, and after one shift the odd ones,
- * the next 64.  Rows shorter than a group, a last block the row ends inside and
- * the last scales of a row are read with masked loads (never past the arrays).
- * A pass over a weight row serves up to QC_MB activation rows, so the weights
- * are decoded once for them.
- *
- * I8 path: vpdpbusd (u8 x s8 -> int32, four products summed per lane, no
- *   saturation: |q| <= 255, |a| <= 127).  The unsigned operand is the weight code:
- *   4-bit codes and ASYM8 codes as stored, SYM8 codes xor 0x80 (q + 128), whose
- *   extra 128 * sum(aq) is taken back through the offset term (c = -128 d), since
- *   da * sum(aq) is already known per block (qc_act.xs).  Per block b:
- *     acc += (d_b * da_b) * dot_b (16 lanes, the int32 lanes converted once)
- *     corr += c_b * (da_b * sum(aq_b))
- *   so the integer dot products are exact; one float multiply-add per lane.
- * F32 path: 4-bit codes become floats through a 16-entry table of the group's
- *   dequantized values (vpermps indexed by the nibble: w = d * q + c), so no
- *   offset term is needed; 8-bit codes are widened and converted, each block's
- *   sum(q * x) is scaled by d_b (or, for whole-row scales, d once at the end).
- * Accumulation: per activation row two independent 16-lane accumulators on the
- * I8 path (plus one for the offset term), four on the F32 path (one chain of
- * dependent FMAs per row was bound by the FMA latency), reduced at the end; the
- * order differs from the scalar reference, so float results agree to a K * eps
- * bound, integer dots exactly.
- * M = 2..7 is compute-bound: each activation row pays its own convert, scale and
- * FMA per 32-block (the Q8_0 activation scales are per block), so 4 rows cost
- * about 4x one row once the weights come from cache.
- * Memory: each thread streams one contiguous run of weight rows, one row at a
- * time (a single stream), prefetching QC_PF_DIST bytes ahead.  Measured here
- * (Zen 4, M=1, DRAM-resident weights): without the prefetch the 64-byte loads
- * ran 20-30% slower than AVX2's 32-byte ones; two weight rows per pass (two
- * streams per thread, each activation vector loaded once for both) ran
- * 1.5-3.6x slower than one, so the kernel keeps one.
- * Long rows: at K = 14336 the activation row (14 KiB of codes plus 3.5 KiB of
- * block scales and sums) and a weight row no longer fit L1 together, and the
- * GEMV streams 10-25% slower than at K = 4096 with the same bytes (2026-12-01,
- * shapes interleaved in one process; reading only the first 2 KiB of
- * activations over and over closed the gap, which pins it on that footprint).
- * Tried and slower: passes over K chunks of a 16-row tile (19-21 GB/s against
- * 28-32, even with the next piece prefetched across rows), weight rows in pairs
- * per chunk (two streams again: 18-25 against 24-36 GB/s), prefetchnta / t1 /
- * t2 instead of t0, prefetching the activations.
+ * Layout: weights as quantcore.h, read in place.  Activations as qc_act
+ * (kernels.h); for 4-bit weights in groups of four blocks (act_span4 = 4): the
+ * even elements of the four blocks are the group's first 64 activation bytes, the
+ * odd ones the next 64.  Short rows, a last block the row ends inside and a row's
+ * last scales are read with masked loads, never past the arrays.  A pass over a
+ * weight row serves up to QC_MB activation rows.
+ * I8: vpdpbusd (u8 x s8 -> int32, no saturation: q <= 255, |aq| <= 127) with the
+ *   weight code unsigned (4-bit and ASYM8 as stored, SYM8 xor 0x80, its extra
+ *   128 * sum(aq) taken back through the offset term c = -128 d); per block
+ *   acc += (d_b * da_b) * dot_b and corr += c_b * (da_b * sum(aq_b)).
+ * F32: 4-bit codes become floats through a 16-entry table of the group's values
+ *   (vpermps: w = d * q + c); 8-bit codes are widened, each block's sum(q * x)
+ *   scaled by d_b (whole-row scales: d once at the end).
+ * Accumulation: per activation row two 16-lane chains on the I8 path (plus one
+ * for the offset term), four on the F32 path, reduced at the end; integer dots
+ * are exact, float results within K * eps of the scalar reference.
  */
 #include "../kernels.h"
 
@@ -62,12 +34,7 @@
 
 #define QC_MB 4 /* activation rows per pass over a weight row */
 #ifndef QC_PF_DIST
-/* bytes of weights prefetched ahead.  Measured here (Zen 4, M=1, weights
- * rotating through 5 DRAM-resident layers, variants interleaved in one process,
- * 2 threads): 2048 was 0-14% faster than 512 for int4 g32 and 1-5% for int8 on
- * both 4096 x 14336 and 14336 x 4096 (1024 in between, 4096-8192 no better); no
- * prefetch was 20-30% slower than 512 in the first AVX-512 runs.  On one thread
- * int8 at K = 4096 ran ~8% slower with 2048 than with 512. */
+/* bytes of weights prefetched ahead (chosen by measurement: docs/performance.md) */
 #define QC_PF_DIST 2048
 #endif
 

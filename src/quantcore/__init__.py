@@ -1,17 +1,17 @@
 """quantcore: fast CPU int8/int4 quantization kernels with a NumPy-first API.
 
-Hot paths are C kernels (a scalar reference, AVX2/FMA/F16C and NEON variants)
+Hot paths are C kernels (a scalar reference, AVX2, AVX-512 and NEON variants)
 behind one dispatch table chosen at import; see ``quantcore.show_config()``.
 """
 
-__version__ = "0.1.0"
-
+from ._version import __version__
 from . import _ext  # noqa: F401  (the compiled core; fails loudly if the build is missing)
+from . import calibrate, gguf, gptq, matmulnbits  # noqa: F401  (the submodules, as attributes)
 from .config import QuantConfig
 from .files import load, save
 from .linear import QuantizedLinear
-from .metrics import CompressionMetrics, ModelCompressionMetrics
-from .model import QuantizedModel, quantize_model
+from .metrics import CompressionMetrics
+from .model import ModelCompressionMetrics, QuantizedModel, quantize_model
 from .prune import prune_magnitude
 from .runtime import (available_isas, get_include, get_isa, get_num_threads, info, set_isa,
                       set_num_threads, show_config)
@@ -29,14 +29,3 @@ from .runtime import _apply_environment as _apply_env
 
 _apply_env()
 del _apply_env
-
-
-def __getattr__(name: str):
-    """Submodules imported on first use: ``quantcore.gguf`` (GGUF files),
-    ``quantcore.matmulnbits`` (ONNX Runtime's MatMulNBits layout),
-    ``quantcore.calibrate`` (calibration statistics, imatrix files) and
-    ``quantcore.gptq`` (GPTQ)."""
-    if name in ("gguf", "matmulnbits", "calibrate", "gptq"):
-        import importlib
-        return importlib.import_module(f".{name}", __name__)
-    raise AttributeError(f"module 'quantcore' has no attribute {name!r}")

@@ -65,7 +65,6 @@ cdef extern from "quantcore.h" nogil:
     qc_status qc_unpack_int4(const uint8_t *src, int64_t rows, int64_t cols, int is_signed,
                              uint8_t *dst)
 
-    uint64_t qc_read_probe(const void *p, size_t bytes)
     uint32_t qc_cpu_features()
     int qc_isa_compiled(qc_isa isa)
     int qc_isa_supported(qc_isa isa)
@@ -96,3 +95,20 @@ cdef extern from "quantcore.h" nogil:
     qc_status qc_linear(const qc_qweight *w, const float *x, int64_t m, int64_t x_row_stride,
                         const float *bias, float *y, int64_t y_row_stride, qc_compute mode)
     int qc_linear_uses_gemm(const qc_qweight *w, int64_t m, qc_compute mode)
+
+cdef extern from "quantcore.h" nogil:
+    ctypedef enum qc_ktype:
+        QC_KTYPE_Q4_K
+        QC_KTYPE_Q5_K
+        QC_KTYPE_Q6_K
+        QC_NUM_KTYPES
+
+    int64_t qc_kquant_row_bytes(qc_ktype type, int64_t cols)
+    int64_t qc_kquant_sub_blocks(qc_ktype type, int64_t cols)
+    qc_status qc_quantize_kquant(qc_ktype type, const float *src, int64_t rows, int64_t cols,
+                                 int64_t src_row_stride, const float *importance, uint8_t *dst,
+                                 qc_error *err)
+    qc_status qc_dequantize_kquant(qc_ktype type, const uint8_t *src, int64_t rows, int64_t cols,
+                                   float *dst, int64_t dst_row_stride, qc_error *err)
+    qc_status qc_kquant_params(qc_ktype type, const uint8_t *src, int64_t rows, int64_t cols,
+                               float *scales, float *offsets, qc_error *err)

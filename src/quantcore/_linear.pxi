@@ -47,20 +47,10 @@ cdef class QWeight:
 
     def forward(self, x, bias, out, int mode):
         """x: float32 (m, k) with contiguous rows; bias: float32 (n,) or None;
-        out: float32 (m, n) with contiguous rows.  Checked here, computed without
-        the GIL."""
-        if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim != 2:
-            raise TypeError("x must be a 2-D float32 array")
-        if x.shape[1] != self.w.k or (x.shape[0] > 1 and x.strides[0] % 4) or x.strides[1] != 4 \
-                or not x.flags.aligned:
-            raise ValueError(f"x must have shape (m, {self.w.k}) with contiguous, aligned rows")
-        if not isinstance(out, np.ndarray) or out.dtype != np.float32 or out.ndim != 2:
-            raise TypeError("out must be a 2-D float32 array")
-        if out.shape != (x.shape[0], self.w.n) or out.strides[1] != 4 or \
-                (out.shape[0] > 1 and out.strides[0] % 4) or not out.flags.writeable or \
-                not out.flags.aligned:
-            raise ValueError(f"out must be a writeable float32 array of shape "
-                             f"{(x.shape[0], self.w.n)} with contiguous, aligned rows")
+        out: float32 (m, n) with contiguous rows.  QuantizedLinear checks what its
+        callers pass; the pointers are guarded here, the work runs without the GIL."""
+        _guard_f32_rows(x, -1, self.w.k, "x", False)
+        _guard_f32_rows(out, x.shape[0], self.w.n, "out", True)
         cdef const float *bp = NULL
         if bias is not None:
             if not isinstance(bias, np.ndarray) or bias.dtype != np.float32 or \

@@ -16,6 +16,19 @@ cdef inline int64_t _check_kind(int kind) except -1:
     return kind
 
 
+cdef int _guard_f32_rows(a, int64_t m, int64_t cols, str what, bint write) except -1:
+    """Guard the pointer arithmetic on a float32 (m, cols) array whose rows are
+    contiguous, aligned and at least `cols` floats apart (m < 0: any row count).
+    The Python layer checks what its callers pass (quantcore._arrays.check_out)."""
+    if not (isinstance(a, np.ndarray) and a.dtype == np.float32 and a.ndim == 2 and
+            (m < 0 or a.shape[0] == m) and a.shape[1] == cols and a.strides[1] == 4 and
+            (a.shape[0] <= 1 or (a.strides[0] % 4 == 0 and a.strides[0] >= 4 * cols)) and
+            a.flags.aligned and (a.flags.writeable or not write)):
+        raise ValueError(f"{what} must be a {'writeable ' if write else ''}float32 array of shape "
+                         f"({'m' if m < 0 else m}, {cols}) with contiguous, aligned rows")
+    return 0
+
+
 def row_bytes(int kind, int64_t cols):
     _check_kind(kind)
     return qc_row_bytes(<qc_kind>kind, cols)
@@ -192,16 +205,7 @@ def dequantize_2d(data, scales, zeros, int kind, int64_t rows, int64_t cols, int
     if out is None:
         out = np.empty((rows, cols), dtype=np.float32)
     else:
-        if not isinstance(out, np.ndarray) or out.dtype != np.float32:
-            raise TypeError("out must be a float32 numpy array")
-        if out.shape != (rows, cols):
-            raise ValueError(f"out must have shape {(rows, cols)}, got {out.shape}")
-        if not out.flags.writeable:
-            raise ValueError("out must be writeable")
-        if out.strides[1] != 4 or out.strides[0] % 4 or out.strides[0] < 4 * cols:
-            raise ValueError("out must have contiguous rows (C order)")
-        if not out.flags.aligned:
-            raise ValueError("out must be aligned to 4 bytes (its data pointer is not)")
+        _guard_f32_rows(out, rows, cols, "out", True)
     cdef const uint8_t *dp = <const uint8_t *>cnp.PyArray_DATA(data)
     cdef const void *sp = cnp.PyArray_DATA(scales)
     cdef const void *zp = NULL if zeros is None else cnp.PyArray_DATA(zeros)

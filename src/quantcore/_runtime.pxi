@@ -8,6 +8,11 @@ _FEATURE_BITS = {
 
 ISA_NAMES = tuple(qc_isa_name(<qc_isa>i).decode() for i in range(<int>QC_NUM_ISAS))
 
+cdef extern from "pool.h" nogil:
+    const char *qc_pool_kind()
+    int qc_pool_workers()
+    int qc_pool_spin_us()
+
 cdef extern from *:
     """
     #ifndef QC_BUILD_FLAGS
@@ -67,17 +72,25 @@ def get_num_threads():
     return qc_get_num_threads()
 
 
-def has_openmp():
-    return bool(qc_has_openmp())
+def pool_info():
+    """The kernels' thread pool: {"kind": "pthreads" or "serial", "workers":
+    threads started so far, "spin_us": how long an idle worker polls before it
+    sleeps}."""
+    return {"kind": qc_pool_kind().decode(), "workers": qc_pool_workers(),
+            "spin_us": qc_pool_spin_us()}
 
 
 def build_flags():
     return qc_build_flags().decode()
 
 
+cdef extern from "internal.h" nogil:
+    uint64_t qc_read_probe(const void *p, size_t bytes)
+
+
 def read_probe(buf):
-    """Read a C-contiguous array of >= 64 bytes with all kernel threads (the
-    benchmark's memory-bandwidth probe); returns a checksum."""
+    """Read a C-contiguous array of >= 64 bytes with the kernels' threads (the
+    benchmark's memory-bandwidth probe, not part of the C API); returns a checksum."""
     if not isinstance(buf, np.ndarray) or not buf.flags.c_contiguous:
         raise TypeError("buf must be a C-contiguous numpy array")
     cdef size_t nbytes = buf.nbytes // 64 * 64

@@ -2,10 +2,11 @@
 
 Subcommands:
 
-* ``quantcore info [--json]``: version, build flags, OpenMP, CPU features and the
+* ``quantcore info [--json]``: version, build flags, thread pool, CPU features and the
   kernel set in use.
-* ``quantcore bench [...]``: quantize/dequantize throughput against a NumPy
-  baseline and gguf's reference (see :mod:`quantcore.benchmark`).
+* ``quantcore bench [...]``: quantize, dequantize and QuantizedLinear forward
+  timed against a NumPy baseline and the installed peers (see
+  :mod:`quantcore.bench`).
 * ``quantcore quantize IN.safetensors -o OUT.safetensors [...]``: quantize a
   model's matrices, print per-layer metrics (see :mod:`quantcore.model`).
 * ``quantcore inspect FILE``: what a safetensors file holds (:mod:`quantcore.files`).
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Dict, List, NoReturn, Optional, Sequence
+from typing import Any, Dict, List, NoReturn, Optional, Sequence, Union
 
 __all__ = ["main"]
 
@@ -41,8 +42,9 @@ class _Parser(argparse.ArgumentParser):
 # ---- info ------------------------------------------------------------------------------
 
 def _add_info(sub) -> None:
-    p = sub.add_parser("info", help="show the version, build, CPU features and kernel set",
-                       description="Show the version, build flags, OpenMP, the CPU's SIMD "
+    p = sub.add_parser("info", help="show the version, build flags, CPU features and the "
+                                    "kernel set in use",
+                       description="Show the version, build flags, thread pool, the CPU's SIMD "
                                    "features and the kernel set in use.")
     p.add_argument("--json", action="store_true", help="print quantcore.info() as JSON")
     p.set_defaults(func=_cmd_info)
@@ -60,14 +62,13 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 # ---- bench -----------------------------------------------------------------------------
 
-def _positive_int(text: str) -> int:
+def _int_or_text(text: str) -> Union[int, str]:
+    """An int where the text is one, else the text: the API checks the value and
+    words the error (so the command line accepts and rejects what it does)."""
     try:
-        n = int(text)
+        return int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {n}")
-    return n
+        return text
 
 
 def _name_list(text: str) -> List[str]:
@@ -78,66 +79,64 @@ def _name_list(text: str) -> List[str]:
 
 
 def _add_bench(sub) -> None:
-    # Names are checked by quantcore.benchmark (CASES, CONFIGS); the help lists
+    # Names are checked by quantcore.bench (CASES, CONFIGS); the help lists
     # them without importing the package (tests/test_cli.py keeps them in step).
     configs = "int8, int4_g32, q8_0, q4_0, q4_1"
     ops = "quantize, dequantize, linear"
     p = sub.add_parser(
-        "bench", help="benchmark quantize/dequantize against NumPy and gguf",
-        description="Time quantize, dequantize and QuantizedLinear forward on LLM shapes against a NumPy "
-                    "implementation of the same rule and gguf's NumPy reference (when "
-                    "installed), in one run at one thread count, then the single-thread "
-                    "targets. Medians over repeats after a warmup.")
+        "bench", help="time quantize, dequantize and QuantizedLinear against NumPy and the "
+                      "installed peers",
+        description="Time quantcore on LLM layer shapes against its peers, in one run at one "
+                    "thread count: quantize and dequantize (int8, int4 g32 and the GGUF block "
+                    "formats) against a NumPy implementation of the same rule and gguf's "
+                    "reference; QuantizedLinear forward (int8 and int4 weights, int8 and float32 "
+                    "compute, M = 1 to 512 rows) against NumPy, a naive dequantize-then-matmul, "
+                    "PyTorch and ONNX Runtime. Peers that are not installed get no column (pip "
+                    "install 'quantcore[bench]' brings them). Prints one table per op with "
+                    "medians over repeats after a warmup and quantcore's speedup over each peer; "
+                    "a legend under the tables explains the columns.")
     p.add_argument("--quick", action="store_true",
-                   help="smaller shapes and fewer repeats (about 10 s)")
-    p.add_argument("--repeats", type=_positive_int, metavar="N",
+                   help="smaller shapes and fewer repeats (under a minute)")
+    p.add_argument("--repeats", type=_int_or_text, metavar="N",
                    help="timed samples per measurement (default 5, 3 with --quick)")
-    p.add_argument("--threads", type=_positive_int, metavar="N",
-                   help="quantcore threads (default: the current setting, "
-                        "QUANTCORE_NUM_THREADS or the core count)")
+    p.add_argument("--threads", type=_int_or_text, metavar="N",
+                   help="threads for quantcore and the linear peers (default: the current "
+                        "setting, QUANTCORE_NUM_THREADS or the core count)")
     p.add_argument("--shapes", metavar="RxC[,RxC...]",
-                   help="weight shapes (out_features x in_features), e.g. 4096x4096,14336x4096 "
-                        "(default: 64x1024 (L2-sized), 4096x4096, 14336x4096, 4096x14336)")
+                   help="weight shapes (out_features x in_features), e.g. 4096x4096,14336x4096; "
+                        "they also set the linear layers (default: an L2-sized one for this "
+                        "machine, 4096x4096, 14336x4096, 4096x14336)")
     p.add_argument("--configs", type=_name_list, metavar="NAME[,NAME...]",
-                   help=f"configs to run (default: all of {configs})")
+                   help=f"quantize/dequantize configs to run (default: all of {configs})")
     p.add_argument("--ops", type=_name_list, metavar="OP[,OP...]",
                    help=f"ops to run (default: {ops})")
-    p.add_argument("--no-targets", dest="targets", action="store_false",
-                   help="skip the single-thread targets section")
+    # Accepted so that older scripts keep working; the report has no targets section.
+    p.add_argument("--no-targets", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--json", metavar="FILE", dest="json_path",
-                   help="write all results, quantcore.info() and the date as JSON")
+                   help="write all results, quantcore.info(), the machine and the date as JSON")
     p.add_argument("--plot", metavar="FILE.png", dest="plot_path",
                    help="draw a bar chart of the speedups (needs matplotlib)")
     p.set_defaults(func=_cmd_bench)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from . import benchmark
-    shapes = benchmark.parse_shapes(args.shapes) if args.shapes is not None else None
-    benchmark.bench(shapes=shapes, configs=args.configs, ops=args.ops, threads=args.threads,
-                    repeats=args.repeats, quick=args.quick, targets=args.targets,
-                    json_path=args.json_path, plot_path=args.plot_path)
+    from .bench import BenchError, parse_shapes
+    from .bench.run import bench
+    try:
+        shapes = parse_shapes(args.shapes) if args.shapes is not None else None
+        bench(shapes=shapes, configs=args.configs, ops=args.ops, threads=args.threads,
+              repeats=args.repeats, quick=args.quick, json_path=args.json_path,
+              plot_path=args.plot_path)
+    except BenchError as e:
+        raise _UsageError(f"{PROG} bench: error: {e}") from None
     return 0
 
 
 # ---- quantize --------------------------------------------------------------------------
 
-def _group_size(text: str) -> int:
-    if text in ("channel", "0"):
-        return 0
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a power of two >= 16 or 'channel', got {text!r}") from None
-    if n < 16 or n & (n - 1):
-        raise argparse.ArgumentTypeError(f"expected a power of two >= 16 (e.g. 32, 64, 128) or "
-                                         f"'channel', got {n}")
-    return n
-
-
 def _add_quantize(sub) -> None:
     p = sub.add_parser(
-        "quantize", help="quantize the matrices of a .safetensors model",
+        "quantize", help="quantize the float matrices of a .safetensors model into a new file",
         description="Quantize every float matrix (ndim >= 2) of a safetensors file and write a "
                     "quantcore safetensors file (packed codes, scales and zero points as ordinary "
                     "tensors, configs as JSON metadata). Other tensors are copied as they are. "
@@ -145,13 +144,16 @@ def _add_quantize(sub) -> None:
     p.add_argument("input", metavar="IN.safetensors", help="the model to quantize")
     p.add_argument("-o", "--output", metavar="OUT.safetensors", required=True,
                    help="where to write the quantized model (replaced if it exists)")
-    p.add_argument("--bits", type=int, choices=(4, 8), help="bits per weight (default 4)")
-    p.add_argument("--group-size", type=_group_size, metavar="N",
+    # Values are checked by QuantConfig, so the command accepts and rejects what
+    # the API does, in the API's words (tests/test_cli.py holds them together).
+    p.add_argument("--bits", type=_int_or_text, metavar="{4,8}",
+                   help="bits per weight (default 4)")
+    p.add_argument("--group-size", type=_int_or_text, metavar="N",
                    help="weights per scale along each row: a power of two >= 16, or 'channel' "
                         "for one scale per row (default: 32 for 4 bits, 'channel' for 8)")
-    p.add_argument("--format", choices=("q8_0", "q4_0", "q4_1"),
+    p.add_argument("--format", metavar="{q8_0,q4_0,q4_1}",
                    help="a GGUF block format instead of --bits/--group-size/--asymmetric")
-    p.add_argument("--method", choices=("absmax", "mse", "gptq"), default="absmax",
+    p.add_argument("--method", default="absmax", metavar="{absmax,mse,gptq}",
                    help="how scales (and, for gptq, codes) are chosen (default absmax); gptq "
                         "needs --calibration, mse uses --calibration or --imatrix when given")
     cal = p.add_mutually_exclusive_group()
@@ -160,7 +162,7 @@ def _add_quantize(sub) -> None:
                           "from quantcore.torch.collect_stats), by layer or weight name")
     cal.add_argument("--imatrix", metavar="FILE",
                      help="llama.cpp importance matrix (GGUF or .dat; per-channel mean squares "
-                          "only, for --method mse), by weight name")
+                          "only, for --method mse and the K-quant formats), by weight name")
     p.add_argument("--act-order", action="store_true",
                    help="gptq: quantize the input channels in order of decreasing importance")
     sym = p.add_mutually_exclusive_group()
@@ -168,25 +170,82 @@ def _add_quantize(sub) -> None:
                      help="codes symmetric around zero (default)")
     sym.add_argument("--asymmetric", dest="symmetric", action="store_false",
                      help="a zero point per scale")
-    p.add_argument("--scale-dtype", choices=("float32", "float16"),
+    p.add_argument("--scale-dtype", metavar="{float32,float16}",
                    help="how scales are stored (default float32)")
-    p.add_argument("--include", action="extend", nargs="+", metavar="PATTERN",
-                   help="quantize only tensors whose name matches one of these globs")
-    p.add_argument("--exclude", action="extend", nargs="+", metavar="PATTERN", default=[],
-                   help="keep tensors whose name matches one of these globs in float "
-                        "(e.g. '*embeddings*')")
-    p.add_argument("--int8", action="extend", nargs="+", metavar="PATTERN", default=[],
-                   help="quantize tensors matching these globs to int8 per channel instead "
-                        "(e.g. 'lm_head*')")
+    p.add_argument("--include", action="append", metavar="PATTERN",
+                   help="quantize only tensors whose name matches this glob (repeat the option "
+                        "for more patterns)")
+    p.add_argument("--exclude", action="append", metavar="PATTERN", default=[],
+                   help="keep tensors whose name matches this glob in float, e.g. "
+                        "'*embeddings*' (repeatable)")
+    p.add_argument("--int8", action="append", metavar="PATTERN", default=[],
+                   help="quantize tensors matching this glob to int8 per channel instead, e.g. "
+                        "'lm_head*' (repeatable)")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bar")
     p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     p.set_defaults(func=_cmd_quantize)
 
 
+def _quantize_config(args: argparse.Namespace):
+    """The QuantConfig the options ask for (QuantConfig's ValueError when a value is bad)."""
+    from .config import QuantConfig
+    extra: Dict[str, Any] = {"act_order": True} if args.act_order else {}
+    if args.format:
+        clash = [flag for flag, given in (("--bits", args.bits is not None),
+                                          ("--group-size", args.group_size is not None),
+                                          ("--asymmetric", not args.symmetric),
+                                          ("--scale-dtype", args.scale_dtype is not None))
+                 if given]
+        if clash:
+            raise ValueError(f"--format {args.format} fixes bits, group size, symmetry and "
+                             f"scale dtype; drop {', '.join(clash)}")
+        preset = getattr(QuantConfig, args.format, None) if args.format.startswith("q") else None
+        if preset is None:
+            QuantConfig(format=args.format)  # an unknown format: QuantConfig says which exist
+        assert preset is not None
+        return preset(method=args.method, **extra)
+    bits = 4 if args.bits is None else args.bits
+    gs = args.group_size
+    if gs is None:
+        gs = 32 if bits == 4 else "channel"
+    return QuantConfig(bits=bits, group_size=None if gs == "channel" else gs,
+                       granularity="channel" if gs == "channel" else "group",
+                       symmetric=args.symmetric, scale_dtype=args.scale_dtype or "float32",
+                       method=args.method, **extra)
+
+
+def _check_calibration_flags(args: argparse.Namespace) -> None:
+    """--method, --calibration, --imatrix and --act-order that do not combine."""
+    if args.method == "gptq" and not args.calibration:
+        raise ValueError("--method gptq needs --calibration STATS.safetensors (statistics of "
+                         "each layer's inputs; an --imatrix holds only their diagonal)"
+                         if not args.imatrix else
+                         "--method gptq needs the full input statistics of --calibration; an "
+                         "--imatrix holds only their diagonal: use it with --method mse")
+    kquant = bool(args.format) and args.format.endswith("_k")
+    if (args.calibration or args.imatrix) and args.method == "absmax" and not kquant:
+        raise ValueError(f"{'--calibration' if args.calibration else '--imatrix'} is used by "
+                         f"--method mse or gptq (or a K-quant --format), not absmax")
+    if args.act_order and args.method != "gptq":
+        raise ValueError("--act-order needs --method gptq")
+
+
+def _flag_of(e: Exception) -> str:
+    """``"--group-size: "`` for QuantConfig's "group_size must be ..." (the option
+    that carried the value), "" when the message names no field."""
+    field = str(e).split(" ", 1)[0].split("=", 1)[0]
+    flags = {"bits": "--bits", "group_size": "--group-size", "scale_dtype": "--scale-dtype",
+             "method": "--method", "format": "--format"}
+    return f"{flags[field]}: " if field in flags else ""
+
+
 def _config_label(cfg) -> str:
     if cfg.format:
-        return cfg.format
+        label = cfg.format
+        if cfg.method != "absmax":
+            label += f" {cfg.method}"
+        return label + (" act-order" if cfg.act_order else "")
     gran = {"group": f"g{cfg.group_size}", "channel": "per-row", "tensor": "per-tensor"}
     label = f"int{cfg.bits} {gran[cfg.granularity]}"
     if not cfg.symmetric:
@@ -241,48 +300,28 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     from .tensor import QuantizedTensor
 
     try:
-        if args.method == "gptq" and not args.calibration:
-            raise ValueError("--method gptq needs --calibration STATS.safetensors (statistics of "
-                             "each layer's inputs; an --imatrix holds only their diagonal)"
-                             if not args.imatrix else
-                             "--method gptq needs the full input statistics of --calibration; an "
-                             "--imatrix holds only their diagonal: use it with --method mse")
-        if (args.calibration or args.imatrix) and args.method == "absmax":
-            raise ValueError(f"{'--calibration' if args.calibration else '--imatrix'} is used by "
-                             f"--method mse or gptq, not absmax")
-        if args.act_order and args.method != "gptq":
-            raise ValueError("--act-order needs --method gptq")
+        _check_calibration_flags(args)
+        cfg = _quantize_config(args)
         extra: Dict[str, Any] = {"act_order": True} if args.act_order else {}
-        if args.format:
-            clash = [flag for flag, given in (("--bits", args.bits is not None),
-                                              ("--group-size", args.group_size is not None),
-                                              ("--asymmetric", not args.symmetric),
-                                              ("--scale-dtype", args.scale_dtype is not None))
-                     if given]
-            if clash:
-                raise ValueError(f"--format {args.format} fixes bits, group size, symmetry and "
-                                 f"scale dtype; drop {', '.join(clash)}")
-            cfg = getattr(QuantConfig, args.format)(method=args.method, **extra)
-        else:
-            bits = 4 if args.bits is None else args.bits
-            gs = args.group_size
-            if gs is None:
-                gs = 32 if bits == 4 else 0
-            cfg = QuantConfig(bits=bits, group_size=gs or None,
-                              granularity="group" if gs else "channel",
-                              symmetric=args.symmetric, scale_dtype=args.scale_dtype or "float32",
-                              method=args.method, **extra)
-        int8 = QuantConfig.int8(scale_dtype=args.scale_dtype or "float32", method=args.method, **extra)
+        int8 = QuantConfig.int8(scale_dtype=args.scale_dtype or "float32", method=args.method,
+                                **extra)
     except ValueError as e:
-        raise _UsageError(f"{PROG} quantize: error: {e}") from None
-    if not os.path.exists(args.input):
-        raise FileNotFoundError(f"{args.input}: no such file")
+        raise _UsageError(f"{PROG} quantize: error: {_flag_of(e)}{e}") from None
+    # checked before the work starts, so that it fails at once: a missing or special
+    # input, an output that is the input, a directory, a device, a read-only file
+    from . import _io
+    _io.stat_regular(args.input)
+    _io.check_output(args.output)
+    if _io.same_file(args.input, args.output):
+        same = ("the input file" if os.path.abspath(args.output) == os.path.abspath(args.input)
+                else f"the same file as the input {args.input}")
+        raise ValueError(f"-o {args.output} is {same}; quantize does not replace its input: "
+                         f"give another output path")
     calibration = None
     if args.calibration or args.imatrix:
         from .calibrate import load_stats, read_imatrix
         cpath = args.calibration or args.imatrix
-        if not os.path.exists(cpath):
-            raise FileNotFoundError(f"{cpath}: no such file")
+        _io.stat_regular(cpath)
         calibration = load_stats(cpath) if args.calibration else read_imatrix(cpath)
     weights = load(args.input)
     model = quantize_model(weights, cfg, include=args.include, exclude=args.exclude,
@@ -340,7 +379,8 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 # ---- inspect ---------------------------------------------------------------------------
 
 def _add_inspect(sub) -> None:
-    p = sub.add_parser("inspect", help="show what a .safetensors file holds",
+    p = sub.add_parser("inspect", help="list the tensors of a .safetensors file: formats, "
+                                       "shapes, bytes, metrics",
                        description="List the tensors of a safetensors file (a quantcore file or "
                                    "any other): names, formats, shapes, bytes and bits per "
                                    "parameter, and the metrics recorded at quantization. The "
@@ -401,7 +441,12 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 # ---- main ------------------------------------------------------------------------------
 
 def _parser() -> _Parser:
-    parser = _Parser(prog=PROG, description="quantcore: fast CPU int8/int4 quantization.")
+    parser = _Parser(
+        prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="quantcore: int8/int4 weight quantization and quantized linear layers on "
+                    "the CPU\n(C kernels for AVX2, AVX-512 and NEON, with a NumPy-first Python "
+                    "API).",
+        epilog="'quantcore COMMAND --help' describes a command's options.")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     parser.add_argument("--traceback", action="store_true",
                         help="show the full traceback when a command fails")
@@ -430,7 +475,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         _error(str(e))
         return 2
     if args.version:
-        from . import __version__
+        from ._version import __version__
         print(f"{PROG} {__version__}")
         return 0
     if args.command is None:

@@ -16,6 +16,11 @@ _METHODS = ("absmax", "mse", "gptq")
 _COMPUTES = ("auto", "float32", "int8")
 # GGUF block formats: name -> (bits, symmetric); all have group 32 and float16 scales.
 _GGUF_FORMATS = {"q8_0": (8, True), "q4_0": (4, True), "q4_1": (4, False)}
+# GGUF K-quants: name -> (bits, symmetric, sub-block); super-blocks of 256 with
+# float16 super-block scales (ggml's block_q4_K, block_q5_K, block_q6_K).
+_K_FORMATS = {"q4_k": (4, False, 32), "q5_k": (5, False, 32), "q6_k": (6, True, 16)}
+_K_TYPES = {"q4_k": _ext.KTYPE_Q4_K, "q5_k": _ext.KTYPE_Q5_K, "q6_k": _ext.KTYPE_Q6_K}
+_FORMATS = (*_GGUF_FORMATS, *_K_FORMATS)
 
 
 def _choices(values) -> str:
@@ -28,7 +33,7 @@ class QuantConfig:
 
     Parameters
     ----------
-    bits : 8 or 4
+    bits : 8 or 4 (5 and 6 with the K-quant formats q5_k, q6_k)
     group_size : None or a power of two in [16, 2**31]
         Elements per scale along the last axis (the input features of a
         ``(out_features, in_features)`` weight).  Giving it implies
@@ -62,12 +67,17 @@ class QuantConfig:
     damp : float in [0, 1]
         method="gptq": the fraction of the mean diagonal of the inputs' second
         moments added to that diagonal before factorizing it (default 0.01).
-    format : None, "q8_0", "q4_0" or "q4_1"
+    format : None, "q8_0", "q4_0", "q4_1", "q4_k", "q5_k" or "q6_k"
         A GGUF block format (set by the presets of the same names): it fixes
         bits, symmetry, group 32 and float16 scales, and makes the tensor
-        exportable to GGUF bit for bit.
+        exportable to GGUF bit for bit.  The K-quants ``q4_k``, ``q5_k`` and
+        ``q6_k`` are ggml's super-blocks of 256 values (sub-blocks of 32, 32
+        and 16; 4.5, 5.5 and 6.5625 bits per weight), quantized exactly as
+        ggml quantizes them; they need a last axis that is a multiple of 256
+        and ``method="absmax"`` (they have their own search); see
+        docs/kquants.md.
 
-    The quantization rules are GGUF's for every format (see the README):
+    The quantization rules are GGUF's for every format (see docs/formats.md):
     8-bit symmetric codes are ``round(x / (amax / 127))`` in [-127, 127]; 4-bit
     symmetric uses ``d = max / -8`` with codes 0..15 around 8 (Q4_0); asymmetric
     integer formats widen the range to include 0 and round the zero point.
@@ -86,9 +96,22 @@ class QuantConfig:
 
     def __post_init__(self) -> None:
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
+        # the named fields take strings: any other type (a list, say) is named here
+        # before the checks below compare or hash it
+        for name, choices, optional in (("granularity", _GRANULARITIES, True),
+                                        ("method", _METHODS, False),
+                                        ("compute", _COMPUTES, False),
+                                        ("format", tuple(_GGUF_FORMATS), True)):
+            v = getattr(self, name)
+            if not isinstance(v, str) and not (optional and v is None):
+                raise ValueError(f"{name} must be {'None or ' if optional else ''}one of "
+                                 f"{_choices(choices)}, got {type(v).__name__} {v!r}"[:300])
         bits = self.bits
-        if isinstance(bits, bool) or not isinstance(bits, int) or bits not in (8, 4):
-            raise ValueError(f"bits must be 8 or 4, got {bits!r}")
+        kfmt = self.format if isinstance(self.format, str) and self.format in _K_FORMATS else None
+        if isinstance(bits, bool) or not isinstance(bits, int) or bits not in (8, 4) and not (
+                kfmt is not None and bits == _K_FORMATS[kfmt][0]):
+            raise ValueError(f"bits must be 8 or 4 (5 and 6 only with format='q5_k' or 'q6_k'), "
+                             f"got {bits!r}")
         gs = self.group_size
         if gs is not None:
             if isinstance(gs, bool) or not isinstance(gs, int):
@@ -113,10 +136,11 @@ class QuantConfig:
             try:
                 import numpy as np
                 sd = np.dtype(sd).name
-            except TypeError:
-                pass
+            except Exception:  # not a dtype at all: named below
+                sd = None
         if sd not in _SCALE_DTYPES:
-            raise ValueError(f"scale_dtype must be one of {_choices(_SCALE_DTYPES)}, got {self.scale_dtype!r}")
+            raise ValueError(f"scale_dtype must be one of {_choices(_SCALE_DTYPES)}, got "
+                             f"{self.scale_dtype!r}"[:300])
         set_("scale_dtype", sd)
         if self.method not in _METHODS:
             raise ValueError(f"method must be one of {_choices(_METHODS)}, got {self.method!r}")
@@ -133,11 +157,16 @@ class QuantConfig:
             raise ValueError(f"compute must be one of {_choices(_COMPUTES)}, got {self.compute!r}")
         fmt = self.format
         if fmt is not None:
-            if fmt not in _GGUF_FORMATS:
-                raise ValueError(f"format must be None or one of {_choices(_GGUF_FORMATS)}, got {fmt!r}")
-            want_bits, want_sym = _GGUF_FORMATS[fmt]
-            fixed = {"bits": want_bits, "symmetric": want_sym, "granularity": "group",
-                     "group_size": 32, "scale_dtype": "float16"}
+            if fmt not in _FORMATS:
+                raise ValueError(f"format must be None or one of {_choices(_FORMATS)}, got {fmt!r}")
+            if fmt in _K_FORMATS:
+                want_bits, want_sym, want_group = _K_FORMATS[fmt]
+                fixed = {"bits": want_bits, "symmetric": want_sym, "granularity": "group",
+                         "group_size": want_group, "scale_dtype": "float16", "method": "absmax"}
+            else:
+                want_bits, want_sym = _GGUF_FORMATS[fmt]
+                fixed = {"bits": want_bits, "symmetric": want_sym, "granularity": "group",
+                         "group_size": 32, "scale_dtype": "float16"}
             for name, want in fixed.items():
                 if getattr(self, name) != want:
                     raise ValueError(
@@ -180,6 +209,33 @@ class QuantConfig:
         """GGUF Q4_1: int4 blocks of 32 with float16 scale and minimum (bit-exact with gguf)."""
         return cls._gguf("q4_1", kw)
 
+    @classmethod
+    def _kquant(cls, fmt: str, kw: dict) -> "QuantConfig":
+        bits, sym, group = _K_FORMATS[fmt]
+        base = {"bits": bits, "symmetric": sym, "group_size": group, "granularity": "group",
+                "scale_dtype": "float16", "format": fmt}
+        return cls(**{**base, **kw})
+
+    @classmethod
+    def q4_k(cls, **kw: Any) -> "QuantConfig":
+        """GGUF Q4_K: super-blocks of 256 values, eight sub-blocks of 32 with 6-bit
+        scales and mins, 4-bit codes; 4.5 bits per weight (bit-exact with ggml).
+        The last axis must be a multiple of 256."""
+        return cls._kquant("q4_k", kw)
+
+    @classmethod
+    def q5_k(cls, **kw: Any) -> "QuantConfig":
+        """GGUF Q5_K: as Q4_K with 5-bit codes; 5.5 bits per weight (bit-exact with
+        ggml).  The last axis must be a multiple of 256."""
+        return cls._kquant("q5_k", kw)
+
+    @classmethod
+    def q6_k(cls, **kw: Any) -> "QuantConfig":
+        """GGUF Q6_K: super-blocks of 256 values, sixteen sub-blocks of 16 with int8
+        scales, symmetric 6-bit codes; 6.5625 bits per weight (bit-exact with
+        ggml).  The last axis must be a multiple of 256."""
+        return cls._kquant("q6_k", kw)
+
     # ---- derived ---------------------------------------------------------------
     def replace(self, **changes: Any) -> "QuantConfig":
         """A copy with `changes` applied (validated like the constructor).
@@ -199,13 +255,30 @@ class QuantConfig:
         return dataclasses.replace(self, **changes)
 
     @property
+    def effective_group_size(self) -> int:
+        """Elements per scale along a row as the kernels take it: ``group_size``
+        for granularity "group", 0 (the whole row, or the whole tensor) otherwise."""
+        return (self.group_size or 0) if self.granularity == "group" else 0
+
+    @property
     def kind(self) -> int:
-        """The C kernel family (see csrc/include/quantcore.h)."""
+        """The C kernel family (see csrc/include/quantcore.h); the K-quant formats
+        have none (ValueError; see ``ktype``)."""
+        if self.format in _K_FORMATS:
+            raise ValueError(f"format={self.format!r} is a K-quant super-block format, which "
+                             f"has no quantcore kernel family (QuantConfig.kind); dequantize() "
+                             f"the tensor or export it to GGUF")
         if self.format == "q4_1":
             return _ext.KIND_MIN4
         if self.bits == 8:
             return _ext.KIND_SYM8 if self.symmetric else _ext.KIND_ASYM8
         return _ext.KIND_SYM4 if self.symmetric else _ext.KIND_ASYM4
+
+    @property
+    def ktype(self) -> Optional[int]:
+        """The K-quant type of the C layer (``_ext.KTYPE_Q4_K`` ...) for format
+        q4_k, q5_k or q6_k; None for every other config."""
+        return _K_TYPES.get(self.format) if self.format is not None else None
 
     def to_dict(self) -> dict:
         """Plain dict of the fields (JSON-friendly)."""

@@ -5,7 +5,8 @@ Layout of a quantcore file (any safetensors reader opens it):
 * a QuantizedTensor ``name`` is stored as ordinary tensors ``name.qdata``
   (packed codes, ``qt.data``: I8 or U8), ``name.scales`` (F32 or F16,
   ``qt.scales``) and, for asymmetric formats, ``name.zeros``
-  (``qt.zero_points``: U8, or F16 minima for Q4_1);
+  (``qt.zero_points``: U8, or F16 minima for Q4_1); a K-quant tensor (Q4_K,
+  Q5_K, Q6_K) is ``name.qdata`` alone, ggml's super-blocks (U8);
 * a plain array is stored as itself under its own name;
 * ``__metadata__["quantcore"]`` is JSON: ``{"version": 1, "order": [names],
   "tensors": {name: {"shape": [...], "dtype": "float32", "config": {...}}},
@@ -18,7 +19,13 @@ tensor's dtype, shape and offsets must agree and tile the data area exactly,
 the parts of each quantized tensor must have the dtypes and shapes its config
 implies, and tensors are rebuilt through ``QuantizedTensor.from_arrays`` (which
 checks the values).  Anything wrong raises ValueError saying what and where; a
-missing file raises OSError.  No allocation exceeds the file's size.
+missing file raises FileNotFoundError.  Only regular files are opened (a FIFO,
+device or directory is a ValueError, never a hang), no allocation exceeds the
+file's size, and a file whose tensors cannot fit in the machine's memory is
+refused before any is read.
+
+Writing goes through quantcore._io.replacing: a temporary file beside the
+target, synced and renamed over it once complete (docs/hardening.md).
 """
 
 from __future__ import annotations
@@ -27,16 +34,15 @@ import json
 import math
 import os
 import struct
-import tempfile
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, BinaryIO, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from . import _ext
+from . import _ext, _io
+from ._arrays import from_torch
 from .config import QuantConfig
-from .metrics import ModelCompressionMetrics
-from .model import QuantizedModel
+from .model import ModelCompressionMetrics, QuantizedModel
 from .tensor import QuantizedTensor
 
 if TYPE_CHECKING:  # pragma: no cover (typing.TypeGuard is 3.10+; only mypy reads it)
@@ -49,6 +55,7 @@ META_KEY = "quantcore"
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors library's own limit
 _MAX_NDIM = 64
 _MAX_DIM = 1 << 48
+_MAX_INT_DIGITS = 100  # far beyond any real count or offset (2**64 has 20 digits)
 PARTS = ("qdata", "scales", "zeros")
 
 # safetensors dtype -> (itemsize, numpy dtype or None when NumPy has none)
@@ -85,8 +92,15 @@ def _strict_json(text: str, what: str) -> Any:
     def constant(c):
         raise ValueError(f"{what}: {c} is not allowed")
 
+    def integer(digits):
+        if len(digits.lstrip("-")) > _MAX_INT_DIGITS:
+            raise ValueError(f"{what}: an integer of {len(digits.lstrip('-'))} digits; "
+                             f"integers here have at most {_MAX_INT_DIGITS}")
+        return int(digits)
+
     try:
-        return json.loads(text, object_pairs_hook=pairs, parse_constant=constant)
+        return json.loads(text, object_pairs_hook=pairs, parse_constant=constant,
+                          parse_int=integer)
     except RecursionError:
         raise ValueError(f"{what}: JSON nested too deeply") from None
     except json.JSONDecodeError as e:
@@ -102,23 +116,31 @@ class Header:
     in the header's order), ``metadata`` (str -> str), ``data_start`` and
     ``file_size``."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, f: Optional[BinaryIO] = None) -> None:
         self.path = path
-        with open(path, "rb") as f:
-            self.file_size = os.fstat(f.fileno()).st_size
-            head = f.read(8)
-            if len(head) < 8:
-                raise ValueError(f"{path}: truncated: {self.file_size} bytes, a safetensors file "
-                                 f"starts with an 8-byte header length")
-            (n,) = struct.unpack("<Q", head)
-            if n > self.file_size - 8:
-                raise ValueError(f"{path}: corrupt or truncated: the header claims {n} bytes, "
-                                 f"the file has {self.file_size - 8} after the length")
-            if n > MAX_HEADER_BYTES:
-                raise ValueError(f"{path}: header of {n} bytes exceeds the {MAX_HEADER_BYTES}-byte limit")
-            if n < 2:
-                raise ValueError(f"{path}: corrupt: header length {n} is too small for a JSON object")
-            raw = f.read(n)
+        if f is None:
+            with _io.open_regular(path) as f:
+                self._read(f)
+        else:
+            self._read(f)
+
+    def _read(self, f: BinaryIO) -> None:
+        path = self.path
+        f.seek(0)
+        self.file_size = os.fstat(f.fileno()).st_size
+        head = f.read(8)
+        if len(head) < 8:
+            raise ValueError(f"{path}: truncated: {self.file_size} bytes, a safetensors file "
+                             f"starts with an 8-byte header length")
+        (n,) = struct.unpack("<Q", head)
+        if n > self.file_size - 8:
+            raise ValueError(f"{path}: corrupt or truncated: the header claims {n} bytes, "
+                             f"the file has {self.file_size - 8} after the length")
+        if n > MAX_HEADER_BYTES:
+            raise ValueError(f"{path}: header of {n} bytes exceeds the {MAX_HEADER_BYTES}-byte limit")
+        if n < 2:
+            raise ValueError(f"{path}: corrupt: header length {n} is too small for a JSON object")
+        raw = f.read(n)
         if len(raw) != n:
             raise ValueError(f"{path}: truncated while reading the header")
         try:
@@ -187,7 +209,11 @@ class Header:
         if dt is None and e.dtype != "BF16":
             raise ValueError(f"{self.path}: tensor {e.name!r} has dtype {e.dtype}, which NumPy "
                              f"cannot hold")
-        buf = np.empty(e.end - e.begin, np.uint8)
+        try:
+            buf = np.empty(e.end - e.begin, np.uint8)
+        except MemoryError:
+            raise ValueError(f"{self.path}: tensor {e.name!r} needs {e.end - e.begin:,} bytes of "
+                             f"memory, more than this machine could allocate") from None
         f.seek(self.data_start + e.begin)
         got = f.readinto(buf.data) if buf.size else 0
         if got != buf.size:
@@ -211,7 +237,8 @@ class Header:
 
 
 def read_header(path: Any) -> Header:
-    """Read and validate the header of a safetensors file (no tensor data is read)."""
+    """Read and validate the header of a safetensors file (no tensor data is read).
+    Errors as for :func:`load`."""
     return Header(os.fspath(path))
 
 
@@ -221,6 +248,12 @@ def _expected_parts(shape: Tuple[int, ...], cfg: QuantConfig) -> Dict[str, Tuple
     """part -> (safetensors dtype, shape) for a QuantizedTensor of `shape` and `cfg`."""
     k = shape[-1]
     lead = shape[:-1]
+    if cfg.ktype is not None:  # K-quants: ggml's super-blocks hold scales and mins too
+        rb = _ext.kquant_row_bytes(cfg.ktype, k)
+        if rb == 0:
+            raise ValueError(f"shape {shape}: format {cfg.format!r} needs a last axis that is a "
+                             f"multiple of 256")
+        return {"qdata": ("U8", lead + (rb,))}
     kind = cfg.kind
     rb = _ext.row_bytes(kind, k)
     if cfg.granularity == "tensor":
@@ -345,13 +378,18 @@ def load(path: Any) -> QuantizedModel:
     Returns a QuantizedModel: name -> QuantizedTensor for quantized tensors,
     name -> ndarray for plain ones (BF16 is widened to float32, exactly), in
     the order they were saved, with ``metrics`` when the file recorded them.
-    A corrupt, truncated or hostile file raises ValueError; a missing one OSError.
+    A corrupt, truncated or hostile file raises ValueError, and so does a path
+    that is not a regular file (a directory, FIFO or device) and a file whose
+    tensors need more memory than the machine has; a missing file raises
+    FileNotFoundError.
     """
     path = os.fspath(path)
-    header = Header(path)
-    layout = Layout(header)
-    out: Dict[str, Any] = {}
-    with open(path, "rb") as f:
+    with _io.open_regular(path) as f:
+        header = Header(path, f)
+        layout = Layout(header)
+        # every tensor is read into memory: refuse at once a file that cannot fit
+        _io.check_fits(header.file_size - header.data_start, path, "the tensor data")
+        out: Dict[str, Any] = {}
         for name in layout.order:
             if name in layout.plain:
                 out[name] = header.read(f, layout.plain[name])
@@ -359,7 +397,7 @@ def load(path: Any) -> QuantizedModel:
             shape, dtype, cfg, entries = layout.quantized[name]
             arrays = {part: header.read(f, e) for part, e in entries.items()}
             try:
-                out[name] = QuantizedTensor.from_arrays(arrays["qdata"], arrays["scales"],
+                out[name] = QuantizedTensor.from_arrays(arrays["qdata"], arrays.get("scales"),
                                                         arrays.get("zeros"), shape, cfg,
                                                         np.dtype(dtype))
             except (TypeError, ValueError) as e:
@@ -370,11 +408,7 @@ def load(path: Any) -> QuantizedModel:
 # ---- writing ----------------------------------------------------------------------------
 
 def _plain_array(value: Any, name: str) -> np.ndarray:
-    if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch tensor
-        value = value.detach().cpu()
-        if str(getattr(value, "dtype", "")) == "torch.bfloat16":
-            value = value.float()
-        value = value.numpy()
+    value = from_torch(value)
     if not isinstance(value, np.ndarray):
         raise TypeError(f"tensors[{name!r}] must be a QuantizedTensor or a numpy array, "
                         f"got {type(value).__name__}")
@@ -393,11 +427,17 @@ def save(path: Any, tensors: Mapping, metadata: Optional[Mapping] = None) -> Non
 
     Quantized tensors become ``name.qdata``, ``name.scales`` and (asymmetric)
     ``name.zeros``; their shape, dtype and config go to the JSON metadata under
-    ``"quantcore"``.  `metadata` adds str -> str entries of your own.  The file
-    is written to a temporary name beside `path` and renamed into place, so a
-    failed write never leaves half a file.
+    ``"quantcore"``.  `metadata` adds str -> str entries of your own.
+
+    Everything is checked before any file is touched.  The file is written to
+    a temporary name beside `path`, flushed to disk and renamed over `path`
+    only once complete, so a failure (an exception, a full disk) leaves an
+    existing file as it was and no temporary file behind.  `path` must be a
+    regular file or not exist: a directory, FIFO or device raises ValueError,
+    a read-only file PermissionError; a symlink is followed (the file it
+    points to is replaced).  A new file gets 0666 less the umask; a replaced
+    one keeps its permission bits.
     """
-    from safetensors.numpy import save_file
     if not isinstance(tensors, Mapping):
         raise TypeError(f"tensors must be a mapping of name -> tensor, got {type(tensors).__name__}")
     path = os.fspath(path)
@@ -422,6 +462,8 @@ def save(path: Any, tensors: Mapping, metadata: Optional[Mapping] = None) -> Non
             qmeta[name] = {"shape": list(value.shape), "dtype": value.dtype.name,
                            "config": value.config.to_dict()}
             parts = {"qdata": value.data, "scales": value.scales, "zeros": value.zero_points}
+            if value.config.ktype is not None:  # the super-blocks hold scales and mins
+                parts = {"qdata": value.data}
             for part, arr in parts.items():
                 if arr is not None:
                     put(f"{name}.{part}", _plain_array(arr, name), name)
@@ -446,18 +488,53 @@ def save(path: Any, tensors: Mapping, metadata: Optional[Mapping] = None) -> Non
             header_meta[k] = v
     header_meta[META_KEY] = json.dumps(meta, separators=(",", ":"), allow_nan=False)
 
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".quantcore-", suffix=".tmp", dir=directory)
-    os.close(fd)
+    header, arrays = _safetensors_header(flat, header_meta)
+    with _io.replacing(path) as tmp:
+        with open(tmp, "wb") as f:
+            _write_safetensors(f, header, arrays)
+
+
+def _utf8(text: str, what: str) -> None:
     try:
-        save_file(flat, tmp, metadata=header_meta)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"{what} {text!r} is not valid UTF-8 text: {e.reason}") from None
+
+
+def _safetensors_header(flat: Dict[str, np.ndarray],
+                        metadata: Dict[str, str]) -> Tuple[bytes, List[np.ndarray]]:
+    """The header bytes of a safetensors file holding `flat` (length prefix and
+    padding included) and the arrays in the order their bytes follow it.
+    The tensors are laid out widest dtype first, then by name, so that every
+    tensor starts at a multiple of its item size."""
+    for k, v in metadata.items():
+        _utf8(k, "metadata key")
+        _utf8(v, f"metadata[{k!r}]")
+    names = sorted(flat, key=lambda k: (-flat[k].dtype.itemsize, k))
+    header: Dict[str, Any] = {"__metadata__": metadata}
+    pos = 0
+    for name in names:
+        _utf8(name, "tensor name")
+        a = flat[name]
+        header[name] = {"dtype": _NP_TO_ST[a.dtype.name], "shape": list(a.shape),
+                        "data_offsets": [pos, pos + a.nbytes]}
+        pos += a.nbytes
+    raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)
+    if len(raw) > MAX_HEADER_BYTES:
+        raise ValueError(f"the safetensors header would take {len(raw):,} bytes, more than the "
+                         f"{MAX_HEADER_BYTES:,} readers accept (too many tensors or too much "
+                         f"metadata)")
+    return struct.pack("<Q", len(raw)) + raw, [flat[n] for n in names]
+
+
+def _write_safetensors(f: BinaryIO, header: bytes, arrays: List[np.ndarray]) -> None:
+    """Write the header, then each array's bytes (no copies: C-contiguous
+    little-endian arrays are written from their own memory)."""
+    f.write(header)
+    for a in arrays:
+        if a.nbytes:
+            f.write(a.reshape(-1).view(np.uint8).data)
 
 
 def _encode_metrics(metrics: ModelCompressionMetrics) -> Dict[str, Any]:

@@ -1,4 +1,5 @@
-"""GGUF files: load Q8_0/Q4_0/Q4_1 tensors as QuantizedTensor (no requantizing), save them.
+"""GGUF files: load Q8_0/Q4_0/Q4_1 and Q4_K/Q5_K/Q6_K tensors as QuantizedTensor (no
+requantizing), save them.
 
 ``load(path)`` returns ``{name: QuantizedTensor | ndarray}`` in file order:
 
@@ -8,9 +9,12 @@
   block order, element j low and j+16 high nibble, to quantcore's element 2i
   low and 2i+1 high), so ``QuantizedLinear(load(p)[name])`` runs on exactly the
   numbers llama.cpp would use;
+* Q4_K, Q5_K, Q6_K -> QuantizedTensor with ``QuantConfig.q4_k()``/``q5_k()``/
+  ``q6_k()`` whose ``data`` are the file's super-blocks, byte for byte (no
+  float32 expansion);
 * F32, F16, F64 -> ndarray of that dtype; BF16 -> float32; I8..I64 -> the integer
   dtype;
-* any other type (K-quants, IQ*, ...) -> float32 through
+* any other type (Q2_K, Q3_K, IQ*, ...) -> float32 through
   ``gguf.quants.dequantize`` (needs the ``gguf`` package).
 
 Shapes are NumPy's: GGUF lists dimensions innermost first (``ne[0]`` is the
@@ -20,7 +24,8 @@ blocks run along the last axis as quantcore's groups do.
 ``save(path, tensors)`` writes a GGUF v3 file with ``gguf.GGUFWriter`` (needs
 the ``gguf`` package): QuantizedTensors in a GGUF block format become Q8_0/Q4_0/
 Q4_1 tensors whose bytes are those of ``gguf.quants.quantize`` for the same
-weights; float/int arrays are stored as they are.
+weights, K-quant ones Q4_K/Q5_K/Q6_K tensors holding their super-blocks as they
+are; float/int arrays are stored as they are.
 
 The reader is quantcore's own and needs only NumPy: it checks every length,
 count and offset against the file size before reading, so a truncated or
@@ -38,6 +43,8 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
+from . import _io
+from ._arrays import from_torch
 from .config import QuantConfig
 from .tensor import QuantizedTensor
 
@@ -53,14 +60,17 @@ _MAX_DEPTH = 8  # nested metadata arrays
 # GGML tensor types quantcore reads without the gguf package: id -> (name, block, bytes/block)
 GGUF_TYPES: Dict[int, Tuple[str, int, int]] = {
     0: ("F32", 1, 4), 1: ("F16", 1, 2), 2: ("Q4_0", 32, 18), 3: ("Q4_1", 32, 20),
-    8: ("Q8_0", 32, 34), 24: ("I8", 1, 1), 25: ("I16", 1, 2), 26: ("I32", 1, 4),
+    8: ("Q8_0", 32, 34), 12: ("Q4_K", 256, 144), 13: ("Q5_K", 256, 176),
+    14: ("Q6_K", 256, 210), 24: ("I8", 1, 1), 25: ("I16", 1, 2), 26: ("I32", 1, 4),
     27: ("I64", 1, 8), 28: ("F64", 1, 8), 30: ("BF16", 1, 2),
 }
 _PLAIN = {0: "<f4", 1: "<f2", 24: "i1", 25: "<i2", 26: "<i4", 27: "<i8", 28: "<f8"}
-_BLOCK_FORMATS = {8: "q8_0", 2: "q4_0", 3: "q4_1"}
+_BLOCK_FORMATS = {8: "q8_0", 2: "q4_0", 3: "q4_1", 12: "q4_k", 13: "q5_k", 14: "q6_k"}
 _FORMAT_TYPES = {v: k for k, v in _BLOCK_FORMATS.items()}
 _BLOCK = 32
 _TYPE_SIZE = {"q8_0": 34, "q4_0": 18, "q4_1": 20}
+_K_BLOCK = 256  # K-quant super-blocks: QuantizedTensor.data holds them verbatim
+_K_TYPE_SIZE = {"q4_k": 144, "q5_k": 176, "q6_k": 210}
 
 # metadata value types: id -> struct code (None: string / array)
 _VALUE_FMT = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
@@ -97,25 +107,29 @@ def to_blocks(qt: QuantizedTensor) -> np.ndarray:
     """The GGUF block bytes of a Q8_0/Q4_0/Q4_1 QuantizedTensor: uint8 of shape
     ``shape[:-1] + (K/32 * type_size,)`` (34, 18 or 20 bytes per block of 32),
     exactly what ``gguf.quants.quantize`` produces for the same weights.  The
-    last axis must be a multiple of 32."""
+    last axis must be a multiple of 32.  Q4_K/Q5_K/Q6_K: a copy of ``qt.data``
+    (K/256 super-blocks of 144, 176 or 210 bytes per row)."""
     if not isinstance(qt, QuantizedTensor):
         raise TypeError(f"qt must be a QuantizedTensor, got {type(qt).__name__}")
     fmt = _format_of(qt)
     if fmt is None:
-        raise ValueError(f"GGUF stores Q8_0, Q4_0 and Q4_1 (groups of 32, float16 scales); "
-                         f"this tensor is {qt.config!r}: quantize with QuantConfig.q8_0(), "
-                         f".q4_0() or .q4_1()")
+        raise ValueError(f"GGUF stores Q8_0, Q4_0 and Q4_1 (groups of 32, float16 scales) and "
+                         f"the K-quants; this tensor is {qt.config!r}: quantize with "
+                         f"QuantConfig.q8_0(), .q4_0(), .q4_1(), .q4_k(), .q5_k() or .q6_k()")
+    if fmt in _K_TYPE_SIZE:
+        return np.array(qt.data)
     k = qt.shape[-1]
     if k % _BLOCK:
         raise ValueError(f"GGUF block formats need the last axis to be a multiple of 32, got "
                          f"shape {qt.shape}")
     rows = math.prod(qt.shape[:-1])
     nb = k // _BLOCK
-    d = np.asarray(qt._scales).astype("<f2").view(np.uint8).reshape(rows, nb, 2)
+    stored = qt._storage()
+    d = np.asarray(stored.scales).astype("<f2").view(np.uint8).reshape(rows, nb, 2)
     parts: List[np.ndarray] = [d]
     if fmt == "q4_1":
-        parts.append(np.asarray(qt._zeros).astype("<f2").view(np.uint8).reshape(rows, nb, 2))
-    data = np.asarray(qt._data)
+        parts.append(np.asarray(stored.zero_points).astype("<f2").view(np.uint8).reshape(rows, nb, 2))
+    data = np.asarray(stored.data)
     if fmt == "q8_0":
         parts.append(data.view(np.uint8).reshape(rows, nb, _BLOCK))
     else:
@@ -134,12 +148,17 @@ def from_blocks(blocks: Any, fmt: str, shape: Iterable[int], compute: str = "aut
     """A QuantizedTensor of `shape` (NumPy order, last axis a multiple of 32)
     from GGUF block bytes of format ``"q8_0"``, ``"q4_0"`` or ``"q4_1"``; the
     inverse of ``to_blocks``.  Scales that are not finite and Q8_0 codes of
-    -128 (outside quantcore's int8 range) raise ValueError."""
-    if fmt not in _TYPE_SIZE:
-        raise ValueError(f"fmt must be one of 'q8_0', 'q4_0', 'q4_1', got {fmt!r}")
+    -128 (outside quantcore's int8 range) raise ValueError.  ``"q4_k"``,
+    ``"q5_k"``, ``"q6_k"``: the super-blocks become the tensor's ``data``
+    unchanged (last axis a multiple of 256)."""
+    if fmt not in _TYPE_SIZE and fmt not in _K_TYPE_SIZE:
+        raise ValueError(f"fmt must be one of 'q8_0', 'q4_0', 'q4_1', 'q4_k', 'q5_k', 'q6_k', "
+                         f"got {fmt!r}")
     shape = tuple(int(s) for s in shape)
     if not shape or any(s < 1 for s in shape):
         raise ValueError(f"{name}: shape must have ndim >= 1 and positive sizes, got {shape}")
+    if fmt in _K_TYPE_SIZE:
+        return _from_k_blocks(blocks, fmt, shape, compute, name)
     k = shape[-1]
     if k % _BLOCK:
         raise ValueError(f"{name}: {fmt.upper()} rows must be a multiple of 32 long, got {k}")
@@ -179,6 +198,26 @@ def from_blocks(blocks: Any, fmt: str, shape: Iterable[int], compute: str = "aut
                              f"{what}: {arr[r, c]}")
     cfg = getattr(QuantConfig, fmt)(compute=compute)
     return QuantizedTensor.from_arrays(data, scales, zeros, shape, cfg)
+
+
+def _from_k_blocks(blocks: Any, fmt: str, shape: Tuple[int, ...], compute: str,
+                   name: str) -> QuantizedTensor:
+    k = shape[-1]
+    if k % _K_BLOCK:
+        raise ValueError(f"{name}: {fmt.upper()} rows must be a multiple of 256 long, got {k}")
+    rows = math.prod(shape[:-1])
+    rb = k // _K_BLOCK * _K_TYPE_SIZE[fmt]
+    b = np.asarray(blocks)
+    if b.dtype != np.uint8:
+        raise TypeError(f"{name} must be uint8 bytes, got {b.dtype}")
+    if b.size != rows * rb:
+        raise ValueError(f"{name}: {fmt.upper()} of shape {shape} needs {rows * rb} bytes, "
+                         f"got {b.size}")
+    cfg = getattr(QuantConfig, fmt)(compute=compute)
+    try:
+        return QuantizedTensor.from_arrays(b.reshape(rows, rb), None, None, shape, cfg)
+    except ValueError as e:
+        raise ValueError(f"{name}: {e}") from None
 
 
 # ---- the reader -------------------------------------------------------------------------
@@ -342,10 +381,10 @@ def _open(path: PathLike):
     p = os.fspath(path)
     if not isinstance(p, str):
         p = os.fsdecode(p)
-    size = os.path.getsize(p)
-    if size == 0:
-        raise ValueError(f"{p}: empty file, not a GGUF file")
-    return p, np.memmap(p, dtype=np.uint8, mode="r")
+    with _io.open_regular(p) as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            raise ValueError(f"{p}: empty file, not a GGUF file")
+        return p, np.memmap(f, dtype=np.uint8, mode="r")
 
 
 def load_metadata(path: PathLike) -> Dict[str, Any]:
@@ -358,9 +397,10 @@ def load_metadata(path: PathLike) -> Dict[str, Any]:
 
 def load(path: PathLike, names: Optional[Iterable[str]] = None,
          compute: str = "auto") -> Dict[str, Union[QuantizedTensor, np.ndarray]]:
-    """Read the tensors of a GGUF file: ``{name: QuantizedTensor}`` for Q8_0, Q4_0
-    and Q4_1 tensors (converted, not requantized; `compute` goes into their
-    configs), ``{name: ndarray}`` for the others (see the module docstring).
+    """Read the tensors of a GGUF file: ``{name: QuantizedTensor}`` for Q8_0, Q4_0,
+    Q4_1, Q4_K, Q5_K and Q6_K tensors (converted, not requantized; `compute` goes
+    into their configs), ``{name: ndarray}`` for the others (see the module
+    docstring).
 
     `names` picks some tensors (unknown names raise KeyError).  A truncated or
     corrupt file raises ValueError.  The arrays are copies: the file is closed
@@ -376,10 +416,18 @@ def load(path: PathLike, names: Optional[Iterable[str]] = None,
                 raise KeyError(f"{p}: no tensors named {missing}; the file has "
                                f"{list(by_name)[:10]}{'...' if len(by_name) > 10 else ''}")
             infos = [by_name[n] for n in names]
+    # the tensors are copied out of the file (types that are dequantized grow to
+    # float32): refuse at once what cannot fit
+    _io.check_fits(sum(4 * math.prod(t.dims) if t.type not in GGUF_TYPES or t.type == 30
+                       else t.nbytes for t in infos), p, "the tensors")
     out: Dict[str, Union[QuantizedTensor, np.ndarray]] = {}
     for t in infos:
         raw = np.asarray(mm[start + t.offset:start + t.offset + t.nbytes])
-        out[t.name] = _convert(t, raw, compute, p)
+        try:
+            out[t.name] = _convert(t, raw, compute, p)
+        except MemoryError:
+            raise ValueError(f"{p}: tensor {t.name!r} ({t.nbytes:,} bytes in the file) needs "
+                             f"more memory than this machine could allocate") from None
     del mm
     return out
 
@@ -415,13 +463,24 @@ def save(path: PathLike, tensors: Mapping[str, Any], metadata: Optional[Mapping[
     QuantizedTensors must be in a GGUF block format (``QuantConfig.q8_0()``,
     ``.q4_0()``, ``.q4_1()``, or the same parameters) with a last axis that is
     a multiple of 32; they are written as Q8_0/Q4_0/Q4_1 blocks, byte for byte
-    what ``gguf.quants.quantize`` gives for the same weights.  Arrays of
+    what ``gguf.quants.quantize`` gives for the same weights.  K-quant tensors
+    (``QuantConfig.q4_k()``, ``.q5_k()``, ``.q6_k()``) are written as Q4_K/Q5_K/
+    Q6_K tensors holding their super-blocks unchanged.  Arrays of
     float16/32/64 and int8/16/32/64 are written as F16/F32/F64/I8..I64.
 
     `metadata`: extra key/value pairs; a value is a str, a bool, an int (UINT32
-    when it fits in [0, 2**32), else INT64), a float (FLOAT32), a list of those,
-    or ``(value, gguf.GGUFValueType.X)`` for an exact type.
-    ``general.architecture`` is `arch`.  Needs the ``gguf`` package."""
+    when it fits in [0, 2**32), else INT64), a float (FLOAT32), a non-empty list
+    of one of those kinds (ints as INT32, or INT64 when one does not fit), or
+    ``(value, gguf.GGUFValueType.X)`` for an exact type.
+    ``general.architecture`` is `arch`.  Needs the ``gguf`` package.
+
+    Every tensor and every metadata value is checked before any file is
+    touched: a value its type cannot hold (an int outside UINT32 given as
+    ``(v, UINT32)``, an int typed STRING, a float beyond FLOAT32, a mixed
+    list) raises ValueError or TypeError naming the key.  The file is then
+    written as :func:`quantcore.save` writes: to a temporary file beside
+    `path`, renamed over it only once complete (the same rules for what
+    `path` may be)."""
     gguf = _gguf()
     from gguf import GGMLQuantizationType, GGUFValueType, GGUFWriter
     if not isinstance(tensors, Mapping):
@@ -433,18 +492,20 @@ def save(path: PathLike, tensors: Mapping[str, Any], metadata: Optional[Mapping[
     for name, t in tensors.items():
         if not isinstance(name, str) or not name:
             raise TypeError(f"tensor names must be non-empty str, got {name!r}")
+        _check_text(name, "tensor name")
         if isinstance(t, QuantizedTensor):
             fmt = _format_of(t)
             if fmt is None:
                 raise ValueError(f"tensor {name!r}: GGUF stores Q8_0, Q4_0 and Q4_1 (groups of "
-                                 f"32, float16 scales); this tensor is {t.config!r}: quantize "
-                                 f"with QuantConfig.q8_0(), .q4_0() or .q4_1()")
+                                 f"32, float16 scales) and the K-quants; this tensor is "
+                                 f"{t.config!r}: quantize with QuantConfig.q8_0(), .q4_0(), "
+                                 f".q4_1(), .q4_k(), .q5_k() or .q6_k()")
             if t.shape[-1] % _BLOCK:
                 raise ValueError(f"tensor {name!r}: GGUF block formats need the last axis to "
                                  f"be a multiple of 32, got shape {t.shape}")
             prepared.append((name, to_blocks(t), getattr(GGMLQuantizationType, fmt.upper())))
         else:
-            a = t.detach().cpu().numpy() if hasattr(t, "detach") and hasattr(t, "numpy") else t
+            a = from_torch(t)
             if not isinstance(a, np.ndarray):
                 raise TypeError(f"tensor {name!r} must be a QuantizedTensor or a numpy array, "
                                 f"got {type(t).__name__}")
@@ -455,49 +516,158 @@ def save(path: PathLike, tensors: Mapping[str, Any], metadata: Optional[Mapping[
                 raise ValueError(f"tensor {name!r} must be a non-empty array of ndim >= 1, got "
                                  f"shape {a.shape}")
             prepared.append((name, np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("=")), None))
+    if not isinstance(arch, str) or not arch:
+        raise TypeError(f"arch must be a non-empty str, got {arch!r}")
+    _check_text(arch, "arch")
+    entries = _metadata_entries(GGUFValueType, metadata)
     p = os.fspath(path)
-    w = GGUFWriter(p, arch)
-    try:
-        w.add_quantization_version(2)
-        for key, val in (metadata or {}).items():
-            _add_metadata(w, GGUFValueType, key, val)
-        for name, arr, qtype in prepared:
-            if qtype is None:
-                w.add_tensor(name, arr)
-            else:
-                w.add_tensor(name, arr, raw_shape=arr.shape, raw_dtype=qtype)
-        w.write_header_to_file()
-        w.write_kv_data_to_file()
-        w.write_tensors_to_file()
-    finally:
-        w.close()
+    with _io.replacing(p) as tmp:
+        w = GGUFWriter(tmp, arch)
+        try:
+            w.add_quantization_version(2)
+            for key, val, vtype, sub in entries:
+                w.add_key_value(key, val, vtype, sub_type=sub)
+            for name, arr, qtype in prepared:
+                if qtype is None:
+                    w.add_tensor(name, arr)
+                else:
+                    w.add_tensor(name, arr, raw_shape=arr.shape, raw_dtype=qtype)
+            w.write_header_to_file()
+            w.write_kv_data_to_file()
+            w.write_tensors_to_file()
+        finally:
+            w.close()
 
 
-def _add_metadata(w, VT, key: str, val: Any) -> None:
-    if not isinstance(key, str) or not key:
-        raise TypeError(f"metadata keys must be non-empty str, got {key!r}")
-    if isinstance(val, tuple) and len(val) == 2 and isinstance(val[1], VT):
-        v, vt = val
-        sub = None
-        if vt == VT.ARRAY:
-            sub = VT.get_type(v[0]) if len(v) else VT.INT32
-        w.add_key_value(key, v, vt, sub_type=sub)
-    elif isinstance(val, bool):
-        w.add_bool(key, val)
-    elif isinstance(val, (int, np.integer)):
-        v = int(val)
-        if 0 <= v < 2 ** 32:
-            w.add_uint32(key, v)
-        else:
-            w.add_int64(key, v)
-    elif isinstance(val, (float, np.floating)):
-        w.add_float32(key, float(val))
-    elif isinstance(val, str):
-        w.add_key_value(key, val, VT.STRING)
-    elif isinstance(val, (list, np.ndarray)):
-        v = list(val.tolist() if isinstance(val, np.ndarray) else val)
-        if not v:
-            raise ValueError(f"metadata {key!r}: an empty array has no element type")
-        w.add_array(key, v)
+_INT_RANGES = {"UINT8": (0, 2**8 - 1), "INT8": (-2**7, 2**7 - 1),
+               "UINT16": (0, 2**16 - 1), "INT16": (-2**15, 2**15 - 1),
+               "UINT32": (0, 2**32 - 1), "INT32": (-2**31, 2**31 - 1),
+               "UINT64": (0, 2**64 - 1), "INT64": (-2**63, 2**63 - 1)}
+_FLOAT32_MAX = 3.4028234663852886e38
+
+
+def _check_text(text: Any, what: str) -> None:
+    if isinstance(text, str):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ValueError(f"{what} {text!r} is not valid UTF-8 text: {e.reason}") from None
+
+
+def _plain(v: Any) -> Any:
+    """NumPy scalars and arrays as Python ones (lists for arrays)."""
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    return v
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _element_type(VT, items: List[Any], where: str, widen: bool):
+    """The GGUF type of a list's elements: the gguf package's rule (str or bytes
+    STRING, float FLOAT32, bool BOOL, int INT32, list ARRAY), every element of
+    one kind; `widen`: ints that do not all fit INT32 become INT64."""
+    if not items:
+        raise ValueError(f"{where}: an empty array has no element type")
+    kinds: List[Tuple[Any, Any]] = [((str, bytes, bytearray), VT.STRING), (bool, VT.BOOL),
+                                    (float, VT.FLOAT32), (int, VT.INT32), (list, VT.ARRAY)]
+    for cls, vt in kinds:
+        if isinstance(items[0], cls) and not (cls is int and isinstance(items[0], bool)):
+            break
     else:
-        raise TypeError(f"metadata {key!r}: unsupported value type {type(val).__name__}")
+        raise TypeError(f"{where}[0]: unsupported element type {type(items[0]).__name__} "
+                        f"(str, bool, int, float or list)")
+    for i, x in enumerate(items):
+        if not isinstance(x, cls) or (cls is int and isinstance(x, bool)):
+            raise TypeError(f"{where}[{i}]: {type(x).__name__} in an array of "
+                            f"{type(items[0]).__name__}: GGUF arrays hold one type")
+    if vt == VT.INT32 and widen:
+        lo, hi = _INT_RANGES["INT32"]
+        if not all(lo <= x <= hi for x in items):
+            vt = VT.INT64
+    return vt
+
+
+def _check_value(VT, where: str, val: Any, vt, sub=None) -> None:
+    """Raise TypeError/ValueError naming `where` unless `val` packs as `vt`."""
+    name = getattr(vt, "name", str(vt))
+    if name in _INT_RANGES:
+        if not _is_int(val):
+            raise TypeError(f"{where}: {name} needs an int, got {type(val).__name__} {val!r}"[:300])
+        lo, hi = _INT_RANGES[name]
+        if not lo <= val <= hi:
+            raise ValueError(f"{where}: {val} does not fit {name} [{lo}, {hi}]"[:300])
+    elif vt in (VT.FLOAT32, VT.FLOAT64):
+        if isinstance(val, bool) or not isinstance(val, (int, float)):
+            raise TypeError(f"{where}: {name} needs a float, got {type(val).__name__} {val!r}"[:300])
+        try:
+            f = float(val)
+        except OverflowError:
+            raise ValueError(f"{where}: {val} does not fit {name}"[:300]) from None
+        try:
+            struct.pack("<f" if vt == VT.FLOAT32 else "<d", f)
+        except OverflowError:
+            raise ValueError(f"{where}: {val!r} does not fit FLOAT32 (largest {_FLOAT32_MAX:.7g}); "
+                             f"give (value, GGUFValueType.FLOAT64)") from None
+    elif vt == VT.BOOL:
+        if not isinstance(val, bool):
+            raise TypeError(f"{where}: BOOL needs True or False, got {type(val).__name__} {val!r}"[:300])
+    elif vt == VT.STRING:
+        if not isinstance(val, (str, bytes, bytearray)):
+            raise TypeError(f"{where}: STRING needs a str, got {type(val).__name__} {val!r}"[:300])
+        _check_text(val, where)
+    elif vt == VT.ARRAY:
+        if not isinstance(val, list):
+            raise TypeError(f"{where}: ARRAY needs a list, got {type(val).__name__}")
+        if sub is None:
+            sub = _element_type(VT, val, where, widen=False)
+        for i, x in enumerate(val):
+            _check_value(VT, f"{where}[{i}]", x, sub)
+    else:
+        raise ValueError(f"{where}: unknown GGUF value type {vt!r}")
+
+
+def _metadata_entries(VT, metadata: Optional[Mapping[str, Any]]):
+    """[(key, value, type, element type)] for GGUFWriter.add_key_value, every
+    value checked against its type (nothing is written here)."""
+    if metadata is None:
+        return []
+    if not isinstance(metadata, Mapping):
+        raise TypeError(f"metadata must be a mapping of str -> value, got {type(metadata).__name__}")
+    out = []
+    for key, val in metadata.items():
+        if not isinstance(key, str) or not key:
+            raise TypeError(f"metadata keys must be non-empty str, got {key!r}")
+        _check_text(key, "metadata key")
+        where = f"metadata {key!r}"
+        sub = None
+        if isinstance(val, tuple) and len(val) == 2 and isinstance(val[1], VT):
+            vt = val[1]
+            v = _plain(val[0])
+            if vt == VT.ARRAY:
+                if not isinstance(v, list):
+                    raise TypeError(f"{where}: ARRAY needs a list, got {type(val[0]).__name__}")
+                sub = _element_type(VT, v, where, widen=False)
+        elif isinstance(val, (bool, np.bool_)):
+            v, vt = bool(val), VT.BOOL
+        elif isinstance(val, (int, np.integer)):
+            v = int(val)
+            vt = VT.UINT32 if 0 <= v < 2 ** 32 else VT.INT64
+        elif isinstance(val, (float, np.floating)):
+            v, vt = float(val), VT.FLOAT32
+        elif isinstance(val, str):
+            v, vt = val, VT.STRING
+        elif isinstance(val, (list, np.ndarray)):
+            v, vt = _plain(val), VT.ARRAY
+            sub = _element_type(VT, v, where, widen=True)
+        else:
+            raise TypeError(f"{where}: unsupported value type {type(val).__name__}")
+        _check_value(VT, where, v, vt, sub)
+        out.append((key, v, vt, sub))
+    return out

@@ -48,7 +48,7 @@ import numpy as np
 from . import _ext
 from .config import QuantConfig
 
-__all__ = ["gptq_quantize", "gptq_arrays"]
+__all__ = ["gptq_arrays"]
 
 BLOCK = 128
 SUB_BLOCK = 16
@@ -306,50 +306,3 @@ def _gptq(w: np.ndarray, hessian: np.ndarray, config: QuantConfig, act_order: bo
         s_all = np.ascontiguousarray(s_all[:1, :1])
         z_all = None if z_all is None else np.ascontiguousarray(z_all[:1, :1])
     return np.ascontiguousarray(codes.T), s_all, z_all
-
-
-def gptq_quantize(array: Any, stats: Any, config: QuantConfig, *, name: str = "array"):
-    """Quantize `array` (float, ndim >= 1; the last axis is the input features)
-    with GPTQ against `stats` (a ``quantcore.calibrate.LayerStats`` holding the
-    full ``X.T X``): an ordinary QuantizedTensor of `config`'s format."""
-    from .calibrate import LayerStats
-    from .tensor import QuantizedTensor, _as_float_array, pack_int4
-    a = _as_float_array(array, name)
-    if not isinstance(stats, LayerStats):
-        raise TypeError(f"calibration for {name} must be a quantcore.calibrate.LayerStats, "
-                        f"got {type(stats).__name__}")
-    k = a.shape[-1]
-    stats._check_width(k, name)
-    if not stats.has_hessian:
-        raise ValueError(f"calibration for {name}: method='gptq' needs the full input matrix "
-                         f"X^T X (LayerStats(..., hessian=True)); these statistics hold only its "
-                         f"diagonal (an importance vector): use method='mse' with them")
-    if stats.count == 0:
-        raise ValueError(f"calibration for {name}: the statistics hold no rows (count 0)")
-    w2 = a.reshape(-1, k)
-    if not np.all(np.isfinite(w2)):
-        bad = np.argwhere(~np.isfinite(w2))[0]
-        raise ValueError(f"{name} holds NaN or Inf (row {int(bad[0])}, column {int(bad[1])})")
-    codes, scales, zeros = gptq_arrays(w2, stats._full_xtx(), config, act_order=config.act_order,
-                                       damp=config.damp)
-    kind = config.kind
-    if kind == _ext.KIND_SYM8:
-        data = codes.astype(np.int8)
-    elif config.bits == 8:
-        data = codes.astype(np.uint8)
-    else:
-        data = pack_int4(codes.astype(np.uint8))
-    lead = a.shape[:-1]
-    rows = w2.shape[0]
-    if config.granularity == "tensor":
-        scales = scales.reshape(())
-        zeros = None if zeros is None else zeros.reshape(())
-    elif config.granularity == "channel":
-        scales = scales.reshape(lead)
-        zeros = None if zeros is None else zeros.reshape(lead)
-    else:
-        scales = scales.reshape(lead + (scales.shape[1],))
-        zeros = None if zeros is None else zeros.reshape(lead + (zeros.shape[1],))
-    data = data.reshape(lead + (data.shape[1],))
-    assert rows == int(np.prod(lead, dtype=np.int64))
-    return QuantizedTensor.from_arrays(data, scales, zeros, tuple(a.shape), config, a.dtype)

@@ -2,29 +2,40 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
 from . import _ext
+from ._arrays import as_float_array, check_out, to_numpy
 from .config import QuantConfig
-from .tensor import QuantizedTensor, _as_float_array
+from .tensor import QuantizedTensor
 
 __all__ = ["QuantizedLinear"]
 
 _MAX_SCALE = 1e30  # largest weight scale (or Q4_1 minimum) the linear kernels take
+_F32_TINY = float(np.finfo(np.float32).tiny)
+_F32_MAX = float(np.finfo(np.float32).max)
 _KIND_NAMES = {_ext.KIND_SYM8: "int8", _ext.KIND_ASYM8: "uint8", _ext.KIND_SYM4: "int4",
                _ext.KIND_ASYM4: "uint4", _ext.KIND_MIN4: "q4_1"}
 
 
-def _to_numpy(t: Any, what: str) -> np.ndarray:
-    """A torch tensor or array-like as a NumPy array (torch is never imported)."""
-    if hasattr(t, "detach") and hasattr(t, "cpu"):
-        t = t.detach().cpu()
-        if hasattr(t, "float") and str(getattr(t, "dtype", "")) == "torch.bfloat16":
-            t = t.float()
-        t = t.numpy()
-    return _as_float_array(t, what)
+def _to_f32_rows(a2: np.ndarray):
+    """float64 (or wider) rows as float32, each row whose largest |x| lies outside
+    float32's normal range scaled by 2**-s first (exact in float64): returns the
+    rows and s (int array, None when every s is 0)."""
+    with np.errstate(over="raise", under="raise"):
+        try:
+            return np.array(a2, dtype=np.float32, order="C", copy=True), None
+        except FloatingPointError:
+            pass
+    with np.errstate(invalid="ignore"):
+        amax = np.max(np.where(np.isfinite(a2), np.abs(a2), 0), axis=1)
+    s = np.where((amax > _F32_MAX) | ((amax > 0) & (amax < _F32_TINY)), np.frexp(amax)[1], 0)
+    s = s.astype(np.int32)
+    scaled = np.ldexp(a2, -s[:, None]) if s.any() else a2
+    with np.errstate(over="ignore", under="ignore"):
+        return np.array(scaled, dtype=np.float32, order="C", copy=True), (s if s.any() else None)
 
 
 class QuantizedLinear:
@@ -42,16 +53,36 @@ class QuantizedLinear:
       (see ``int8_error_bound``), plus float rounding.
     * ``compute="auto"`` (default): int8 where the weight format allows it (whole
       rows, or groups that are multiples of 32); its bound is far below the
-      weight quantization error.  Rows of x holding NaN or Inf run in float32,
-      so they propagate as IEEE arithmetic would and other rows stay clean.
+      weight quantization error.  Rows of x holding NaN or Inf are summed in
+      float64 over the dequantized weights, so they give the NaN or +-inf IEEE
+      arithmetic gives and other rows stay clean.
+
+    Module surface (as a PyTorch-like framework's linear layer): ``parameters()``
+    lists the trainable arrays (the float bias; the packed weight's integer codes
+    are not trainable), ``train()`` / ``eval()`` set ``training``, which changes
+    nothing in ``forward`` (the layer has no dropout or batch statistics).
 
     Few rows (fewer than 8) take a GEMV path that streams the weights once per
     call; more take a tiled GEMM path where the build has one.  ``kernel`` names
     the kernel of the last call.  Threads: see ``quantcore.set_num_threads``;
     the GIL is released, and concurrent calls on one layer are safe.
+
+    Exactness: quantize, dequantize and int4 packing give the same bits on every
+    ISA, and so do the int8 activation codes and integer dot products.  For one
+    ISA and path (``kernel_for(m)``) a row's output bits do not depend on the
+    thread count or on the other rows of x.  Across ISAs, and between GEMV and
+    GEMM, outputs differ by float rounding: each is within
+    ``(K + 64) * 2**-24 * sum_k |x_k| * (|d q_k| + |c|)`` of the exact value
+    (w = d q + c; int8 compute: for the quantized activations, |x_k| read as
+    |x_k| + max|x_b| / 254).
+    Large and tiny magnitudes: a row that would overflow float32 inside the
+    kernels (or is tiny, max |x| < 2**-40) is computed on x scaled by a power
+    of two and scaled back, so outputs are finite wherever x @ dequantize(W).T
+    is representable in float32 (weight scales up to 1e30 are accepted).
     """
 
-    __slots__ = ("_wq", "_bias", "_qw", "_mode", "_last_m", "__weakref__")
+    __slots__ = ("_wq", "_bias", "_bias_ro", "_qw", "_mode", "_last_m", "training", "__weakref__")
+    training: bool
 
     def __init__(self, weight_q: QuantizedTensor, bias: Any = None) -> None:
         if not isinstance(weight_q, QuantizedTensor):
@@ -60,31 +91,39 @@ class QuantizedLinear:
             raise ValueError(f"weight_q must be 2-D (out_features, in_features), got shape {weight_q.shape}")
         n, k = weight_q.shape
         cfg = weight_q.config
-        group = (cfg.group_size or 0) if cfg.granularity == "group" else 0
+        if cfg.ktype is not None:
+            raise NotImplementedError(f"QuantizedLinear does not run {cfg.format!r} (K-quant) "
+                                      f"weights yet; use weight_q.dequantize(), or Q8_0/Q4_0/Q4_1")
+        group = cfg.effective_group_size
+        stored = weight_q._storage()
         if group and group < k and group % 32:
             raise ValueError(f"QuantizedLinear needs group_size >= 32 (got {group}); "
                              f"quantize the weight with group_size=32 or more")
-        # The kernels sum d * (block dot product) before applying the activation
-        # scale: beyond ~1e30 that overflows float32 where x @ W.T does not.
-        for what, arr in (("scales", weight_q._scales),
-                          ("zero_points", weight_q._zeros if cfg.kind == _ext.KIND_MIN4 else None)):
+        # Rows of x are rescaled where the kernels' sums would overflow, but some
+        # kernels also form weight-only products (d times an integer block dot,
+        # 128 d) that no rescaling of x shrinks: beyond ~3e32 those overflow.
+        for what, arr in (("scales", stored.scales),
+                          ("zero_points", stored.zero_points if cfg.kind == _ext.KIND_MIN4 else None)):
             if arr is not None:
                 big = max(abs(float(arr.max())), abs(float(arr.min())))  # no temporary copy
                 if big > _MAX_SCALE:
                     raise ValueError(f"weight_q has {what} up to {big:.3g}; QuantizedLinear needs "
                                      f"|{what}| <= {_MAX_SCALE:g} (its kernels would overflow float32)")
         self._wq = weight_q
-        self._bias = None
+        self._bias: Optional[np.ndarray] = None   # the layer's own copy: parameters() hands it out
+        self._bias_ro: Optional[np.ndarray] = None  # a read-only view of it: the `bias` attribute
+        self.training = True
         if bias is not None:
-            b = _to_numpy(bias, "bias")
+            b = as_float_array(bias, "bias")
             if b.shape != (n,):
                 raise ValueError(f"bias must have shape ({n},), got {b.shape}")
             if not np.all(np.isfinite(b)):
                 raise ValueError("bias contains NaN or Inf")
             b = np.array(b, dtype=np.float32, order="C")
-            b.setflags(write=False)
             self._bias = b
-        self._qw = _ext.QWeight(weight_q._data, weight_q._scales, weight_q._zeros, cfg.kind, n, k,
+            self._bias_ro = b.view()
+            self._bias_ro.setflags(write=False)
+        self._qw = _ext.QWeight(stored.data, stored.scales, stored.zero_points, cfg.kind, n, k,
                                 group, cfg.granularity == "tensor")
         self._mode = _ext.COMPUTE_F32 if cfg.compute == "float32" else _ext.COMPUTE_I8
         self._last_m = 1
@@ -103,7 +142,11 @@ class QuantizedLinear:
             weight = module.weight
             if bias is None:
                 bias = getattr(module, "bias", None)
-        w = _to_numpy(weight, "weight")
+        if config.ktype is not None:
+            raise NotImplementedError(f"QuantizedLinear does not run {config.format!r} (K-quant) "
+                                      f"weights yet; quantize with quantcore.quantize and "
+                                      f"dequantize(), or use Q8_0/Q4_0/Q4_1")
+        w = as_float_array(weight, "weight")
         if w.ndim != 2:
             raise ValueError(f"weight must be 2-D (out_features, in_features), got shape {w.shape}")
         return cls(QuantizedTensor._quantize(w, config, "weight"), bias)
@@ -123,8 +166,8 @@ class QuantizedLinear:
 
     @property
     def bias(self) -> Optional[np.ndarray]:
-        """float32 bias (read-only) or None."""
-        return self._bias
+        """float32 bias (a read-only view; ``parameters()`` gives the writable one) or None."""
+        return self._bias_ro
 
     @property
     def config(self) -> QuantConfig:
@@ -167,7 +210,7 @@ class QuantizedLinear:
         ``self.weight_quantized.metrics(reference)``, with `reference` the float
         weight (out_features, in_features) or None."""
         if reference is not None and not isinstance(reference, np.ndarray):
-            reference = _to_numpy(reference, "reference")
+            reference = as_float_array(reference, "reference")
         return self._wq.metrics(reference)
 
     def int8_error_bound(self, x: Any) -> np.ndarray:
@@ -185,14 +228,8 @@ class QuantizedLinear:
         return (half @ wsum.T).reshape(lead + (self.out_features,))
 
     # ---- forward ------------------------------------------------------------------
-    def _rows(self, x: Any):
-        if isinstance(x, np.ndarray):
-            a = x
-        else:
-            try:
-                a = _to_numpy(x, "x") if hasattr(x, "detach") else np.asarray(x)
-            except (TypeError, ValueError) as e:  # ragged lists and the like
-                raise TypeError(f"x must be an array of floats: {e}") from None
+    def _rows(self, x: Any, shifts: bool = False):
+        a = to_numpy(x, "x", "an array of floats")
         if a.dtype.kind != "f":
             raise TypeError(f"x must be a float array, got dtype {a.dtype}")
         if a.ndim < 1:
@@ -201,46 +238,95 @@ class QuantizedLinear:
             raise ValueError(f"x must have shape (..., in_features={self.in_features}), got {a.shape}")
         lead = a.shape[:-1]
         a2 = a.reshape(-1, self.in_features)
+        s = None
         if a2.dtype != np.float32 or a2.strides[-1] != 4 or not a2.flags.aligned or (a2.shape[0] > 1 and (a2.strides[0] < 4 * self.in_features or a2.strides[0] % 4)):
             # a copy (np.ascontiguousarray would keep a misaligned contiguous array)
-            a2 = np.array(a2, dtype=np.float32, order="C", copy=True)
-        return a2, lead
+            if not shifts or a2.dtype.itemsize <= 4:
+                a2 = np.array(a2, dtype=np.float32, order="C", copy=True)
+            else:
+                a2, s = _to_f32_rows(a2)
+        return (a2, lead, s) if shifts else (a2, lead)
 
     def forward(self, x: Any, out: Optional[np.ndarray] = None) -> np.ndarray:
         """``x @ W.T + bias`` for x of shape (..., in_features), any float dtype and
         strides; returns float32 (..., out_features), written into `out` when given
-        (float32, that shape, rows contiguous)."""
-        x2, lead = self._rows(x)
+        (float32, that shape, rows contiguous).
+
+        `out` may share memory with `x` (``forward(x, out=x)`` when in_features ==
+        out_features, or overlapping views): x is read in full before `out` is
+        written, so the result is the same as without overlap.  float64 rows
+        beyond float32's range are scaled by a power of two before rounding to
+        float32 (and the result scaled back), so they are computed too."""
+        x2, lead, shift = self._rows(x, shifts=True)
         m = x2.shape[0]
         shape = lead + (self.out_features,)
-        if out is None:
-            y = np.empty(shape, dtype=np.float32)
-        else:
-            if not isinstance(out, np.ndarray):
-                raise TypeError(f"out must be a numpy array, got {type(out).__name__}")
-            if out.dtype != np.float32:
-                raise TypeError(f"out must have dtype float32, got {out.dtype}")
-            if out.shape != shape:
-                raise ValueError(f"out must have shape {shape}, got {out.shape}")
-            if not out.flags.writeable:
-                raise ValueError("out must be writeable")
-            if not out.flags.c_contiguous:
-                raise ValueError("out must be C-contiguous")
-            if not out.flags.aligned:
-                raise ValueError("out must be aligned to 4 bytes (its data pointer is not)")
-            y = out
+        y = np.empty(shape, dtype=np.float32) if out is None else check_out(out, shape)
         if m == 0:
             return y
         y2 = y.reshape(m, self.out_features)  # a view: y is C-contiguous
         self._qw.forward(x2, self._bias, y2, self._mode)
+        if shift is not None:  # rows of x scaled by 2**-shift: again without bias, scaled back
+            rows = np.flatnonzero(shift)
+            part = np.empty((rows.size, self.out_features), np.float32)
+            self._qw.forward(np.ascontiguousarray(x2[rows]), None, part, self._mode)
+            with np.errstate(over="ignore"):
+                part = np.ldexp(part.astype(np.float64), shift[rows, None]).astype(np.float32)
+            if self._bias is not None:
+                part += self._bias
+            y2[rows] = part
         self._last_m = m
         return y
 
     __call__ = forward
 
+    # ---- module surface -----------------------------------------------------------
+    def parameters(self) -> List[np.ndarray]:
+        """The layer's trainable parameters: ``[bias]`` (float32, shape
+        ``(out_features,)``) when it has a bias, else ``[]``.
+
+        The packed weight is not a parameter: its codes are integers and its
+        scales belong to them.  The bias returned is the layer's own array, not a
+        copy, so an in-place update (``p -= lr * grad``) changes what ``forward``
+        adds; ``frozen_parameters()`` gives read-only copies instead."""
+        return [] if self._bias is None else [self._bias]
+
+    def frozen_parameters(self) -> List[np.ndarray]:
+        """Read-only copies of ``parameters()``: nothing done to them reaches the layer."""
+        out = []
+        for p in self.parameters():
+            c = p.copy()
+            c.setflags(write=False)
+            out.append(c)
+        return out
+
+    def trainable_params_count(self) -> int:
+        """Number of scalars in ``parameters()`` (``out_features`` with a bias, else 0)."""
+        return sum(p.size for p in self.parameters())
+
+    def train(self, mode: bool = True) -> "QuantizedLinear":
+        """Set training mode (``mode=True``, the default of a new layer) or
+        evaluation mode (``False``); returns the layer, so calls chain.
+
+        ``forward`` computes exactly the same in both modes: the layer has no
+        dropout or batch statistics.  The mode is kept by pickling and copying,
+        and is not shown by ``repr`` (as in PyTorch)."""
+        if not isinstance(mode, (bool, np.bool_)):
+            raise TypeError(f"mode must be True or False, got {mode!r}")
+        self.training = bool(mode)
+        return self
+
+    def eval(self) -> "QuantizedLinear":
+        """Evaluation mode: ``train(False)``; returns the layer."""
+        return self.train(False)
+
     # ---- Python protocols ---------------------------------------------------------
     def __reduce__(self):
-        return (QuantizedLinear, (self._wq, self._bias))
+        return (QuantizedLinear, (self._wq, self._bias), {"training": self.training})
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        if not isinstance(state, dict) or not isinstance(state.get("training", True), bool):
+            raise TypeError(f"QuantizedLinear state must be a dict with a bool 'training', got {state!r}")
+        self.training = state.get("training", True)
 
     def __repr__(self) -> str:
         c = self.config

@@ -27,29 +27,28 @@ per channel / per tensor    one block per row: block_size = the next power of
                             two >= max(K, 16); per tensor repeats the scale
 Q4_1 (``d*q + m``)          does not map: its float minimum is no integer zero
                             point (a float one, ``-m/d``, would not be exact and
-                            does not exist where d == 0); ``to_matmulnbits``
-                            raises ValueError
+                            does not exist where d == 0); ``encode`` raises
+                            ValueError
 ==========================  =====================================================
 
-``make_model`` builds the one-node ONNX model (needs the ``onnx`` package) that
-the benchmark and the tests run through onnxruntime.
+``QuantizedTensor.to_matmulnbits()`` and ``QuantizedTensor.from_matmulnbits(...)``
+are the usual way in and out; ``encode`` and ``decode`` here work on the stored
+arrays themselves.  ``make_model`` builds the one-node ONNX model (needs the
+``onnx`` package) that the benchmark and the tests run through onnxruntime.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Dict, Optional, TypedDict
+from typing import Any, Dict, Optional, Tuple, TypedDict
 
 import numpy as np
 
 from . import _ext
+from ._arrays import to_numpy
 from .config import QuantConfig
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .tensor import QuantizedTensor
-
-__all__ = ["MatMulNBitsWeights", "MatMulNBitsAttributes", "to_matmulnbits", "from_matmulnbits",
-           "make_model"]
+__all__ = ["MatMulNBitsWeights", "MatMulNBitsAttributes", "encode", "decode", "make_model"]
 
 
 class MatMulNBitsAttributes(TypedDict):
@@ -93,10 +92,6 @@ class MatMulNBitsWeights:
         return {"B": self.B, "scales": self.scales, "zero_points": self.zero_points,
                 **self.attributes()}
 
-    def to_quantized_tensor(self) -> "QuantizedTensor":
-        """Same as ``from_matmulnbits(**self.as_dict())``."""
-        return from_matmulnbits(**self.as_dict())
-
     def make_model(self, bias: Optional[np.ndarray] = None, accuracy_level: int = 0) -> Any:
         """A one-node ONNX model ``Y = A @ W.T (+ bias)``; see ``make_model``."""
         return make_model(self, bias=bias, accuracy_level=accuracy_level)
@@ -121,16 +116,16 @@ def _unpack_nibbles(b: np.ndarray, n: int) -> np.ndarray:
     return out[:, :n]
 
 
-def to_matmulnbits(qt: "QuantizedTensor") -> MatMulNBitsWeights:
-    """Export a 2-D ``(N, K)`` QuantizedTensor in the MatMulNBits layout (see the
-    module docstring for which formats map).  Raises ValueError for Q4_1 and
-    for tensors that are not 2-D."""
-    from .tensor import QuantizedTensor
-    if not isinstance(qt, QuantizedTensor):
-        raise TypeError(f"qt must be a QuantizedTensor, got {type(qt).__name__}")
-    if qt.ndim != 2:
-        raise ValueError(f"MatMulNBits holds a 2-D (N, K) weight; the tensor has shape {qt.shape}")
-    cfg = qt.config
+def encode(data: np.ndarray, scales: np.ndarray, zero_points: Optional[np.ndarray],
+           shape: Tuple[int, ...], config: QuantConfig) -> MatMulNBitsWeights:
+    """The MatMulNBits form of a quantized ``(N, K)`` weight given by its stored
+    arrays in their 2-D form (codes ``(N, bytes per row)``, scales and zero points
+    ``(N, n_groups)`` or ``(1, 1)`` per tensor), its `shape` and `config` (see the
+    module docstring for which formats map).  Raises ValueError for Q4_1 and for
+    shapes that are not 2-D."""
+    if len(shape) != 2:
+        raise ValueError(f"MatMulNBits holds a 2-D (N, K) weight; the tensor has shape {shape}")
+    cfg = config
     kind = cfg.kind
     if kind == _ext.KIND_MIN4:
         raise ValueError(
@@ -138,7 +133,7 @@ def to_matmulnbits(qt: "QuantizedTensor") -> MatMulNBitsWeights:
             "(q - zero_point) * scale with an integer zero point, and Q4_1's float minimum m has "
             "none (a float zero point -m/d is not exact and does not exist where d == 0); "
             "quantize with QuantConfig.int4(symmetric=False) or QuantConfig.q4_0() instead")
-    n, k = qt.shape
+    n, k = shape
     bits = cfg.bits
     if cfg.granularity == "group" and cfg.group_size is not None and cfg.group_size < k:
         bs = int(cfg.group_size)
@@ -146,7 +141,7 @@ def to_matmulnbits(qt: "QuantizedTensor") -> MatMulNBitsWeights:
         bs = _pow2_at_least(k)
     nb = -(-k // bs)
     blob = bs * bits // 8
-    data = np.asarray(qt._data)
+    data = np.asarray(data)
     if kind == _ext.KIND_SYM8:
         codes = (data.view(np.uint8) ^ np.uint8(0x80))
     else:
@@ -155,14 +150,14 @@ def to_matmulnbits(qt: "QuantizedTensor") -> MatMulNBitsWeights:
     flat[:, :codes.shape[1]] = codes
     B = flat.reshape(n, nb, blob)
 
-    scales = np.asarray(qt._scales, dtype=np.float32)
+    scales = np.asarray(scales, dtype=np.float32)
     if cfg.granularity == "tensor":
         scales = np.broadcast_to(scales.reshape(1, 1), (n, 1))
     scales = np.array(scales.reshape(n, nb), dtype=np.float32, order="C")
 
     zp: Optional[np.ndarray] = None
     if kind in (_ext.KIND_ASYM8, _ext.KIND_ASYM4):
-        z = np.asarray(qt._zeros, dtype=np.uint8)
+        z = np.asarray(zero_points, dtype=np.uint8)
         if cfg.granularity == "tensor":
             z = np.broadcast_to(z.reshape(1, 1), (n, 1))
         z = np.ascontiguousarray(z.reshape(n, nb))
@@ -177,11 +172,14 @@ def _int_attr(v: Any, what: str) -> int:
     return int(v)
 
 
-def from_matmulnbits(B: Any, scales: Any, zero_points: Any = None, *, K: int, N: int,
-                     bits: int = 4, block_size: int,
-                     compute: str = "auto") -> "QuantizedTensor":
-    """Import a MatMulNBits weight (the node's B, scales, zero_points and
-    attributes) as an ``(N, K)`` QuantizedTensor holding the same values.
+def decode(B: Any, scales: Any, zero_points: Any = None, *, K: int, N: int, bits: int = 4,
+           block_size: int, compute: str = "auto"
+           ) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray], Tuple[int, int], QuantConfig]:
+    """A MatMulNBits weight (the node's B, scales, zero_points and attributes) as
+    the arrays, shape and config of the ``(N, K)`` QuantizedTensor holding the
+    same values: ``(data, scales, zero_points, (N, K), config)``, what
+    ``QuantizedTensor.from_arrays`` takes (``QuantizedTensor.from_matmulnbits``
+    does that).
 
     * 4 bits without zero_points -> int4 symmetric (codes around 8);
       with uint8 zero_points -> int4 asymmetric.
@@ -195,7 +193,6 @@ def from_matmulnbits(B: Any, scales: Any, zero_points: Any = None, *, K: int, N:
 
     B and zero_points may be given flat or in the op's 2-D/3-D shapes.
     """
-    from .tensor import QuantizedTensor
     K = _int_attr(K, "K")
     N = _int_attr(N, "N")
     bits = _int_attr(bits, "bits")
@@ -209,14 +206,7 @@ def from_matmulnbits(B: Any, scales: Any, zero_points: Any = None, *, K: int, N:
     nb = -(-K // block_size)
     blob = block_size * bits // 8
 
-    def arr(a: Any) -> np.ndarray:
-        if not isinstance(a, np.ndarray):
-            if hasattr(a, "numpy") and hasattr(a, "detach"):
-                a = a.detach().cpu().numpy()
-            a = np.asarray(a)
-        return a
-
-    B = arr(B)
+    B = to_numpy(B, "B")
     if B.dtype != np.uint8:
         raise TypeError(f"B must have dtype uint8, got {B.dtype}")
     if B.size != N * nb * blob:
@@ -225,7 +215,7 @@ def from_matmulnbits(B: Any, scales: Any, zero_points: Any = None, *, K: int, N:
                          f"block_size={block_size}; got shape {B.shape}")
     rows = B.reshape(N, nb * blob)
 
-    scales = arr(scales)
+    scales = to_numpy(scales, "scales")
     if scales.dtype not in (np.float32, np.float16):
         raise TypeError(f"scales must have dtype float32 or float16, got {scales.dtype}")
     if scales.size != N * nb:
@@ -237,7 +227,7 @@ def from_matmulnbits(B: Any, scales: Any, zero_points: Any = None, *, K: int, N:
 
     z: Optional[np.ndarray] = None
     if zero_points is not None:
-        zp = arr(zero_points)
+        zp = to_numpy(zero_points, "zero_points")
         if zp.dtype.kind == "f":
             zf = zp.astype(np.float64)
             if zp.size != N * nb:
@@ -276,7 +266,7 @@ def from_matmulnbits(B: Any, scales: Any, zero_points: Any = None, *, K: int, N:
             z = np.full((N, nb), 128, np.uint8)
     cfg = QuantConfig(bits=bits, group_size=group, granularity=granularity, symmetric=symmetric,
                       scale_dtype=sdt, compute=compute)
-    return QuantizedTensor.from_arrays(data, scales, z, (N, K), cfg)
+    return data, scales, z, (N, K), cfg
 
 
 def make_model(weights: MatMulNBitsWeights, bias: Optional[np.ndarray] = None,

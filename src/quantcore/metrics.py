@@ -1,11 +1,13 @@
-"""Compression metrics: one tensor (CompressionMetrics) and a whole model
-(ModelCompressionMetrics).
+"""Compression metrics of one tensor: CompressionMetrics, and ``tensor_metrics``
+that measures a quantized tensor (``QuantizedTensor.metrics``).
 
-CompressionMetrics keeps the seed's contract field for field (n_parameters,
-original_bits_per_param, effective_bits_per_param, sparsity, quantization_mse)
-and its three constructors; ``max_abs_error`` and ``snr_db`` are extra fields,
-``None`` where nothing was measured.  ``QuantizedTensor.metrics(reference)``
-measures a real tensor (see ``tensor_metrics``).
+CompressionMetrics has five core fields (n_parameters, original_bits_per_param,
+effective_bits_per_param, sparsity, quantization_mse) and three constructors
+for float32 weights (quantized_only, pruned_only, quantized_and_pruned);
+``max_abs_error`` and ``snr_db`` are extra fields, ``None`` where nothing was
+measured.  ``QuantizedTensor.metrics(reference)`` measures a real tensor (see
+``tensor_metrics``).  A whole model's metrics are
+``quantcore.model.ModelCompressionMetrics``.
 """
 
 from __future__ import annotations
@@ -16,10 +18,13 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
-__all__ = ["CompressionMetrics", "ModelCompressionMetrics", "calibrated_error", "cosine_similarity",
+from ._arrays import as_float_array
+
+__all__ = ["CompressionMetrics", "tensor_metrics", "calibrated_error", "cosine_similarity",
            "relative_error", "kl_divergence", "top1_agreement", "compare_outputs", "OutputComparison"]
 
 _FLOAT32_BITS = 32.0
+_MAX_COUNT = 2**63 - 1  # no tensor holds more elements than an int64 counts
 
 
 def _check_count(value: Any, what: str) -> int:
@@ -28,13 +33,26 @@ def _check_count(value: Any, what: str) -> int:
     value = int(value)
     if value < 0:
         raise ValueError(f"{what} must be >= 0, got {value}")
+    if value > _MAX_COUNT:
+        raise ValueError(f"{what} must be at most 2**63 - 1, got {_short(value)}")
     return value
+
+
+def _short(value: int) -> str:
+    """`value` in digits, or its size when it is too long to print."""
+    if value.bit_length() < 200:
+        return str(value)
+    return f"an integer of about {int(value.bit_length() * 0.30103) + 1} digits"
 
 
 def _check_real(value: Any, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise TypeError(f"{what} must be a real number, got {type(value).__name__} {value!r}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:
+        raise ValueError(f"{what} must be a real number a float can hold, got "
+                         f"{_short(int(value))}") from None
     if math.isnan(value):
         raise ValueError(f"{what} must not be NaN")
     return value
@@ -47,7 +65,9 @@ def _check_nonneg(value: Any, what: str) -> float:
     return value
 
 
-def _check_bits(value: Any, what: str) -> float:
+def check_bits(value: Any, what: str) -> float:
+    """`value` as a float, once it is a finite number of bits > 0 (TypeError or
+    ValueError naming `what` otherwise)."""
     value = _check_real(value, what)
     if not (0.0 < value < math.inf):
         raise ValueError(f"{what} must be finite and > 0, got {value}")
@@ -65,7 +85,7 @@ def _check_sparsity(value: Any, what: str = "sparsity") -> float:
 class CompressionMetrics:
     """How much a tensor was compressed and how much error that cost.
 
-    Fields (the seed's contract):
+    Fields:
 
     * ``n_parameters``: number of weights.
     * ``original_bits_per_param``: bits per weight before compression (32 for float32).
@@ -81,8 +101,9 @@ class CompressionMetrics:
     set when the layer was quantized with calibration statistics).
 
     ``CompressionMetrics()`` is all zeros.  Out-of-range values (negative
-    counts or bits, sparsity outside [0, 1], NaN, a negative or infinite MSE)
-    raise ValueError naming the field; wrong types raise TypeError.
+    counts or bits, a count above 2**63 - 1, a number no float holds, sparsity
+    outside [0, 1], NaN, a negative or infinite MSE) raise ValueError naming
+    the field; wrong types raise TypeError.
     """
 
     n_parameters: int = 0
@@ -110,7 +131,7 @@ class CompressionMetrics:
         if self.calibrated_error is not None:
             set_("calibrated_error", _check_nonneg(self.calibrated_error, "calibrated_error"))
 
-    # ---- the seed's constructors ------------------------------------------------------
+    # ---- constructors for float32 weights ----------------------------------------------
     @classmethod
     def quantized_only(cls, n_parameters: int, quant_bits: float, quant_mse: float, *,
                        max_abs_error: Optional[float] = None,
@@ -118,7 +139,7 @@ class CompressionMetrics:
         """float32 weights quantized to `quant_bits` bits each: original 32,
         effective `quant_bits`, sparsity 0, MSE `quant_mse`."""
         return cls(_check_count(n_parameters, "n_parameters"), _FLOAT32_BITS,
-                   _check_bits(quant_bits, "quant_bits"), 0.0,
+                   check_bits(quant_bits, "quant_bits"), 0.0,
                    _check_nonneg(quant_mse, "quant_mse"), max_abs_error, snr_db)
 
     @classmethod
@@ -135,7 +156,7 @@ class CompressionMetrics:
                              snr_db: Optional[float] = None) -> "CompressionMetrics":
         """float32 weights pruned to `sparsity` and the rest quantized to
         `quant_bits` bits: effective ``quant_bits * (1 - sparsity)``."""
-        bits = _check_bits(quant_bits, "quant_bits")
+        bits = check_bits(quant_bits, "quant_bits")
         s = _check_sparsity(sparsity)
         return cls(_check_count(n_parameters, "n_parameters"), _FLOAT32_BITS, bits * (1.0 - s), s,
                    _check_nonneg(quant_mse, "quant_mse"), max_abs_error, snr_db)
@@ -204,7 +225,6 @@ def tensor_metrics(qt: Any, reference: Any = None) -> CompressionMetrics:
       ``max_abs_error`` and ``snr_db`` None (not measured), sparsity = fraction
       of exact zeros in the dequantized values.
     """
-    from .tensor import _as_float_array
     deq = qt.dequantize()
     n = qt.size
     eff = 8.0 * qt.nbytes / n
@@ -212,7 +232,7 @@ def tensor_metrics(qt: Any, reference: Any = None) -> CompressionMetrics:
     if reference is None:
         sparsity = float(np.count_nonzero(deq == 0)) / n
         return CompressionMetrics(n, orig, eff, sparsity, 0.0)
-    ref = _as_float_array(reference, "reference")
+    ref = as_float_array(reference, "reference")
     if ref.shape != qt.shape:
         raise ValueError(f"reference must have shape {qt.shape}, got {ref.shape}")
     # float64 sums over cache-sized chunks (no full-size float64 temporaries).
@@ -262,13 +282,12 @@ def calibrated_error(weight: Any, quantized: Any, stats: Any) -> float:
 
     `weight`: the float array that was quantized (..., in_features);
     `quantized`: its QuantizedTensor (or the dequantized array)."""
-    from .calibrate import LayerStats
-    from .tensor import _as_float_array
+    from ._layerstats import LayerStats
     if not isinstance(stats, LayerStats):
         raise TypeError(f"stats must be a quantcore.calibrate.LayerStats, got {type(stats).__name__}")
-    w = _as_float_array(weight, "weight")
+    w = as_float_array(weight, "weight")
     dq = quantized.dequantize() if hasattr(quantized, "dequantize") else \
-        _as_float_array(quantized, "quantized")
+        as_float_array(quantized, "quantized")
     if dq.shape != w.shape:
         raise ValueError(f"quantized must have the weight's shape {w.shape}, got {dq.shape}")
     k = w.shape[-1]
@@ -301,9 +320,8 @@ def calibrated_error(weight: Any, quantized: Any, stats: Any) -> float:
 # ---- outputs -------------------------------------------------------------------------------
 
 def _outputs(reference: Any, output: Any) -> Tuple[np.ndarray, np.ndarray]:
-    from .tensor import _as_float_array
-    ref = _as_float_array(reference, "reference")
-    out = _as_float_array(output, "output")
+    ref = as_float_array(reference, "reference")
+    out = as_float_array(output, "output")
     if ref.shape != out.shape:
         raise ValueError(f"output must have the reference's shape {ref.shape}, got {out.shape}")
     for what, a in (("reference", ref), ("output", out)):
@@ -411,225 +429,3 @@ def compare_outputs(reference: Any, output: Any, logits: bool = False) -> Output
                    kld_p99=float(np.percentile(kl, 99)), kld_max=float(kl.max()),
                    top1_agreement=top1_agreement(reference, output))
     return OutputComparison(**res)
-
-
-def _default_config(bits: int):
-    from .config import QuantConfig
-    if bits == 8:
-        return QuantConfig.int8()
-    if bits == 4:
-        return QuantConfig.int4(group_size=32)
-    return None
-
-
-class ModelCompressionMetrics:
-    """Per-layer CompressionMetrics of a model, in insertion order.
-
-    ``for name, m in model_metrics`` iterates over the layers; ``len()``,
-    ``name in``, ``[name]`` work as on a dict.  Totals are parameter-weighted:
-    ``average_effective_bits() = total_compressed_bits / total_parameters`` and
-    ``mean_quantization_mse() = sum(n_i * mse_i) / sum(n_i)`` (the MSE over all
-    the model's parameters).  ``str()`` is a text table, ``to_markdown()`` the
-    same as Markdown; when some layer was quantized with calibration
-    statistics, the table has a ``calib err`` column beside the weight errors:
-    that layer's relative output error on its calibration inputs
-    (``CompressionMetrics.calibrated_error``; "-" for the others).
-    """
-
-    def __init__(self) -> None:
-        self._layers: Dict[str, CompressionMetrics] = {}
-
-    # ---- adding layers -------------------------------------------------------------------
-    def add_layer(self, name: str, metrics: CompressionMetrics) -> None:
-        """Record `metrics` for layer `name` (a non-empty str not used yet)."""
-        if not isinstance(name, str):
-            raise TypeError(f"name must be a str, got {type(name).__name__}")
-        if not name:
-            raise ValueError("name must not be empty")
-        if not isinstance(metrics, CompressionMetrics):
-            raise TypeError(f"metrics must be a CompressionMetrics, got {type(metrics).__name__}")
-        if name in self._layers:
-            raise ValueError(f"name {name!r} is already a layer of this model")
-        self._layers[name] = metrics
-
-    def add_quantized_layer(self, name: str, weights: Any, quant_bits: float,
-                            quantization_mse: Optional[float] = None, *,
-                            config: Any = None) -> CompressionMetrics:
-        """Record layer `name` with float `weights` quantized to `quant_bits` bits
-        (``CompressionMetrics.quantized_only``); returns the metrics added.
-
-        When `quantization_mse` is None it is measured by quantizing `weights`
-        with `config` (default: ``QuantConfig.int8()`` for 8 bits,
-        ``QuantConfig.int4(group_size=32)`` for 4; other bit widths need
-        `quantization_mse` or `config`).  Empty weights raise ValueError.
-        """
-        from .tensor import QuantizedTensor, _as_float_array
-        if not isinstance(name, str):
-            raise TypeError(f"name must be a str, got {type(name).__name__}")
-        if name in self._layers:
-            raise ValueError(f"name {name!r} is already a layer of this model")
-        w = _as_float_array(weights, "weights")
-        bits = _check_bits(quant_bits, "quant_bits")
-        if quantization_mse is None:
-            if config is None:
-                config = _default_config(int(bits)) if bits in (4.0, 8.0) else None
-                if config is None:
-                    raise ValueError(f"quant_bits={quant_bits!r}: give quantization_mse or a config "
-                                     f"(quantcore quantizes to 8 or 4 bits)")
-            quantization_mse = QuantizedTensor.quantize(w, config).mse(w)
-        m = CompressionMetrics.quantized_only(int(w.size), bits, quantization_mse)
-        self.add_layer(name, m)
-        return m
-
-    # ---- totals ----------------------------------------------------------------------------
-    def total_parameters(self) -> int:
-        """Sum of the layers' n_parameters."""
-        return sum(m.n_parameters for m in self._layers.values())
-
-    def total_original_bits(self) -> float:
-        return sum(m.total_original_bits() for m in self._layers.values())
-
-    def total_compressed_bits(self) -> float:
-        return sum(m.total_compressed_bits() for m in self._layers.values())
-
-    def model_compression_ratio(self) -> float:
-        """Total original bits / total compressed bits; ``inf`` when nothing is
-        stored (no layers, or every layer at 0 bits)."""
-        comp = self.total_compressed_bits()
-        return math.inf if comp == 0 else self.total_original_bits() / comp
-
-    def mean_quantization_mse(self) -> float:
-        """Parameter-weighted mean of the layers' MSE (0.0 with no parameters)."""
-        n = self.total_parameters()
-        if n == 0:
-            return 0.0
-        return sum(m.n_parameters * m.quantization_mse for m in self._layers.values()) / n
-
-    def average_effective_bits(self) -> float:
-        """Parameter-weighted mean of the effective bits (0.0 with no parameters)."""
-        n = self.total_parameters()
-        return 0.0 if n == 0 else self.total_compressed_bits() / n
-
-    def average_original_bits(self) -> float:
-        """Parameter-weighted mean of the original bits (0.0 with no parameters)."""
-        n = self.total_parameters()
-        return 0.0 if n == 0 else self.total_original_bits() / n
-
-    # ---- mapping-like access ------------------------------------------------------------------
-    def __iter__(self) -> Iterator[Tuple[str, CompressionMetrics]]:
-        return iter(list(self._layers.items()))
-
-    def __len__(self) -> int:
-        return len(self._layers)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._layers
-
-    def __getitem__(self, name: str) -> CompressionMetrics:
-        try:
-            return self._layers[name]
-        except KeyError:
-            raise KeyError(f"no layer named {name!r}") from None
-
-    def names(self) -> List[str]:
-        return list(self._layers)
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, ModelCompressionMetrics):
-            return NotImplemented
-        return list(self._layers.items()) == list(other._layers.items())
-
-    __hash__ = None  # type: ignore[assignment]
-
-    # ---- export ----------------------------------------------------------------------------
-    def to_dict(self) -> Dict[str, Any]:
-        """``{"layers": {name: metrics.to_dict()}, "totals": {...}}``."""
-        return {
-            "layers": {name: m.to_dict() for name, m in self._layers.items()},
-            "totals": {
-                "n_layers": len(self._layers),
-                "total_parameters": self.total_parameters(),
-                "total_original_bits": self.total_original_bits(),
-                "total_compressed_bits": self.total_compressed_bits(),
-                "model_compression_ratio": self.model_compression_ratio(),
-                "average_effective_bits": self.average_effective_bits(),
-                "mean_quantization_mse": self.mean_quantization_mse(),
-            },
-        }
-
-    @classmethod
-    def from_dict(cls, d: Dict[str, Any]) -> "ModelCompressionMetrics":
-        """Rebuild from ``to_dict()`` output (the totals are recomputed, not trusted)."""
-        if not isinstance(d, dict) or not isinstance(d.get("layers"), dict):
-            raise ValueError("model metrics must be a dict with a 'layers' dict")
-        unknown = set(d) - {"layers", "totals"}
-        if unknown:
-            raise ValueError(f"unknown model metrics keys: {sorted(map(str, unknown))}")
-        out = cls()
-        for name, m in d["layers"].items():
-            out.add_layer(name, CompressionMetrics.from_dict(m))
-        return out
-
-    _COLUMNS = ("layer", "params", "orig bits", "eff bits", "ratio", "sparsity", "MSE",
-                "max abs err", "SNR dB")
-
-    def _calibrated(self) -> bool:
-        return any(m.calibrated_error is not None for m in self._layers.values())
-
-    def _columns(self) -> Tuple[str, ...]:
-        return self._COLUMNS + (("calib err",) if self._calibrated() else ())
-
-    def _rows(self) -> List[List[str]]:
-        calib = self._calibrated()
-
-        def snr(v):
-            return "-" if v is None else f"{v:.2f}"
-
-        def fmt(m: CompressionMetrics, name: str) -> List[str]:
-            row = [name, f"{m.n_parameters:,}", f"{m.original_bits_per_param:g}",
-                   f"{m.effective_bits_per_param:.4g}", f"{m.compression_ratio():.3g}",
-                   f"{m.sparsity:.3f}", f"{m.quantization_mse:.3e}",
-                   "-" if m.max_abs_error is None else f"{m.max_abs_error:.3e}", snr(m.snr_db)]
-            if calib:
-                row.append("-" if m.calibrated_error is None else f"{m.calibrated_error:.3e}")
-            return row
-
-        rows = [fmt(m, name) for name, m in self._layers.items()]
-        n = self.total_parameters()
-        rows.append(["total", f"{n:,}", f"{self.average_original_bits():.4g}",
-                     f"{self.average_effective_bits():.4g}",
-                     f"{self.model_compression_ratio():.3g}",
-                     f"{(sum(m.sparsity * m.n_parameters for m in self._layers.values()) / n) if n else 0.0:.3f}",
-                     f"{self.mean_quantization_mse():.3e}", "", ""] + ([""] if calib else []))
-        return rows
-
-    def __str__(self) -> str:
-        rows = self._rows()
-        cols = self._columns()
-        table = [list(cols)] + rows
-        widths = [max(len(r[i]) for r in table) for i in range(len(cols))]
-
-        def line(r):
-            return "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                             for i, (c, w) in enumerate(zip(r, widths))).rstrip()
-
-        rule = "  ".join("-" * w for w in widths)
-        out = [line(table[0]), rule] + [line(r) for r in rows[:-1]] + [rule, line(rows[-1])]
-        return "\n".join(out)
-
-    def to_markdown(self) -> str:
-        """The table of ``str()`` as Markdown, the totals as the last row."""
-        rows = self._rows()
-        rows[-1][0] = "**total**"
-        cols = self._columns()
-        head = "| " + " | ".join(cols) + " |"
-        align = "|" + "|".join(["---"] + ["---:"] * (len(cols) - 1)) + "|"
-        body = ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
-        return "\n".join([head, align] + body)
-
-    def __repr__(self) -> str:
-        return (f"ModelCompressionMetrics(layers={len(self._layers)}, "
-                f"total_parameters={self.total_parameters()}, "
-                f"model_compression_ratio={self.model_compression_ratio():.4g}, "
-                f"average_effective_bits={self.average_effective_bits():.4g}, "
-                f"mean_quantization_mse={self.mean_quantization_mse():.4g})")

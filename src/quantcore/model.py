@@ -1,21 +1,245 @@
-"""Whole models: quantize a mapping of name -> weight array (``quantize_model``)."""
+"""Whole models: quantize a mapping of name -> weight array (``quantize_model``),
+the result (``QuantizedModel``) and its per-layer metrics (``ModelCompressionMetrics``)."""
 
 from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import math
 from collections.abc import Mapping
-from typing import Any, Dict, Iterable, Iterator, Optional, Sequence, Union
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from ._arrays import as_float_array, to_numpy
 from .config import QuantConfig
-from .metrics import CompressionMetrics, ModelCompressionMetrics
+from .metrics import CompressionMetrics, check_bits
 from .tensor import QuantizedTensor
 
-__all__ = ["QuantizedModel", "quantize_model"]
+__all__ = ["ModelCompressionMetrics", "QuantizedModel", "quantize_model"]
 
 Patterns = Union[None, str, Iterable[str]]
+
+
+def _default_config(bits: int) -> Optional[QuantConfig]:
+    if bits == 8:
+        return QuantConfig.int8()
+    if bits == 4:
+        return QuantConfig.int4(group_size=32)
+    return None
+
+
+class ModelCompressionMetrics:
+    """Per-layer CompressionMetrics of a model, in insertion order.
+
+    ``for name, m in model_metrics`` iterates over the layers; ``len()``,
+    ``name in``, ``[name]`` work as on a dict.  Totals are parameter-weighted:
+    ``average_effective_bits() = total_compressed_bits / total_parameters`` and
+    ``mean_quantization_mse() = sum(n_i * mse_i) / sum(n_i)`` (the MSE over all
+    the model's parameters).  ``str()`` is a text table, ``to_markdown()`` the
+    same as Markdown; when some layer was quantized with calibration
+    statistics, the table has a ``calib err`` column beside the weight errors:
+    that layer's relative output error on its calibration inputs
+    (``CompressionMetrics.calibrated_error``; "-" for the others).
+    """
+
+    def __init__(self) -> None:
+        self._layers: Dict[str, CompressionMetrics] = {}
+
+    # ---- adding layers -------------------------------------------------------------------
+    def add_layer(self, name: str, metrics: CompressionMetrics) -> None:
+        """Record `metrics` for layer `name` (a non-empty str not used yet)."""
+        if not isinstance(name, str):
+            raise TypeError(f"name must be a str, got {type(name).__name__}")
+        if not name:
+            raise ValueError("name must not be empty")
+        if not isinstance(metrics, CompressionMetrics):
+            raise TypeError(f"metrics must be a CompressionMetrics, got {type(metrics).__name__}")
+        if name in self._layers:
+            raise ValueError(f"name {name!r} is already a layer of this model")
+        self._layers[name] = metrics
+
+    def add_quantized_layer(self, name: str, weights: Any, quant_bits: float,
+                            quantization_mse: Optional[float] = None, *,
+                            config: Any = None) -> CompressionMetrics:
+        """Record layer `name` with float `weights` quantized to `quant_bits` bits
+        (``CompressionMetrics.quantized_only``); returns the metrics added.
+
+        When `quantization_mse` is None it is measured by quantizing `weights`
+        with `config` (default: ``QuantConfig.int8()`` for 8 bits,
+        ``QuantConfig.int4(group_size=32)`` for 4; other bit widths need
+        `quantization_mse` or `config`).  Empty weights raise ValueError.
+        """
+        if not isinstance(name, str):
+            raise TypeError(f"name must be a str, got {type(name).__name__}")
+        if name in self._layers:
+            raise ValueError(f"name {name!r} is already a layer of this model")
+        w = as_float_array(weights, "weights")
+        bits = check_bits(quant_bits, "quant_bits")
+        if quantization_mse is None:
+            if config is None:
+                config = _default_config(int(bits)) if bits in (4.0, 8.0) else None
+                if config is None:
+                    raise ValueError(f"quant_bits={quant_bits!r}: give quantization_mse or a config "
+                                     f"(quantcore quantizes to 8 or 4 bits)")
+            quantization_mse = QuantizedTensor.quantize(w, config).mse(w)
+        m = CompressionMetrics.quantized_only(int(w.size), bits, quantization_mse)
+        self.add_layer(name, m)
+        return m
+
+    # ---- totals ----------------------------------------------------------------------------
+    def total_parameters(self) -> int:
+        """Sum of the layers' n_parameters."""
+        return sum(m.n_parameters for m in self._layers.values())
+
+    def total_original_bits(self) -> float:
+        return sum(m.total_original_bits() for m in self._layers.values())
+
+    def total_compressed_bits(self) -> float:
+        return sum(m.total_compressed_bits() for m in self._layers.values())
+
+    def model_compression_ratio(self) -> float:
+        """Total original bits / total compressed bits; ``inf`` when nothing is
+        stored (no layers, or every layer at 0 bits)."""
+        comp = self.total_compressed_bits()
+        return math.inf if comp == 0 else self.total_original_bits() / comp
+
+    def mean_quantization_mse(self) -> float:
+        """Parameter-weighted mean of the layers' MSE (0.0 with no parameters)."""
+        n = self.total_parameters()
+        if n == 0:
+            return 0.0
+        return sum(m.n_parameters * m.quantization_mse for m in self._layers.values()) / n
+
+    def average_effective_bits(self) -> float:
+        """Parameter-weighted mean of the effective bits (0.0 with no parameters)."""
+        n = self.total_parameters()
+        return 0.0 if n == 0 else self.total_compressed_bits() / n
+
+    def average_original_bits(self) -> float:
+        """Parameter-weighted mean of the original bits (0.0 with no parameters)."""
+        n = self.total_parameters()
+        return 0.0 if n == 0 else self.total_original_bits() / n
+
+    # ---- mapping-like access ------------------------------------------------------------------
+    def __iter__(self) -> Iterator[Tuple[str, CompressionMetrics]]:
+        return iter(list(self._layers.items()))
+
+    def __len__(self) -> int:
+        return len(self._layers)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._layers
+
+    def __getitem__(self, name: str) -> CompressionMetrics:
+        try:
+            return self._layers[name]
+        except KeyError:
+            raise KeyError(f"no layer named {name!r}") from None
+
+    def names(self) -> List[str]:
+        return list(self._layers)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ModelCompressionMetrics):
+            return NotImplemented
+        return list(self._layers.items()) == list(other._layers.items())
+
+    __hash__ = None  # type: ignore[assignment]
+
+    # ---- export ----------------------------------------------------------------------------
+    def to_dict(self) -> Dict[str, Any]:
+        """``{"layers": {name: metrics.to_dict()}, "totals": {...}}``."""
+        return {
+            "layers": {name: m.to_dict() for name, m in self._layers.items()},
+            "totals": {
+                "n_layers": len(self._layers),
+                "total_parameters": self.total_parameters(),
+                "total_original_bits": self.total_original_bits(),
+                "total_compressed_bits": self.total_compressed_bits(),
+                "model_compression_ratio": self.model_compression_ratio(),
+                "average_effective_bits": self.average_effective_bits(),
+                "mean_quantization_mse": self.mean_quantization_mse(),
+            },
+        }
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "ModelCompressionMetrics":
+        """Rebuild from ``to_dict()`` output (the totals are recomputed, not trusted)."""
+        if not isinstance(d, dict) or not isinstance(d.get("layers"), dict):
+            raise ValueError("model metrics must be a dict with a 'layers' dict")
+        unknown = set(d) - {"layers", "totals"}
+        if unknown:
+            raise ValueError(f"unknown model metrics keys: {sorted(map(str, unknown))}")
+        out = cls()
+        for name, m in d["layers"].items():
+            out.add_layer(name, CompressionMetrics.from_dict(m))
+        return out
+
+    _COLUMNS = ("layer", "params", "orig bits", "eff bits", "ratio", "sparsity", "MSE",
+                "max abs err", "SNR dB")
+
+    def _calibrated(self) -> bool:
+        return any(m.calibrated_error is not None for m in self._layers.values())
+
+    def _columns(self) -> Tuple[str, ...]:
+        return self._COLUMNS + (("calib err",) if self._calibrated() else ())
+
+    def _rows(self) -> List[List[str]]:
+        calib = self._calibrated()
+
+        def snr(v):
+            return "-" if v is None else f"{v:.2f}"
+
+        def fmt(m: CompressionMetrics, name: str) -> List[str]:
+            row = [name, f"{m.n_parameters:,}", f"{m.original_bits_per_param:g}",
+                   f"{m.effective_bits_per_param:.4g}", f"{m.compression_ratio():.3g}",
+                   f"{m.sparsity:.3f}", f"{m.quantization_mse:.3e}",
+                   "-" if m.max_abs_error is None else f"{m.max_abs_error:.3e}", snr(m.snr_db)]
+            if calib:
+                row.append("-" if m.calibrated_error is None else f"{m.calibrated_error:.3e}")
+            return row
+
+        rows = [fmt(m, name) for name, m in self._layers.items()]
+        n = self.total_parameters()
+        rows.append(["total", f"{n:,}", f"{self.average_original_bits():.4g}",
+                     f"{self.average_effective_bits():.4g}",
+                     f"{self.model_compression_ratio():.3g}",
+                     f"{(sum(m.sparsity * m.n_parameters for m in self._layers.values()) / n) if n else 0.0:.3f}",
+                     f"{self.mean_quantization_mse():.3e}", "", ""] + ([""] if calib else []))
+        return rows
+
+    def __str__(self) -> str:
+        rows = self._rows()
+        cols = self._columns()
+        table = [list(cols)] + rows
+        widths = [max(len(r[i]) for r in table) for i in range(len(cols))]
+
+        def line(r):
+            return "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                             for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+
+        rule = "  ".join("-" * w for w in widths)
+        out = [line(table[0]), rule] + [line(r) for r in rows[:-1]] + [rule, line(rows[-1])]
+        return "\n".join(out)
+
+    def to_markdown(self) -> str:
+        """The table of ``str()`` as Markdown, the totals as the last row."""
+        rows = self._rows()
+        rows[-1][0] = "**total**"
+        cols = self._columns()
+        head = "| " + " | ".join(cols) + " |"
+        align = "|" + "|".join(["---"] + ["---:"] * (len(cols) - 1)) + "|"
+        body = ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
+        return "\n".join([head, align] + body)
+
+    def __repr__(self) -> str:
+        return (f"ModelCompressionMetrics(layers={len(self._layers)}, "
+                f"total_parameters={self.total_parameters()}, "
+                f"model_compression_ratio={self.model_compression_ratio():.4g}, "
+                f"average_effective_bits={self.average_effective_bits():.4g}, "
+                f"mean_quantization_mse={self.mean_quantization_mse():.4g})")
+
 
 
 class QuantizedModel(Mapping):
@@ -81,23 +305,15 @@ def _matches(name: str, patterns: Sequence[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
-def _to_array(value: Any, name: str) -> np.ndarray:
-    if hasattr(value, "detach") and hasattr(value, "cpu"):  # torch, never imported here
-        value = value.detach().cpu()
-        if str(getattr(value, "dtype", "")) == "torch.bfloat16":
-            value = value.float()
-        value = value.numpy()
-    if isinstance(value, np.ndarray):
-        return value
-    try:
-        return np.asarray(value)
-    except Exception as e:
-        raise TypeError(f"weights[{name!r}] is not an array: {e}") from None
+
+
+def _uses_calibration(cfg: QuantConfig) -> bool:
+    return cfg.method != "absmax" or cfg.ktype is not None
 
 
 def _check_calibration(calibration: Any, weights: Mapping, config: QuantConfig, ovr) -> None:
     """Reject a calibration mapping that no quantized tensor can use."""
-    from .calibrate import LayerStats, lookup
+    from ._layerstats import LayerStats, lookup
     if not isinstance(calibration, Mapping):
         raise TypeError(f"calibration must be a mapping of layer name -> LayerStats, "
                         f"got {type(calibration).__name__}")
@@ -106,10 +322,9 @@ def _check_calibration(calibration: Any, weights: Mapping, config: QuantConfig, 
             raise TypeError(f"calibration keys must be str layer names, got {k!r}")
         if not isinstance(v, LayerStats):
             raise TypeError(f"calibration[{k!r}] must be a LayerStats, got {type(v).__name__}")
-    methods = {config.method} | {c.method for _, c in ovr if c is not None}
-    if methods == {"absmax"}:
-        raise ValueError("calibration is used by method='mse' and method='gptq'; the config "
-                         "(and every override) has method='absmax'")
+    if not any(_uses_calibration(c) for c in [config] + [c for _, c in ovr if c is not None]):
+        raise ValueError("calibration is used by method='mse', method='gptq' and the K-quant "
+                         "formats; the config (and every override) has method='absmax'")
     if calibration and not any(lookup(calibration, n) is not None for n in weights):
         some = ", ".join(repr(n) for n in list(calibration)[:3])
         wn = ", ".join(repr(n) for n in list(weights)[:3])
@@ -149,9 +364,9 @@ def quantize_model(weights: Mapping, config: Optional[QuantConfig] = None, *,
     ``StatsCollector``, ``quantcore.torch.collect_stats``, ``load_stats`` or
     ``read_imatrix``); a weight ``name`` uses the entry ``name`` or, failing
     that, ``name`` without its ``.weight`` suffix.  Configs with method="gptq"
-    need an entry for every tensor they quantize; method="mse" uses one where
-    there is one (importance-weighted) and the plain search elsewhere;
-    method="absmax" ignores them.  Calibrated layers get
+    need an entry for every tensor they quantize; method="mse" and the K-quant
+    formats use one where there is one (as the importance) and quantize plainly
+    elsewhere; method="absmax" ignores them.  Calibrated layers get
     ``calibrated_error`` in their metrics (see
     ``quantcore.metrics.calibrated_error``).
     """
@@ -203,7 +418,7 @@ def quantize_model(weights: Mapping, config: Optional[QuantConfig] = None, *,
                 if bar is not None:
                     bar.update(1)
                 continue
-            a = _to_array(value, name)
+            a = to_numpy(value, f"weights[{name!r}]")
             cfg: Optional[QuantConfig] = None
             if a.dtype.kind == "f" and a.ndim >= 2 and a.size > 0 and \
                     (inc is None or _matches(name, inc)) and not _matches(name, exc):
@@ -214,8 +429,8 @@ def quantize_model(weights: Mapping, config: Optional[QuantConfig] = None, *,
                         break
             if cfg is not None:
                 st = None
-                if calibration is not None and cfg.method != "absmax":
-                    from .calibrate import lookup
+                if calibration is not None and _uses_calibration(cfg):
+                    from ._layerstats import lookup
                     st = lookup(calibration, name)
                 if st is None and cfg.method == "gptq":
                     where = "calibration=None" if calibration is None else (
@@ -229,7 +444,7 @@ def quantize_model(weights: Mapping, config: Optional[QuantConfig] = None, *,
                     if st is None and cfg.method != "gptq":
                         qt = QuantizedTensor.quantize(a, cfg)
                     else:
-                        qt = QuantizedTensor._quantize(a, cfg, repr(name), st)
+                        qt = QuantizedTensor._quantize(a, cfg, repr(name), calibration=st)
                     m = qt.metrics(a)
                     if st is not None:
                         from .metrics import calibrated_error

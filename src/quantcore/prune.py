@@ -7,6 +7,8 @@ from typing import Any, Tuple
 
 import numpy as np
 
+from ._arrays import to_numpy
+
 __all__ = ["prune_magnitude"]
 
 
@@ -40,9 +42,7 @@ def prune_magnitude(array: Any, sparsity: float, per_row: bool = False
         raise ValueError(f"sparsity must lie in [0, 1], got {sparsity!r}")
     if not isinstance(per_row, (bool, np.bool_)):
         raise TypeError(f"per_row must be True or False, got {per_row!r}")
-    if hasattr(array, "detach") and hasattr(array, "numpy"):  # a torch tensor
-        array = array.detach().cpu().numpy()
-    a = np.asarray(array)
+    a = to_numpy(array, "array")
     if a.dtype.kind not in "fiu":
         raise TypeError(f"array must have a float or integer dtype, got {a.dtype}")
     if a.ndim < 1:

@@ -4,39 +4,63 @@ from __future__ import annotations
 
 import math
 import operator
-from typing import TYPE_CHECKING, Any, Optional, Tuple, cast
+from typing import Any, NamedTuple, Optional, Tuple, cast
 
 import numpy as np
 
-from . import _ext
+from . import _ext, matmulnbits
+from ._arrays import as_float_array, check_out
 from .config import QuantConfig
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .metrics import CompressionMetrics
-    from .matmulnbits import MatMulNBitsWeights
+from .matmulnbits import MatMulNBitsWeights
+from ._layerstats import LayerStats
+from .metrics import CompressionMetrics, tensor_metrics
 
 __all__ = ["QuantizedTensor", "quantize", "pack_int4", "unpack_int4"]
 
 
-def _as_float_array(array: Any, what: str = "array") -> np.ndarray:
-    """A float16/32/64 ndarray of ndim >= 1 with at least one element (never a copy
-    of an ndarray unless its dtype needs converting)."""
-    if isinstance(array, np.ndarray):
-        a = array
-    else:
-        if hasattr(array, "detach") and hasattr(array, "numpy"):  # a torch tensor
-            array = array.detach().cpu().numpy()
-        try:
-            a = np.asarray(array)
-        except Exception as e:  # ragged lists and the like
-            raise TypeError(f"{what} must be an array of floats: {e}") from None
-    if a.dtype.kind != "f" or a.dtype.itemsize not in (2, 4, 8):
-        raise TypeError(f"{what} must have dtype float16, float32 or float64, got {a.dtype}")
-    if a.ndim < 1:
-        raise ValueError(f"{what} must have ndim >= 1, got a 0-d array")
-    if a.size == 0:
-        raise ValueError(f"{what} is empty (shape {a.shape}); nothing to quantize")
-    return a
+class Storage(NamedTuple):
+    """A QuantizedTensor's arrays as the kernels take them (read-only, 2-D): codes
+    ``(rows, bytes per row)``, scales ``(rows, n_groups)`` or ``(1, 1)`` per tensor,
+    zero points shaped like scales or None.  See ``QuantizedTensor._storage``."""
+    data: np.ndarray
+    scales: np.ndarray
+    zero_points: Optional[np.ndarray]
+
+
+def _check_fits_float32(rows: np.ndarray, what: str) -> None:
+    """Quantization runs in float32: when the first value of the 2-D float64
+    `rows` that is not finite in float32 is a finite float64 value too large for
+    float32, say so (instead of the kernels' "NaN or Inf")."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        bad = ~np.isfinite(rows.astype(np.float32))
+    if not bad.any():
+        return
+    r, c = (int(i) for i in np.argwhere(bad)[0])
+    v = float(rows[r, c])
+    if np.isfinite(v):
+        raise ValueError(f"{what} holds {v!r} at row {r}, column {c}, which does not fit "
+                         f"float32 (largest {float(np.finfo(np.float32).max):.7g}); quantcore "
+                         f"quantizes in float32: rescale the data")
+
+
+def _check_calibration(calibration: Any, config: QuantConfig, k: int, what: str) -> LayerStats:
+    """The LayerStats to quantize `what` (last axis `k`) with, checked against `config`."""
+    if calibration is None:
+        raise ValueError(
+            f"{what}: method='gptq' needs calibration statistics of the layer's inputs: pass "
+            f"calibration=LayerStats (from quantcore.calibrate.StatsCollector, "
+            f"quantcore.torch.collect_stats or quantcore.calibrate.load_stats), or use "
+            f"method='absmax' or 'mse'")
+    if config.method == "absmax" and config.ktype is None:
+        raise ValueError(f"{what}: calibration is used by method='mse', method='gptq' and the "
+                         f"K-quant formats; config.method is 'absmax'")
+    if not isinstance(calibration, LayerStats):
+        raise TypeError(f"calibration for {what} must be a quantcore.calibrate.LayerStats, "
+                        f"got {type(calibration).__name__}")
+    calibration._check_width(k, what)
+    if calibration.count == 0:
+        raise ValueError(f"calibration for {what}: the statistics hold no rows (count 0)")
+    return calibration
 
 
 def _rows_view(a: np.ndarray) -> np.ndarray:
@@ -52,6 +76,10 @@ class QuantizedTensor:
     ``quantcore.quantize``).  The packed codes, scales and zero points are
     read-only NumPy arrays; ``dequantize()`` (or ``np.asarray(qt)``) gives float32
     back.  Rows are all axes but the last.
+
+    K-quant formats (``QuantConfig.q4_k()``, ``.q5_k()``, ``.q6_k()``) store
+    ggml's super-blocks verbatim in ``data``; their ``scales`` and
+    ``zero_points`` are decoded from it on each access (see docs/kquants.md).
     """
 
     __slots__ = ("_data", "_scales", "_zeros", "_shape", "_dtype", "_config")
@@ -65,38 +93,106 @@ class QuantizedTensor:
     # ---- construction -----------------------------------------------------------
     @classmethod
     def quantize(cls, array: Any, config: Optional[QuantConfig] = None, *,
-                 calibration: Any = None) -> "QuantizedTensor":
+                 importance: Any = None, calibration: Any = None) -> "QuantizedTensor":
         """Quantize a float16/32/64 array (ndim >= 1, any strides) with `config`
         (default ``QuantConfig.int8()``).  The input is never modified.  NaN or Inf
         raises ValueError.  ``config.method == "mse"`` searches each group's
         parameters for the least squared error (never above absmax's, group by
         group); the storage layout is the same.
 
+        K-quant formats (``QuantConfig.q4_k()``, ``.q5_k()``, ``.q6_k()``) need a
+        last axis that is a multiple of 256 (ValueError otherwise) and give
+        ggml's bytes exactly.  `importance` (one float >= 0 per element of the
+        last axis, e.g. a llama.cpp imatrix column) takes ggml's imatrix path
+        for the K-quants and weights each column's squared error in the
+        method="mse" search; other configs take no importance.
+
         `calibration`: a ``quantcore.calibrate.LayerStats`` of the inputs this
-        weight multiplies (its last axis is their width).  method="mse" then
-        weights each input channel's error by its importance (mean square);
-        method="gptq" (which needs it, with the full ``X.T X``) chooses the
-        codes with GPTQ.  Either way the result is an ordinary tensor of the
-        config's format."""
+        weight multiplies (its last axis is their width).  Its per-channel mean
+        squares serve as `importance` (method="mse", K-quants); method="gptq"
+        (which needs it, with the full ``X.T X``) chooses the codes with GPTQ.
+        Either way the result is an ordinary tensor of the config's format."""
         if config is None:
             config = QuantConfig.int8()
         if not isinstance(config, QuantConfig):
             raise TypeError(f"config must be a QuantConfig, got {type(config).__name__}")
-        return cls._quantize(array, config, "array", calibration)
+        return cls._quantize(array, config, "array", importance, calibration)
 
     @classmethod
     def _quantize(cls, array: Any, config: QuantConfig, what: str,
-                  calibration: Any = None) -> "QuantizedTensor":
+                  importance: Any = None, calibration: Any = None) -> "QuantizedTensor":
         """quantize() with errors naming the argument `what`."""
+        a = as_float_array(array, what)
         if calibration is not None or config.method == "gptq":
-            from .calibrate import _quantize_calibrated
-            return _quantize_calibrated(array, config, calibration, what)
-        a = _as_float_array(array, what)
-        group = (config.group_size or 0) if config.granularity == "group" else 0
-        data, scales, zeros = _ext.quantize_2d(
-            _rows_view(a), config.kind, group, config.granularity == "tensor",
-            config.scale_dtype == "float16", what, config.method == "mse")
+            stats = _check_calibration(calibration, config, a.shape[-1], what)
+            if importance is not None:
+                raise ValueError(f"{what}: give importance or calibration, not both (the "
+                                 f"statistics' mean squares are the importance)")
+            if config.method == "gptq":
+                return cls._quantize_gptq(a, config, what, stats)
+            importance = np.asarray(stats.importance, dtype=np.float32)
+        if config.ktype is not None:
+            return cls._quantize_kquant(a, config, what, importance)
+        if importance is not None and config.method != "mse":
+            raise ValueError(f"importance is used by the K-quant formats (q4_k, q5_k, q6_k) and "
+                             f"by method='mse'; this config is {config!r}")
+        kw = {} if importance is None else {"importance": importance}
+        try:
+            data, scales, zeros = _ext.quantize_2d(
+                _rows_view(a), config.kind, config.effective_group_size,
+                config.granularity == "tensor", config.scale_dtype == "float16", what,
+                config.method == "mse", **kw)
+        except ValueError:
+            if a.dtype == np.float64:
+                _check_fits_float32(_rows_view(a), what)
+            raise
         return cls._make(data, scales, zeros, tuple(a.shape), a.dtype, config)
+
+    @classmethod
+    def _quantize_kquant(cls, a: np.ndarray, config: QuantConfig, what: str,
+                         importance: Any) -> "QuantizedTensor":
+        k = a.shape[-1]
+        ktype = cast(int, config.ktype)
+        if k % 256:
+            raise ValueError(f"{what}: format {config.format!r} needs the last axis to be a "
+                             f"multiple of 256 (ggml's super-block), got shape {a.shape}")
+        imp = None
+        if importance is not None:
+            imp = as_float_array(importance, "importance")
+            if imp.shape != (k,):
+                raise ValueError(f"importance must have shape ({k},), one value per element of "
+                                 f"the last axis of {what} (shape {a.shape}), got {imp.shape}")
+            if not np.all(np.isfinite(imp)) or np.any(imp < 0):
+                i = int(np.flatnonzero(~(np.isfinite(imp) & (imp >= 0)))[0])
+                raise ValueError(f"importance must be finite and >= 0, found {imp[i]!r} at "
+                                 f"index {i}")
+        data = _ext.quantize_kquant(_rows_view(a), ktype, imp, what)
+        return cls._make(data, _ext.aligned_empty((data.shape[0], 0), np.float32), None,
+                         tuple(a.shape), a.dtype, config)
+
+    @classmethod
+    def _quantize_gptq(cls, a: np.ndarray, config: QuantConfig, what: str,
+                       stats: LayerStats) -> "QuantizedTensor":
+        from .gptq import gptq_arrays
+        k = a.shape[-1]
+        if not stats.has_hessian:
+            raise ValueError(f"calibration for {what}: method='gptq' needs the full input matrix "
+                             f"X^T X (LayerStats(..., hessian=True)); these statistics hold only "
+                             f"its diagonal (an importance vector): use method='mse' with them")
+        w2 = _rows_view(a)
+        fin = np.isfinite(w2)
+        if not fin.all():
+            bad = np.argwhere(~fin)[0]
+            raise ValueError(f"{what} holds NaN or Inf (row {int(bad[0])}, column {int(bad[1])})")
+        codes, scales, zeros = gptq_arrays(w2, stats._full_xtx(), config,
+                                           act_order=config.act_order, damp=config.damp)
+        if config.kind == _ext.KIND_SYM8:
+            data = codes.astype(np.int8)
+        elif config.bits == 8:
+            data = codes.astype(np.uint8)
+        else:
+            data = _ext.pack_int4_2d(codes.astype(np.uint8), False)
+        return cls.from_arrays(data, scales, zeros, tuple(a.shape), config, a.dtype)
 
     @classmethod
     def _make(cls, data, scales, zeros, shape, dtype, config) -> "QuantizedTensor":
@@ -109,12 +205,14 @@ class QuantizedTensor:
         return self
 
     @classmethod
-    def from_arrays(cls, data: np.ndarray, scales: np.ndarray, zero_points: Optional[np.ndarray],
-                    shape: Tuple[int, ...], config: QuantConfig,
-                    dtype: Any = np.float32) -> "QuantizedTensor":
+    def from_arrays(cls, data: np.ndarray, scales: Optional[np.ndarray],
+                    zero_points: Optional[np.ndarray], shape: Tuple[int, ...],
+                    config: QuantConfig, dtype: Any = np.float32) -> "QuantizedTensor":
         """Rebuild a tensor from its stored arrays (as ``data``, ``scales`` and
         ``zero_points`` return them, or in their 2-D (rows, ...) form).  Every
-        shape and dtype is checked; the arrays are copied."""
+        shape and dtype is checked; the arrays are copied.  K-quant formats need
+        only ``data`` (ggml's super-blocks): scales and zero_points may be None
+        (or must equal the values decoded from data)."""
         if not isinstance(config, QuantConfig):
             raise TypeError(f"config must be a QuantConfig, got {type(config).__name__}")
         try:
@@ -130,10 +228,11 @@ class QuantizedTensor:
             raise TypeError(f"dtype must be a float dtype, got {dtype}")
         k = shape[-1]
         rows = math.prod(shape[:-1])
+        if config.ktype is not None:
+            return cls._from_arrays_kquant(data, scales, zero_points, shape, config, dtype)
         kind = config.kind
         per_tensor = config.granularity == "tensor"
-        group = (config.group_size or 0) if config.granularity == "group" else 0
-        ng = _ext.num_groups(k, group)
+        ng = _ext.num_groups(k, config.effective_group_size)
         srows, sng = (1, 1) if per_tensor else (rows, ng)
         sdt = np.dtype(config.scale_dtype)
 
@@ -180,6 +279,59 @@ class QuantizedTensor:
             zeros = None
         return cls._make(data, scales, zeros, shape, dtype, config)
 
+    @classmethod
+    def _from_arrays_kquant(cls, data, scales, zero_points, shape, config, dtype):
+        k = shape[-1]
+        rows = math.prod(shape[:-1])
+        ktype = cast(int, config.ktype)
+        if k % 256:
+            raise ValueError(f"shape: format {config.format!r} needs the last axis to be a "
+                             f"multiple of 256 (ggml's super-block), got {shape}")
+        rb = _ext.kquant_row_bytes(ktype, k)
+        lead = shape[:-1]
+        if not isinstance(data, np.ndarray):
+            raise TypeError(f"data must be a numpy array, got {type(data).__name__}")
+        if data.dtype != np.uint8:
+            raise TypeError(f"data must have dtype uint8, got {data.dtype}")
+        if data.shape not in ((rows, rb), lead + (rb,)):
+            raise ValueError(f"data must have shape {lead + (rb,)} (or {(rows, rb)}) for shape "
+                             f"{shape} and {config!r}, got {data.shape}")
+        d = _ext.aligned_empty((rows, rb), np.uint8)
+        d[...] = data.reshape(rows, rb)
+        bs = {_ext.KTYPE_Q4_K: 144, _ext.KTYPE_Q5_K: 176, _ext.KTYPE_Q6_K: 210}[ktype]
+        blocks = d.reshape(-1, bs)
+        halves = blocks[:, bs - 2:] if ktype == _ext.KTYPE_Q6_K else blocks[:, :4]
+        h = np.ascontiguousarray(halves).view("<u2")
+        if np.any((h & 0x7C00) == 0x7C00):
+            b = int(np.argwhere((h & 0x7C00) == 0x7C00)[0][0])
+            nb = k // 256
+            raise ValueError(f"data: the float16 super-block scale of row {b // nb}, block "
+                             f"{b % nb} is not finite")
+        self = cls._make(d, _ext.aligned_empty((rows, 0), np.float32), None, shape, dtype, config)
+        # scales / zero_points are derived from data: given, they must be the derived ones
+        for what, given, want in (("scales", scales, self.scales),
+                                  ("zero_points", zero_points, self.zero_points)):
+            if given is None:
+                continue
+            if want is None:
+                raise ValueError(f"zero_points must be None for {config.format!r} (symmetric), "
+                                 f"got an array")
+            g = np.asarray(given)
+            if g.shape not in (want.shape, (rows, want.size // rows)) or g.dtype != np.float32 \
+                    or g.reshape(want.shape).tobytes() != want.tobytes():
+                raise ValueError(f"{what} of a {config.format!r} tensor are derived from data; "
+                                 f"pass None (or exactly the float32 values the tensor reports)")
+        return self
+
+    def _kquant_params(self):
+        rows, k = self._data.shape[0], self._shape[-1]
+        return _ext.kquant_params(self._data, cast(int, self._config.ktype), rows, k)
+    def _storage(self) -> Storage:
+        """The stored arrays in their 2-D kernel form (package use: QuantizedLinear,
+        the GGUF and MatMulNBits converters); ``data``, ``scales`` and
+        ``zero_points`` are the same arrays shaped like the tensor."""
+        return Storage(self._data, self._scales, self._zeros)
+
     # ---- attributes ---------------------------------------------------------------
     @property
     def shape(self) -> Tuple[int, ...]:
@@ -216,6 +368,8 @@ class QuantizedTensor:
 
     def _param_shape(self) -> Tuple[int, ...]:
         g = self._config.granularity
+        if self._config.ktype is not None:
+            return self._shape[:-1] + (self._shape[-1] // cast(int, self._config.group_size),)
         if g == "tensor":
             return ()
         if g == "channel":
@@ -232,18 +386,33 @@ class QuantizedTensor:
     @property
     def scales(self) -> np.ndarray:
         """Scales, read-only: shape () per tensor, ``shape[:-1]`` per channel,
-        ``shape[:-1] + (n_groups,)`` per group."""
+        ``shape[:-1] + (n_groups,)`` per group.  K-quants: the float32 effective
+        scale ``d * sc`` of each sub-block (32 values; Q6_K 16), decoded from
+        ``data`` on each access (not counted in ``nbytes``)."""
+        if self._config.ktype is not None:
+            sc = self._kquant_params()[0]
+            sc.setflags(write=False)
+            return sc.reshape(self._param_shape())
         return self._scales.reshape(self._param_shape())
 
     @property
     def zero_points(self) -> Optional[np.ndarray]:
         """Integer zero points (uint8) for asymmetric formats, the float16 group
-        minima for Q4_1, or None; shaped like ``scales``."""
+        minima for Q4_1, or None; shaped like ``scales``.  Q4_K / Q5_K: the
+        float32 value of code 0 of each sub-block, ``-(dmin * m)`` (so a value is
+        ``scale * q + zero_point``), decoded from ``data``; Q6_K: None."""
+        if self._config.ktype is not None:
+            off = self._kquant_params()[1]
+            if off is None:
+                return None
+            off.setflags(write=False)
+            return off.reshape(self._param_shape())
         return None if self._zeros is None else self._zeros.reshape(self._param_shape())
 
     @property
     def nbytes(self) -> int:
-        """Bytes of all storage: codes, scales and zero points."""
+        """Bytes of all storage: codes, scales and zero points (K-quants: the
+        super-blocks, which hold them all)."""
         return int(self._data.nbytes + self._scales.nbytes +
                    (0 if self._zeros is None else self._zeros.nbytes))
 
@@ -264,27 +433,14 @@ class QuantizedTensor:
         that shape) when given."""
         k = self._shape[-1]
         rows = self._data.shape[0]
-        if out is not None:
-            if not isinstance(out, np.ndarray):
-                raise TypeError(f"out must be a numpy array, got {type(out).__name__}")
-            if out.dtype != np.float32:
-                raise TypeError(f"out must have dtype float32, got {out.dtype}")
-            if out.shape != self._shape:
-                raise ValueError(f"out must have shape {self._shape}, got {out.shape}")
-            if not out.flags.c_contiguous:
-                raise ValueError("out must be C-contiguous")
-            if not out.flags.writeable:
-                raise ValueError("out must be writeable")
-            target = out.reshape(rows, k)
-        else:
-            target = None
+        target = None if out is None else check_out(out, self._shape).reshape(rows, k)
+        if self._config.ktype is not None:
+            res = _ext.dequantize_kquant(self._data, cast(int, self._config.ktype), rows, k, target)
+            return out if out is not None else res.reshape(self._shape)
         res = _ext.dequantize_2d(self._data, self._scales, self._zeros, self._config.kind,
-                                 rows, k, self._group(), self._config.granularity == "tensor",
-                                 target)
+                                 rows, k, self._config.effective_group_size,
+                                 self._config.granularity == "tensor", target)
         return out if out is not None else res.reshape(self._shape)
-
-    def _group(self) -> int:
-        return (self._config.group_size or 0) if self._config.granularity == "group" else 0
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         a = self.dequantize()
@@ -292,43 +448,45 @@ class QuantizedTensor:
 
     def mse(self, reference: Any) -> float:
         """Mean squared error of the dequantized values against `reference`."""
-        ref = _as_float_array(reference, "reference")
+        ref = as_float_array(reference, "reference")
         if ref.shape != self._shape:
             raise ValueError(f"reference must have shape {self._shape}, got {ref.shape}")
         diff = self.dequantize().astype(np.float64) - ref.astype(np.float64)
         return float(np.mean(diff * diff))
 
-    def metrics(self, reference: Any = None) -> "CompressionMetrics":
+    def metrics(self, reference: Any = None) -> CompressionMetrics:
         """CompressionMetrics of this tensor: effective bits from the real storage
         (codes, scales and zero points), and with `reference` (the float array
         that was quantized) the MSE, max abs error, SNR in dB and the sparsity
         (fraction of exact zeros) measured against it.  Without a reference the
         dequantized values stand in for it: MSE 0, the error fields None.  See
         ``quantcore.metrics.tensor_metrics``."""
-        from .metrics import tensor_metrics
         return tensor_metrics(self, reference)
 
     # ---- other layouts -----------------------------------------------------------
-    def to_matmulnbits(self) -> "MatMulNBitsWeights":
+    def to_matmulnbits(self) -> MatMulNBitsWeights:
         """This (N, K) weight in ONNX Runtime's ``com.microsoft.MatMulNBits`` layout:
         B, scales, zero_points (or None), K, N, bits, block_size (see
-        ``quantcore.matmulnbits``).  Q4_1 raises ValueError (it does not map)."""
-        from .matmulnbits import to_matmulnbits
-        return to_matmulnbits(self)
+        ``quantcore.matmulnbits`` for how each format maps).  Q4_1 and tensors
+        that are not 2-D raise ValueError."""
+        return matmulnbits.encode(self._data, self._scales, self._zeros, self._shape,
+                                  self._config)
 
     @classmethod
     def from_matmulnbits(cls, B: Any, scales: Any, zero_points: Any = None, *, K: int, N: int,
                          bits: int = 4, block_size: int, compute: str = "auto") -> "QuantizedTensor":
-        """The (N, K) tensor a MatMulNBits node's weight inputs and attributes hold
-        (see ``quantcore.matmulnbits.from_matmulnbits``)."""
-        from .matmulnbits import from_matmulnbits
-        return from_matmulnbits(B, scales, zero_points, K=K, N=N, bits=bits,
-                                block_size=block_size, compute=compute)
+        """The (N, K) tensor a MatMulNBits node's weight inputs and attributes hold:
+        B, scales and zero_points as the node has them (flat or in the op's
+        shapes), its K, N, bits and block_size attributes; ``compute`` is the
+        config's (see ``quantcore.matmulnbits.decode`` for how each maps)."""
+        return cls.from_arrays(*matmulnbits.decode(B, scales, zero_points, K=K, N=N, bits=bits,
+                                                   block_size=block_size, compute=compute))
 
     # ---- Python protocols ---------------------------------------------------------
     def __reduce__(self):
+        scales = None if self._config.ktype is not None else self._scales  # K: all in data
         return (_rebuild, (self._config.to_dict(), self._shape, self._dtype.str,
-                           self._data, self._scales, self._zeros))
+                           self._data, scales, self._zeros))
 
     def __copy__(self) -> "QuantizedTensor":
         return self  # immutable: a copy may share storage
@@ -367,9 +525,10 @@ def _rebuild(config, shape, dtype, data, scales, zeros):
 
 
 def quantize(array: Any, config: Optional[QuantConfig] = None, *,
-             calibration: Any = None) -> QuantizedTensor:
-    """Same as ``QuantizedTensor.quantize(array, config, calibration=calibration)``."""
-    return QuantizedTensor.quantize(array, config, calibration=calibration)
+             importance: Any = None, calibration: Any = None) -> QuantizedTensor:
+    """Same as ``QuantizedTensor.quantize(array, config, importance=importance,
+    calibration=calibration)``."""
+    return QuantizedTensor.quantize(array, config, importance=importance, calibration=calibration)
 
 
 def pack_int4(values: Any) -> np.ndarray:

@@ -51,7 +51,16 @@ class QuantizedLinearModule(nn.Module):
     tensor of the same dtype, ``(..., out_features)``; see the module docstring
     for the inference-only rule and the zero-copy cases.
 
-    The module has no parameters: its state is the packed weight, which
+    Parameters and modes: the module registers no torch parameters, as PyTorch's
+    own dynamically quantized ``Linear`` does not: its kernels have no backward,
+    so nothing in it can train through autograd, and an optimizer given
+    ``model.parameters()`` should not see a bias it cannot update.  The bias is
+    reachable as ``module.layer.parameters()`` (the quantcore layer's writable
+    array, which ``forward`` reads).  ``train()`` / ``eval()`` set ``training``
+    on the module and on ``module.layer`` alike; ``forward`` computes the same in
+    both modes.
+
+    Its state is the packed weight, which
     ``state_dict()`` holds as ``weight_data`` (codes), ``weight_scales``,
     ``weight_zero_points`` (asymmetric formats) and ``bias`` tensors plus an extra
     state with the config and shape, so ``load_state_dict`` restores it into a
@@ -64,6 +73,7 @@ class QuantizedLinearModule(nn.Module):
         if not isinstance(layer, QuantizedLinear):
             raise TypeError(f"layer must be a quantcore.QuantizedLinear, got {type(layer).__name__}")
         self.layer = layer
+        self.training = layer.training  # the wrapped layer's mode (a new layer's: training)
 
     @classmethod
     def from_linear(cls, linear: Any, config: Optional[QuantConfig] = None, *,
@@ -81,7 +91,15 @@ class QuantizedLinearModule(nn.Module):
         with torch.no_grad():
             w = linear.weight.detach().to("cpu", torch.float32).numpy()
             b = None if linear.bias is None else linear.bias.detach().to("cpu", torch.float32).numpy()
-        return cls(QuantizedLinear(QuantizedTensor.quantize(w, config, calibration=calibration), b))
+        # the new module takes the replaced layer's training mode
+        qt = QuantizedTensor.quantize(w, config, calibration=calibration)
+        return cls(QuantizedLinear(qt, b).train(linear.training))
+
+    def train(self, mode: bool = True) -> "QuantizedLinearModule":
+        """torch's ``Module.train``, also setting the quantcore layer's mode."""
+        super().train(mode)
+        self.layer.train(mode)
+        return self
 
     # ---- attributes ---------------------------------------------------------------
     @property
@@ -184,7 +202,7 @@ class QuantizedLinearModule(nn.Module):
             qt = QuantizedTensor.from_arrays(got["weight_data"], got["weight_scales"],
                                              got["weight_zero_points"], extra["shape"], config,
                                              np.dtype(extra["dtype"]))
-            self.layer = QuantizedLinear(qt, got["bias"])
+            self.layer = QuantizedLinear(qt, got["bias"]).train(self.training)
         except (TypeError, ValueError, KeyError) as e:
             error_msgs.append(f"{prefix}: cannot rebuild the quantized layer: {e}")
 
@@ -267,8 +285,8 @@ def quantize_module(module: nn.Module, config: Optional[QuantConfig] = None,
             rep.skipped[name] = "filter"
             return None
         st = None
-        if calibration is not None and config.method != "absmax":
-            from .calibrate import lookup
+        if calibration is not None and (config.method != "absmax" or config.ktype is not None):
+            from ._layerstats import lookup
             st = lookup(calibration, name)
         if st is None and config.method == "gptq":
             raise ValueError(f"cannot quantize {name or 'module'}: method='gptq' needs calibration "
@@ -349,7 +367,7 @@ def collect_stats(model: nn.Module, batches: Iterable[Any], *, hessian: bool = T
     for method="mse"; method="gptq" needs the full matrix).  Inputs of any
     float dtype and device are read as float32 on the CPU.
     """
-    from .calibrate import StatsCollector
+    from ._layerstats import StatsCollector
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if filter is not None and not callable(filter):

@@ -11,9 +11,9 @@ EXE="$BUILD_DIR/test_simd_vs_scalar_native"
 cd "$ROOT"
 # every C source of the library (the ISA files of other machines compile to nothing)
 SRCS=$(find csrc -name '*.c' | LC_ALL=C sort | tr '\n' ' ')
-# -ffp-contract=off as in setup.py: the scalar reference is the spec only unfused.
+# -ffp-contract=off as in setup.py: the scalar reference assumes no fused multiply-adds.
 # shellcheck disable=SC2086
-$CC -std=gnu11 -O2 -ffp-contract=off -Wall -Wno-unused-function ${CFLAGS:-} \
+$CC -std=gnu11 -O2 -pthread -ffp-contract=off -Wall -Wno-unused-function ${CFLAGS:-} \
     -Icsrc/include -Icsrc -o "$EXE" \
     tests/c/test_neon_vs_scalar.c $SRCS -lm
 exec "$EXE"

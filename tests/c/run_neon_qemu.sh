@@ -3,7 +3,8 @@
 # qemu-aarch64 user-mode emulation: the NEON kernels against the scalar
 # reference, bit for bit.  Skips (exit 0) when the cross compiler or qemu is absent
 # (Debian: apt-get install gcc-aarch64-linux-gnu qemu-user).
-# Also checks that the sources build for aarch64 with -fopenmp.
+# Also checks that the sources build for aarch64 with -O3 -pthread, and runs the
+# thread pool's stress test (tests/c/test_pool.c) under qemu.
 set -eu
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 CROSS_CC=${CROSS_CC:-aarch64-linux-gnu-gcc}
@@ -28,15 +29,20 @@ FLAGS="-std=gnu11 -O2 -ffp-contract=off -Wall -Wno-unused-function -Icsrc/includ
 cd "$ROOT"
 # every C source of the library (the x86 files compile to nothing on aarch64)
 SRCS=$(find csrc -name '*.c' | LC_ALL=C sort | tr '\n' ' ')
-# the library with OpenMP and -O3, as setup.py builds it on aarch64: compile and link
-# (set QC_RUN_OPENMP=1 to run that build under qemu too)
+# the library with -O3 -pthread, as setup.py builds it on aarch64: compile and link
+# (set QC_RUN_O3=1 to run that build under qemu too)
 # shellcheck disable=SC2086
-$CROSS_CC $FLAGS -O3 -fopenmp -static -o "$EXE.omp" tests/c/test_neon_vs_scalar.c $SRCS -lm
-echo "aarch64 -O3 -fopenmp build: ok"
-if [ "${QC_RUN_OPENMP:-0}" = 1 ]; then
-    echo "running $EXE.omp under $QEMU"
-    "$QEMU" "$EXE.omp"
+$CROSS_CC $FLAGS -O3 -pthread -static -o "$EXE.o3" tests/c/test_neon_vs_scalar.c $SRCS -lm
+echo "aarch64 -O3 -pthread build: ok"
+if [ "${QC_RUN_O3:-0}" = 1 ]; then
+    echo "running $EXE.o3 under $QEMU"
+    "$QEMU" "$EXE.o3"
 fi
+echo "running the thread pool's stress test under $QEMU"
+$CROSS_CC -std=gnu11 -O2 -Wall -pthread -Icsrc -static -o "$BUILD_DIR/test_pool_aarch64" \
+    tests/c/test_pool.c csrc/pool.c
+# (no fork case: qemu-user aborts in a child forked from a threaded guest)
+QC_POOL_TEST_NO_FORK=1 "$QEMU" "$BUILD_DIR/test_pool_aarch64"
 # shellcheck disable=SC2086
 $CROSS_CC $FLAGS ${CFLAGS:-} -static -o "$EXE" tests/c/test_neon_vs_scalar.c $SRCS -lm
 echo "running $EXE under $QEMU"

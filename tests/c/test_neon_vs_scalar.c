@@ -11,7 +11,7 @@
  * points / minimums (bytes), dequantized floats (bits).
  *
  * Build (any C11 compiler; -ffp-contract=off as the real build, since the scalar
- * reference is only the spec when nothing is fused):
+ * reference's results assume no fused multiply-adds):
  *   cc -std=gnu11 -O2 -ffp-contract=off -Icsrc/include -Icsrc \
  *      tests/c/test_neon_vs_scalar.c csrc/api.c csrc/cpu.c csrc/dispatch.c \
  *      csrc/ref/quant_scalar.c csrc/x86/quant_avx2.c csrc/arm/quant_neon.c -lm
@@ -927,6 +927,123 @@ static void test_linear(void) {
                     }
 }
 
+/* qc_linear near the float32 limits, scalar and the SIMD ISA, against a double
+ * reference over the dequantized weight: rows with one element of 1e30..3e38,
+ * whole rows near the limit, tiny and subnormal rows, a huge element among
+ * subnormals.  Where the reference (with its bound) is representable the output
+ * must be finite and within 8 * (k + 64) * u * sum_k (|w| + 2 max|w|) |x^|, plus
+ * for int8 compute the activation rounding, plus k * 2^-96 * max|x| * 3 max|w|
+ * for rows scaled down (contributions below that are lost to underflow). */
+static void test_linear_extremes(void) {
+    static const float HUGE_V[] = {1e30f, 1e35f, 1e37f, 1e38f, 3e38f};
+    static const int64_t LG[] = {0, 32, 64, -1};
+    const int64_t K = 100, N = 13, M = 9;
+    for (int k = 0; k < QC_NUM_KINDS; k++)
+        for (int gi = 0; gi < 4; gi++)
+            for (int sd = 0; sd < 2; sd++) {
+                qc_qdesc d = {(qc_kind)k, LG[gi] < 0 ? 0 : LG[gi], LG[gi] < 0, sd ? QC_F16 : QC_F32};
+                qsizes z = sizes_for(&d, N, K);
+                float *wf = xmalloc((size_t)(N * K) * 4), *x = xmalloc((size_t)(M * K) * 4);
+                for (int64_t i = 0; i < N * K; i++)
+                    wf[i] = uni();
+                for (int64_t r = 0; r < M; r++) {
+                    float *xr = x + r * K;
+                    const float big = HUGE_V[(r + k + gi) % 5];
+                    for (int64_t j = 0; j < K; j++)
+                        xr[j] = uni();
+                    switch (r % 6) {
+                    case 0:
+                        xr[irand(K)] = irand(2) ? big : -big;
+                        break;
+                    case 1:
+                        for (int64_t j = 0; j < K; j++)
+                            xr[j] *= big / 2.0f;
+                        break;
+                    case 2:
+                        for (int64_t j = 0; j < K; j++)
+                            xr[j] *= r % 4 ? 1e-42f : 1e-38f;
+                        break;
+                    case 3:
+                        for (int64_t j = 0; j < K; j++)
+                            xr[j] *= 1e-40f;
+                        xr[irand(K)] = big;
+                        break;
+                    default:
+                        break;
+                    }
+                }
+                uint8_t *data = xmalloc(z.dbytes), *sc = xmalloc(z.sbytes), *zz = xmalloc(z.zbytes);
+                use(QC_ISA_SCALAR);
+                qc_status st = qc_quantize(&d, wf, QC_F32, N, K, K * 4, 4, data, sc,
+                                           QC_KINDS[k].has_zero ? zz : NULL, NULL);
+                CHECK(st == QC_OK, "extremes: quantize status %d", st);
+                float *deq = xmalloc(z.deqn * 4);
+                qc_dequantize(&d, data, sc, QC_KINDS[k].has_zero ? zz : NULL, N, K, deq, z.deq_stride, NULL);
+                double wmax = 0.0;
+                for (int64_t r = 0; r < N; r++)
+                    for (int64_t j = 0; j < K; j++)
+                        if (fabs((double)deq[r * z.deq_stride + j]) > wmax)
+                            wmax = fabs((double)deq[r * z.deq_stride + j]);
+                qc_qweight w = {(qc_kind)k, N, K, d.group, d.per_tensor, d.scale_dtype, data, sc,
+                                QC_KINDS[k].has_zero ? zz : NULL};
+                float *y = xmalloc((size_t)(M * N) * 4);
+                for (int mode = 0; mode < 2; mode++)
+                    for (int isa = 0; isa < 2; isa++)
+                        for (int64_t m = 1; m <= M; m += M - 1) { /* GEMV and (x86) GEMM */
+                            use(isa ? simd : QC_ISA_SCALAR);
+                            st = qc_linear(&w, x, m, K, NULL, y, N, mode ? QC_COMPUTE_I8 : QC_COMPUTE_F32);
+                            CHECK(st == QC_OK, "extremes: linear status %d", st);
+                            int bad = 0;
+                            for (int64_t r = 0; r < m && !bad; r++) {
+                                const float *xr = x + r * K;
+                                double amax = 0.0, bmax[4] = {0, 0, 0, 0};
+                                for (int64_t j = 0; j < K; j++) {
+                                    double a = fabs((double)xr[j]);
+                                    amax = a > amax ? a : amax;
+                                    bmax[j / 32] = a > bmax[j / 32] ? a : bmax[j / 32];
+                                }
+                                for (int64_t c = 0; c < N && !bad; c++) {
+                                    const float *wr = deq + c * z.deq_stride;
+                                    double ref = 0.0, mag = 0.0, i8b = 0.0, wsum = 0.0;
+                                    for (int64_t j = 0; j < K; j++) {
+                                        double xa = fabs((double)xr[j]);
+                                        if (mode)
+                                            xa += bmax[j / 32] / 254.0;
+                                        ref += (double)xr[j] * (double)wr[j];
+                                        mag += (fabs((double)wr[j]) + 2.0 * wmax) * xa;
+                                        i8b += bmax[j / 32] / 254.0 * fabs((double)wr[j]);
+                                        wsum += fabs((double)wr[j]);
+                                    }
+                                    double tol = 8.0 * (double)(K + 64) * 0x1p-24 * mag +
+                                                 (double)K * 0x1p-96 * amax * 3.0 * wmax +
+                                                 (mode ? i8b * 1.000001 + 0x1p-118 * wsum : 0.0) + 0x1p-115;
+                                    const float v = y[r * N + c];
+                                    if (!(fabs(ref) + tol < 3.4028234663852886e38))
+                                        continue;
+                                    if (!(fabs((double)v - ref) <= tol)) {
+                                        bad = 1;
+                                        CHECK(0, "extremes %s %s kind=%s group=%lld%s scale=%s m=%lld: "
+                                                 "y[%lld,%lld] %.9g, double reference %.9g (bound %.3g)",
+                                              qc_isa_name(isa ? simd : QC_ISA_SCALAR), mode ? "int8" : "float32",
+                                              KIND_NAMES[k], (long long)d.group, d.per_tensor ? " per-tensor" : "",
+                                              sd ? "f16" : "f32", (long long)m, (long long)r, (long long)c,
+                                              v, ref, tol);
+                                    }
+                                }
+                            }
+                            if (!bad)
+                                CHECK(1, "extremes");
+                        }
+                free(y);
+                free(wf);
+                free(x);
+                free(data);
+                free(sc);
+                free(zz);
+                free(deq);
+            }
+}
+
 int main(void) {
     printf("quantcore %d.%d.%d: cpu features 0x%x\n", QC_VERSION_MAJOR, QC_VERSION_MINOR,
            QC_VERSION_PATCH, qc_cpu_features());
@@ -950,6 +1067,7 @@ int main(void) {
         use(simd);
         printf("%s linear kernels against scalar\n", qc_isa_name(simd));
         SECTION(test_linear) /* every ISA has linear kernels of its own */
+        SECTION(test_linear_extremes)
         if (only_linear) {
             nsimd++;
             continue;

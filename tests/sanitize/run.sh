@@ -37,8 +37,8 @@ mkdir -p "$OUT/lib" "$OUT/tmp"
 QUANTCORE_SANITIZE=$SANITIZE CC=$CC "$PY" setup.py -q build_ext -j 2 \
     --build-lib "$OUT/lib" --build-temp "$OUT/tmp" >"$OUT/build.log" 2>&1 \
     || { tail -40 "$OUT/build.log"; exit 1; }
-# The pure-Python files beside the sanitized extension.
-cp src/quantcore/*.py "$OUT/lib/quantcore/"
+# The pure-Python files (subpackages too) beside the sanitized extension.
+(cd src && find quantcore -name '*.py' -exec cp --parents {} "$OUT/lib/" \;)
 cp -r src/quantcore/include "$OUT/lib/quantcore/" 2>/dev/null || true
 echo "   built in $(( $(date +%s) - t0 )) s"
 

@@ -1,0 +1,31 @@
+/*
+ * internal.h -- what quantcore's own C files and its Cython module share beyond
+ * the public quantcore.h: the thread policy, the GEMM switch-over row count and
+ * the benchmark's bandwidth probe.  Not installed (get_include() ships
+ * csrc/include only); nothing here is part of the C API.
+ */
+#ifndef QC_INTERNAL_H
+#define QC_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "quantcore.h"
+
+/* Work (elements touched) below which an entry point runs on one thread: waking
+ * the pool's workers costs more than it saves.  1 MiB of float32. */
+#define QC_PAR_MIN_WORK ((int64_t)1 << 18)
+
+/* Threads for a call touching `work` elements: 1 below QC_PAR_MIN_WORK, else
+ * qc_get_num_threads(). */
+int qc_threads_for(int64_t work);
+
+/* Rows of x from which qc_linear takes the GEMM path at the latest (where the
+ * ISA has one); an ISA's table may switch earlier (kernels.h, gemm_min_m). */
+#define QC_GEMM_MIN_M 8
+
+/* Read `bytes` (a multiple of 64, 8-byte aligned) with the kernels' threads and
+ * return a checksum: the benchmark's probe of the memory bandwidth. */
+uint64_t qc_read_probe(const void *p, size_t bytes);
+
+#endif /* QC_INTERNAL_H */

@@ -1,0 +1,155 @@
+/*
+ * kquant_avx2.c -- AVX2 sub-block fits of the Q4_K / Q5_K quantizer.
+ *
+ * Layout: the eight sub-blocks of a super-block run in the eight lanes of a ymm
+ * register (the values transposed once, value i of every sub-block in one
+ * register), so that every lane performs the scalar reference's float32
+ * operations in the scalar reference's order: sums run over i within a lane,
+ * never across lanes.  Rounding is the same 1.5 * 2^23 trick, the keep-the-better
+ * fit branches are per-lane blends.  No FMA (-ffp-contract=off, no fma intrinsics).
+ * Exactness: bit for bit the scalar reference (ref/kquant_scalar.c), hence ggml.
+ * Every function carries the AVX2 target attribute; the file needs no -mavx2.
+ */
+#include "avx2_common.h"
+#include "../kquant.h"
+
+#if defined(QC_HAVE_X86)
+
+AVX2 static inline __m256i kq_round8(__m256 v) {
+    __m256i bits = _mm256_castps_si256(_mm256_add_ps(v, _mm256_set1_ps(12582912.0f)));
+    return _mm256_sub_epi32(_mm256_and_si256(bits, _mm256_set1_epi32(0x007fffff)),
+                            _mm256_set1_epi32(0x00400000));
+}
+
+/* b where mask, else a (mask: all ones or all zeros per lane) */
+AVX2 static inline __m256 sel(__m256 a, __m256 b, __m256 mask) { return _mm256_blendv_ps(a, b, mask); }
+
+/*
+ * fit_scale_min of the scalar reference for eight sub-blocks at once: x[i], w[i]
+ * hold value i (and its weight) of each sub-block.  Codes go to L[32 * lane + i].
+ */
+AVX2 static void fit8(int nmax, const __m256 *x, const __m256 *w, uint8_t *L, float *scale_out,
+                      float *neg_min_out, float rmin, float rdelta, int nstep) {
+    const __m256 zero = _mm256_setzero_ps();
+    const __m256i vmax = _mm256_set1_epi32(nmax), izero = _mm256_setzero_si256();
+    __m256i codes[32], trial[32];
+    __m256 lo = x[0], hi = x[0];
+    __m256 sum_w = w[0];
+    __m256 sum_x = _mm256_mul_ps(sum_w, x[0]);
+    for (int i = 1; i < 32; i++) {
+        lo = sel(lo, x[i], _mm256_cmp_ps(x[i], lo, _CMP_LT_OQ));
+        hi = sel(hi, x[i], _mm256_cmp_ps(x[i], hi, _CMP_GT_OQ));
+        sum_w = _mm256_add_ps(sum_w, w[i]);
+        sum_x = _mm256_add_ps(sum_x, _mm256_mul_ps(w[i], x[i]));
+    }
+    lo = sel(lo, zero, _mm256_cmp_ps(lo, zero, _CMP_GT_OQ));
+    const __m256 lo0 = lo;
+    const __m256 flat = _mm256_cmp_ps(hi, lo, _CMP_EQ_OQ); /* these lanes: all codes 0 */
+    __m256 iscale = _mm256_div_ps(_mm256_set1_ps((float)nmax), _mm256_sub_ps(hi, lo));
+    __m256 scale = _mm256_div_ps(_mm256_set1_ps(1.0f), iscale);
+    __m256 best = zero;
+    for (int i = 0; i < 32; i++) {
+        __m256i l = kq_round8(_mm256_mul_ps(iscale, _mm256_sub_ps(x[i], lo)));
+        l = _mm256_min_epi32(_mm256_max_epi32(l, izero), vmax);
+        codes[i] = l;
+        __m256 diff = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(scale, _mm256_cvtepi32_ps(l)), lo), x[i]);
+        best = _mm256_add_ps(best, _mm256_mul_ps(w[i], _mm256_mul_ps(diff, diff)));
+    }
+    for (int is = 0; is <= nstep; is++) {
+        const float num = rmin + rdelta * (float)is + (float)nmax; /* the scalar expression */
+        iscale = _mm256_div_ps(_mm256_set1_ps(num), _mm256_sub_ps(hi, lo));
+        __m256 sl = zero, sl2 = zero, sxl = zero;
+        for (int i = 0; i < 32; i++) {
+            __m256i l = kq_round8(_mm256_mul_ps(iscale, _mm256_sub_ps(x[i], lo)));
+            l = _mm256_min_epi32(_mm256_max_epi32(l, izero), vmax);
+            trial[i] = l;
+            __m256 fl = _mm256_cvtepi32_ps(l);
+            __m256 wl = _mm256_mul_ps(w[i], fl);
+            sl = _mm256_add_ps(sl, wl);
+            sl2 = _mm256_add_ps(sl2, _mm256_mul_ps(wl, fl));
+            sxl = _mm256_add_ps(sxl, _mm256_mul_ps(wl, x[i]));
+        }
+        __m256 det = _mm256_sub_ps(_mm256_mul_ps(sum_w, sl2), _mm256_mul_ps(sl, sl));
+        __m256 ok = _mm256_cmp_ps(det, zero, _CMP_GT_OQ);
+        if (_mm256_movemask_ps(ok) == 0)
+            continue;
+        __m256 t_scale = _mm256_div_ps(_mm256_sub_ps(_mm256_mul_ps(sum_w, sxl), _mm256_mul_ps(sum_x, sl)), det);
+        __m256 t_min = _mm256_div_ps(_mm256_sub_ps(_mm256_mul_ps(sl2, sum_x), _mm256_mul_ps(sl, sxl)), det);
+        __m256 pos = _mm256_cmp_ps(t_min, zero, _CMP_GT_OQ);
+        t_min = sel(t_min, zero, pos);
+        t_scale = sel(t_scale, _mm256_div_ps(sxl, sl2), pos);
+        __m256 err = zero;
+        for (int i = 0; i < 32; i++) {
+            __m256 diff = _mm256_sub_ps(
+                _mm256_add_ps(_mm256_mul_ps(t_scale, _mm256_cvtepi32_ps(trial[i])), t_min), x[i]);
+            err = _mm256_add_ps(err, _mm256_mul_ps(w[i], _mm256_mul_ps(diff, diff)));
+        }
+        __m256 better = _mm256_and_ps(ok, _mm256_cmp_ps(err, best, _CMP_LT_OQ));
+        if (_mm256_movemask_ps(better) == 0)
+            continue;
+        __m256i take = _mm256_castps_si256(better);
+        for (int i = 0; i < 32; i++)
+            codes[i] = _mm256_blendv_epi8(codes[i], trial[i], take);
+        best = sel(best, err, better);
+        scale = sel(scale, t_scale, better);
+        lo = sel(lo, t_min, better);
+    }
+    /* flat lanes: no codes, scale 0, the min as found */
+    scale = sel(scale, zero, flat);
+    lo = sel(lo, lo0, flat);
+    __m256i keep = _mm256_castps_si256(flat);
+    int32_t c[8];
+    for (int i = 0; i < 32; i++) {
+        _mm256_storeu_si256((__m256i *)c, _mm256_andnot_si256(keep, codes[i]));
+        for (int j = 0; j < 8; j++)
+            L[32 * j + i] = (uint8_t)c[j];
+    }
+    _mm256_storeu_ps(scale_out, scale);
+    _mm256_storeu_ps(neg_min_out, _mm256_xor_ps(lo, _mm256_set1_ps(-0.0f))); /* -lo, as C negates */
+}
+
+AVX2 void qc_kq_fit_block_k45_avx2(const float *x, const float *qw, int nmax, float *scales,
+                                   float *mins, float *sw, uint8_t *L) {
+    float rmin, rdelta;
+    int nstep;
+    qc_kq_fit_params(nmax, qw != NULL, &rmin, &rdelta, &nstep);
+    __m256 xt[32], wt[32];
+    {
+        float buf[32][8];
+        for (int j = 0; j < 8; j++)
+            for (int i = 0; i < 32; i++)
+                buf[i][j] = x[32 * j + i];
+        for (int i = 0; i < 32; i++)
+            xt[i] = _mm256_loadu_ps(buf[i]);
+        if (qw) {
+            for (int j = 0; j < 8; j++)
+                for (int i = 0; i < 32; i++)
+                    buf[i][j] = qw[32 * j + i];
+            for (int i = 0; i < 32; i++)
+                wt[i] = _mm256_loadu_ps(buf[i]);
+        }
+    }
+    if (qw) {
+        float sum_x2 = 0; /* one sum over the super-block, in order */
+        for (int l = 0; l < QC_QK_K; l++)
+            sum_x2 += x[l] * x[l];
+        const __m256 sigma2 = _mm256_set1_ps(2.0f * sum_x2 / (float)QC_QK_K);
+        __m256 sumw = _mm256_setzero_ps();
+        for (int i = 0; i < 32; i++) {
+            wt[i] = _mm256_mul_ps(wt[i], _mm256_sqrt_ps(_mm256_add_ps(sigma2, _mm256_mul_ps(xt[i], xt[i]))));
+            sumw = _mm256_add_ps(sumw, wt[i]);
+        }
+        _mm256_storeu_ps(sw, sumw);
+    } else {
+        const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+        __m256 sum_x2 = _mm256_setzero_ps();
+        for (int i = 0; i < 32; i++)
+            sum_x2 = _mm256_add_ps(sum_x2, _mm256_mul_ps(xt[i], xt[i]));
+        const __m256 av_x = _mm256_sqrt_ps(_mm256_div_ps(sum_x2, _mm256_set1_ps(32.0f)));
+        for (int i = 0; i < 32; i++)
+            wt[i] = _mm256_add_ps(av_x, _mm256_and_ps(xt[i], absmask));
+    }
+    fit8(nmax, xt, wt, L, scales, mins, rmin, rdelta, nstep);
+}
+
+#endif /* QC_HAVE_X86 */

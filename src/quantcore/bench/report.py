@@ -1,0 +1,251 @@
+"""What ``quantcore bench`` prints and writes: a table per case that fits a
+100-column terminal (columns only for the peers that are installed, their
+labels explained once in a legend), the JSON document and the plot."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import os
+import textwrap
+from typing import Dict, List, Optional, Sequence, Set
+
+import numpy as np
+
+from .. import _io
+from .._version import __version__
+from ..runtime import info
+from . import CASES, BenchError, Case, Result, format_shape
+from .machine import host
+from .peers import PEERS, gguf_module, installed
+
+__all__ = ["Table", "legend", "format_tables", "to_json", "plot_speedups", "WIDTH"]
+
+WIDTH = 100  # the report's lines fit a terminal this wide
+
+
+def _fmt(x: Optional[float], spec: str, missing: str = "-") -> str:
+    return missing if x is None or not math.isfinite(x) else format(x, spec)
+
+
+def _fmt_ms(ms: Optional[float]) -> str:
+    if ms is None or not math.isfinite(ms):
+        return "-"
+    return f"{ms:.3f}" if ms < 1 else f"{ms:.2f}" if ms < 100 else f"{ms:.0f}"
+
+
+def _fmt_x(v: float) -> str:
+    if not math.isfinite(v):
+        return "-"
+    return f"{v:.2f}x" if v < 10 else f"{v:.1f}x" if v < 100 else f"{v:.0f}x"
+
+
+class Table:
+    """One case's table, printed row by row as rows are measured.  `peers` are
+    the case's peers that get a column (those installed)."""
+
+    def __init__(self, case: Case, peers: Sequence[str]):
+        self.case = case
+        self.peers = [p for p in case.peers if p in peers]
+        cols = [("config", 8, "<")]
+        cols += [("M", 4, ">")] if case.mkn else [("shape", 11, "<")]
+        cols += [("ms", 8, ">"), ("GB/s", 6, ">")]
+        if case.show_bw:
+            cols.append(("%bw", 5, ">"))
+        if case.flops:
+            cols.append(("GFLOP/s", 7, ">"))
+        cols += [(PEERS[p].label, 6, ">") for p in self.peers]
+        self.exact = case.exact_peer if case.exact_peer in self.peers else None
+        if self.exact:
+            cols.append((f"{PEERS[self.exact].label}=", 5, ">"))
+        self.cols = cols
+        self._group: Optional[tuple] = None
+        self.above_probe: List[Result] = []   # rows faster than their read probe
+
+    def _line(self, cells: Sequence[str]) -> str:
+        return "  ".join(format(c, f"{a}{w}") for c, (_, w, a) in zip(cells, self.cols)).rstrip()
+
+    def header(self) -> str:
+        """The title (what is timed, what GB/s counts) and the column heads."""
+        c = self.case
+        title = f"{c.op}: {c.what}" if c.what else c.op
+        if c.bytes_label:
+            title += f"; {c.bytes_label}"
+        head = self._line([name for name, _, _ in self.cols])
+        return "\n".join(textwrap.wrap(title, WIDTH) + [head, "-" * len(head)])
+
+    def row(self, r: Result) -> str:
+        """The line(s) for one result (a K, N subheading first where it changes)."""
+        lines = []
+        cells = [r.config]
+        if self.case.mkn:
+            m, k, n = r.shape
+            if self._group != (k, n):
+                self._group = (k, n)
+                lines.append(f"K={k} N={n}")
+            cells.append(str(m))
+        else:
+            cells.append(format_shape(r.shape))
+        cells += [_fmt_ms(r.ms), _fmt(r.gbps, ".2f" if r.gbps < 100 else ".0f")]
+        if self.case.show_bw:
+            frac = r.bandwidth_fraction
+            if not math.isfinite(frac):
+                cells.append("-")
+            elif frac > 1.0:
+                self.above_probe.append(r)
+                cells.append(f"{100 * frac:.0f}%*")
+            else:
+                cells.append(f"{100 * frac:.0f}%")
+        if self.case.flops:
+            cells.append(_fmt(r.gflops, ".1f"))
+        for p in self.peers:
+            info_ = r.peers.get(p, {})
+            cells.append("-" if info_.get("timing") is None else _fmt_x(r.speedup(p)))
+        if self.exact:
+            ok = r.checks.get(f"{self.exact}_bit_exact")
+            cells.append("-" if ok is None else "yes" if ok else "NO")
+        lines.append(self._line(cells))
+        return "\n".join(lines)
+
+    def footnote(self, llc: int) -> str:
+        """Why a %bw above 100% can happen, for the rows that show one ("" when none)."""
+        if not self.above_probe:
+            return ""
+        cached = all(r.checks.get("cache_resident") for r in self.above_probe)
+        why = ("their layer copies fit in the caches, where the probe's plain loads fall "
+               "behind the kernels' SIMD loads" if cached else
+               "the probe and the row are timed apart, and other work on the machine shifts "
+               "either one")
+        text = (f"* above 100%: faster than the read probe over the same bytes ({why}; "
+                f"last-level cache {llc >> 20} MiB)")
+        return "\n".join(textwrap.wrap(text, WIDTH))
+
+
+def legend(tables: Sequence[Table], threads: int, blas_pinned: bool) -> str:
+    """The lines under the tables: what the ratios mean, each peer label, the
+    %bw and bit-exactness columns, the thread counts, the peers not installed."""
+    used: List[str] = []
+    for t in tables:
+        used += [p for p in t.peers if p not in used]
+    parts = ["Nx: peer time / quantcore time, same input, same run (above 1x: quantcore is "
+             "faster); -: no such peer for that row"]
+    if used:
+        parts.append("; ".join(f"{PEERS[p].label} = {PEERS[p].description}" for p in used))
+    if any(t.case.show_bw for t in tables):
+        parts.append("%bw: GB/s against a read of the same bytes by quantcore's threads, "
+                     "through the same number of copies, timed the same way")
+    for t in tables:
+        if t.exact:
+            parts.append(f"{PEERS[t.exact].label}=: dequantize(quantize(w)) is bit-identical to "
+                         f"{PEERS[t.exact].label}'s")
+    ops = {t.case.op for t in tables}
+    thr = f"{threads} thread{'s' if threads != 1 else ''}"
+    if ops & {"quantize", "dequantize"}:
+        parts.append("quantize, dequantize: NumPy and gguf run on one thread, quantcore on " + thr)
+    if "linear" in ops:
+        parts.append(f"linear: every peer at {thr}, like quantcore" +
+                     ("" if blas_pinned else " (NumPy's BLAS not pinned: threadpoolctl "
+                                             "is not installed)"))
+    missing: Dict[str, List[str]] = {}
+    for t in tables:
+        for p in t.case.peers:
+            if p not in t.peers and PEERS[p].label not in missing.setdefault(PEERS[p].install, []):
+                missing[PEERS[p].install].append(PEERS[p].label)
+    if missing:
+        parts.append("not measured: " + "; ".join(f"{', '.join(labels)} ({hint})"
+                                                  for hint, labels in missing.items()) +
+                     "; or pip install 'quantcore[bench]'")
+    out: List[str] = []
+    for p in parts:
+        out += textwrap.wrap(p, WIDTH, subsequent_indent="  ")
+    return "\n".join(out)
+
+
+def present_peers(ops: Sequence[str]) -> Set[str]:
+    """The peers of `ops` whose packages are installed."""
+    return {p for op in ops for p in CASES[op].peers if installed(p)}
+
+
+def format_tables(results: Sequence[Result]) -> str:
+    """The report tables of `results`, one per op, as text (with the legend)."""
+    parts, tables = [], []
+    ops = [op for op in CASES if any(r.op == op for r in results)]
+    peers = present_peers(ops)
+    for op in ops:
+        t = Table(CASES[op], sorted(peers))
+        tables.append(t)
+        rows = [t.row(r) for r in results if r.op == op]
+        parts.append("\n".join([t.header()] + rows))
+    threads = results[0].threads if results else 1
+    return "\n\n".join(parts + [legend(tables, threads, True)])
+
+
+def to_json(results: Sequence[Result], settings: Optional[dict] = None,
+            notes: Sequence[str] = ()) -> dict:
+    """Everything as a JSON-ready dict: ``quantcore.info()``, the date, the host,
+    the settings, the results and the notes."""
+    g = gguf_module()
+    return {
+        "date": _dt.datetime.now(_dt.timezone.utc).astimezone().isoformat(timespec="seconds"),
+        "quantcore": info(),
+        "host": {**host(), "numpy": np.__version__,
+                 "gguf": getattr(g, "__version__", "installed") if g else None},
+        "settings": settings or {},
+        "results": [r.to_dict() for r in results],
+        "notes": list(notes),
+    }
+
+
+def plot_speedups(results: Sequence[Result], path: str) -> None:
+    """A bar chart of quantcore's speedup over each peer, saved to `path` (PNG).
+    Needs matplotlib (:class:`BenchError` when it is not installed)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # optional
+        raise BenchError("--plot needs matplotlib, which is not installed "
+                         "(pip install matplotlib, or pip install 'quantcore[bench]')") from None
+    rows = [r for r in results if any(r.peers.get(p, {}).get("timing") for p in r.peers)]
+    if not rows:
+        raise BenchError("--plot: no peer was measured, nothing to plot")
+    peers: List[str] = []
+    for r in rows:
+        for p in r.peers:
+            if r.peers[p].get("timing") is not None and p not in peers:
+                peers.append(p)
+    ops = list(dict.fromkeys(r.op for r in rows))
+    width = 0.8 / len(peers)
+    most = max(sum(r.op == op for r in rows) for op in ops)
+    fig, axes = plt.subplots(len(ops), 1, squeeze=False,
+                             figsize=(max(8.0, 0.42 * most + 2), 3.6 * len(ops) + 0.6))
+    threads = rows[0].threads
+    for ax, op in zip(axes[:, 0], ops):
+        sub = [r for r in rows if r.op == op]
+        x = np.arange(len(sub))
+        for i, p in enumerate(peers):
+            vals = [r.speedup(p) for r in sub]
+            ax.bar(x + (i - (len(peers) - 1) / 2) * width,
+                   [v if math.isfinite(v) else 0 for v in vals], width,
+                   label=f"vs {PEERS[p].label}", color=f"C{i}")
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_yscale("log")
+        ax.set_ylabel("speedup (x, log)")
+        ax.set_title(f"{op}", loc="left", fontsize=10)
+        ax.set_xticks(x)
+        ax.set_xticklabels([f"{r.config}\n{format_shape(r.shape)}" for r in sub], fontsize=7)
+        ax.grid(axis="y", which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"quantcore {__version__}: speedup over peers, same run ({threads} thread"
+                 f"{'s' if threads != 1 else ''}; NumPy and gguf quantize on one; median of "
+                 f"repeats)", fontsize=10)
+    fig.tight_layout()
+    try:
+        with _io.replacing(path) as tmp:
+            fig.savefig(tmp, dpi=120, format=os.path.splitext(path)[1][1:].lower() or "png")
+    except (OSError, ValueError) as e:
+        why = getattr(e, "strerror", None)
+        raise BenchError(f"--plot: cannot write {path!r}: {why}" if why
+                         else f"--plot: {e}") from None
+    finally:
+        plt.close(fig)
