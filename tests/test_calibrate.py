@@ -358,3 +358,26 @@ def test_quantize_model_calibration_errors():
     m = qc.quantize_model(weights, gptq, calibration={"l1": stats["l1"]},
                           overrides={"l2*": QuantConfig.int8()}, progress=False)
     assert m["l2.weight"].config == QuantConfig.int8()
+
+
+def test_importance_and_calibration_are_the_same_weights():
+    """The statistics' mean squares are the importance: for the mse search and for
+    the K-quants' imatrix path alike."""
+    rng = np.random.default_rng(23)
+    w = rng.standard_normal((8, 256)).astype(np.float32)
+    st = LayerStats(256, hessian=False).update(_x(24, 300, 256))
+    imp = st.importance.astype(np.float32)
+    for cfg in (QuantConfig.q4_0(method="mse"), QuantConfig.int8(method="mse"), QuantConfig.q4_k(),
+                QuantConfig.q6_k()):
+        assert qc.quantize(w, cfg, calibration=st) == qc.quantize(w, cfg, importance=imp)
+    assert qc.quantize(w, QuantConfig.q4_k(), calibration=st) != qc.quantize(w, QuantConfig.q4_k())
+    with pytest.raises(ValueError, match="not both"):
+        qc.quantize(w, QuantConfig.q4_0(method="mse"), calibration=st, importance=imp)
+    with pytest.raises(ValueError, match="calibration="):
+        qc.quantize(w, QuantConfig.int4(method="gptq"), importance=imp)
+    with pytest.raises(ValueError, match="importance is used by the K-quant formats"):
+        qc.quantize(w, QuantConfig.q4_0(), importance=imp)
+    # quantize_model hands the K-quants their statistics too
+    m = qc.quantize_model({"a.weight": w}, QuantConfig.q4_k(), calibration={"a": st}, progress=False)
+    assert m["a.weight"] == qc.quantize(w, QuantConfig.q4_k(), calibration=st)
+    assert m.metrics["a.weight"].calibrated_error is not None
