@@ -381,3 +381,12 @@ def test_importance_and_calibration_are_the_same_weights():
     m = qc.quantize_model({"a.weight": w}, QuantConfig.q4_k(), calibration={"a": st}, progress=False)
     assert m["a.weight"] == qc.quantize(w, QuantConfig.q4_k(), calibration=st)
     assert m.metrics["a.weight"].calibrated_error is not None
+
+
+def test_imatrix_paths(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        read_imatrix(tmp_path / "missing.dat")
+    with pytest.raises(ValueError, match="directory"):
+        read_imatrix(tmp_path)
+    with pytest.raises(ValueError, match="directory"):
+        write_imatrix(tmp_path, {"a": LayerStats(2).update(np.ones((1, 2)))}, format="dat")

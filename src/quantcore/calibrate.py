@@ -176,8 +176,9 @@ def read_imatrix(path: Any, chunk_size: int = 512) -> Dict[str, LayerStats]:
     Names are the GGUF weight names (``blk.0.attn_q.weight``).  Expert tensors
     (several matrices per entry) get one set of statistics summed over experts.
     """
-    p = os.fspath(path)
-    with open(p, "rb") as f:
+    from . import _io
+    p = os.fsdecode(os.fspath(path))
+    with _io.open_regular(p) as f:
         magic = f.read(4)
     if magic == b"GGUF":
         return _read_imatrix_gguf(p)
@@ -237,7 +238,8 @@ class _Reader:
 def _read_imatrix_dat(path: str, chunk_size: int) -> Dict[str, LayerStats]:
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
-    with open(path, "rb") as f:
+    from . import _io
+    with _io.open_regular(path) as f:
         data = f.read()
     r = _Reader(data, path)
     n = r.i32("the entry count")
@@ -318,5 +320,7 @@ def write_imatrix(path: Any, stats: Mapping, format: str = "gguf", chunk_size: i
     chunks.append(struct.pack("<i", max_count // chunk_size))
     db = dataset.encode("utf-8")
     chunks.append(struct.pack("<i", len(db)) + db)
-    with open(p, "wb") as f:
-        f.write(b"".join(chunks))
+    from . import _io
+    with _io.replacing(p) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(b"".join(chunks))
