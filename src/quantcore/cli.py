@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import List, NoReturn, Optional, Sequence, Union
+from typing import Any, Dict, List, NoReturn, Optional, Sequence, Union
 
 __all__ = ["main"]
 
@@ -153,8 +153,18 @@ def _add_quantize(sub) -> None:
                         "for one scale per row (default: 32 for 4 bits, 'channel' for 8)")
     p.add_argument("--format", metavar="{q8_0,q4_0,q4_1}",
                    help="a GGUF block format instead of --bits/--group-size/--asymmetric")
-    p.add_argument("--method", default="absmax", metavar="{absmax,mse}",
-                   help="how scales are chosen (default absmax)")
+    p.add_argument("--method", default="absmax", metavar="{absmax,mse,gptq}",
+                   help="how scales (and, for gptq, codes) are chosen (default absmax); gptq "
+                        "needs --calibration, mse uses --calibration or --imatrix when given")
+    cal = p.add_mutually_exclusive_group()
+    cal.add_argument("--calibration", metavar="STATS.safetensors",
+                     help="statistics of each layer's inputs (quantcore.calibrate.save_stats, e.g. "
+                          "from quantcore.torch.collect_stats), by layer or weight name")
+    cal.add_argument("--imatrix", metavar="FILE",
+                     help="llama.cpp importance matrix (GGUF or .dat; per-channel mean squares "
+                          "only, for --method mse and the K-quant formats), by weight name")
+    p.add_argument("--act-order", action="store_true",
+                   help="gptq: quantize the input channels in order of decreasing importance")
     sym = p.add_mutually_exclusive_group()
     sym.add_argument("--symmetric", dest="symmetric", action="store_true", default=True,
                      help="codes symmetric around zero (default)")
@@ -180,6 +190,7 @@ def _add_quantize(sub) -> None:
 def _quantize_config(args: argparse.Namespace):
     """The QuantConfig the options ask for (QuantConfig's ValueError when a value is bad)."""
     from .config import QuantConfig
+    extra: Dict[str, Any] = {"act_order": True} if args.act_order else {}
     if args.format:
         clash = [flag for flag, given in (("--bits", args.bits is not None),
                                           ("--group-size", args.group_size is not None),
@@ -193,7 +204,7 @@ def _quantize_config(args: argparse.Namespace):
         if preset is None:
             QuantConfig(format=args.format)  # an unknown format: QuantConfig says which exist
         assert preset is not None
-        return preset(method=args.method)
+        return preset(method=args.method, **extra)
     bits = 4 if args.bits is None else args.bits
     gs = args.group_size
     if gs is None:
@@ -201,7 +212,23 @@ def _quantize_config(args: argparse.Namespace):
     return QuantConfig(bits=bits, group_size=None if gs == "channel" else gs,
                        granularity="channel" if gs == "channel" else "group",
                        symmetric=args.symmetric, scale_dtype=args.scale_dtype or "float32",
-                       method=args.method)
+                       method=args.method, **extra)
+
+
+def _check_calibration_flags(args: argparse.Namespace) -> None:
+    """--method, --calibration, --imatrix and --act-order that do not combine."""
+    if args.method == "gptq" and not args.calibration:
+        raise ValueError("--method gptq needs --calibration STATS.safetensors (statistics of "
+                         "each layer's inputs; an --imatrix holds only their diagonal)"
+                         if not args.imatrix else
+                         "--method gptq needs the full input statistics of --calibration; an "
+                         "--imatrix holds only their diagonal: use it with --method mse")
+    kquant = bool(args.format) and args.format.endswith("_k")
+    if (args.calibration or args.imatrix) and args.method == "absmax" and not kquant:
+        raise ValueError(f"{'--calibration' if args.calibration else '--imatrix'} is used by "
+                         f"--method mse or gptq (or a K-quant --format), not absmax")
+    if args.act_order and args.method != "gptq":
+        raise ValueError("--act-order needs --method gptq")
 
 
 def _flag_of(e: Exception) -> str:
@@ -215,7 +242,10 @@ def _flag_of(e: Exception) -> str:
 
 def _config_label(cfg) -> str:
     if cfg.format:
-        return cfg.format
+        label = cfg.format
+        if cfg.method != "absmax":
+            label += f" {cfg.method}"
+        return label + (" act-order" if cfg.act_order else "")
     gran = {"group": f"g{cfg.group_size}", "channel": "per-row", "tensor": "per-tensor"}
     label = f"int{cfg.bits} {gran[cfg.granularity]}"
     if not cfg.symmetric:
@@ -224,6 +254,8 @@ def _config_label(cfg) -> str:
         label += " f16"
     if cfg.method != "absmax":
         label += f" {cfg.method}"
+    if cfg.act_order:
+        label += " act-order"
     return label
 
 
@@ -268,8 +300,11 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     from .tensor import QuantizedTensor
 
     try:
+        _check_calibration_flags(args)
         cfg = _quantize_config(args)
-        int8 = QuantConfig.int8(scale_dtype=args.scale_dtype or "float32", method=args.method)
+        extra: Dict[str, Any] = {"act_order": True} if args.act_order else {}
+        int8 = QuantConfig.int8(scale_dtype=args.scale_dtype or "float32", method=args.method,
+                                **extra)
     except ValueError as e:
         raise _UsageError(f"{PROG} quantize: error: {_flag_of(e)}{e}") from None
     # checked before the work starts, so that it fails at once: a missing or special
@@ -282,14 +317,22 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
                 else f"the same file as the input {args.input}")
         raise ValueError(f"-o {args.output} is {same}; quantize does not replace its input: "
                          f"give another output path")
+    calibration = None
+    if args.calibration or args.imatrix:
+        from .calibrate import load_stats, read_imatrix
+        cpath = args.calibration or args.imatrix
+        _io.stat_regular(cpath)
+        calibration = load_stats(cpath) if args.calibration else read_imatrix(cpath)
     weights = load(args.input)
     model = quantize_model(weights, cfg, include=args.include, exclude=args.exclude,
-                           overrides={p: int8 for p in args.int8}, progress=args.progress)
+                           overrides={p: int8 for p in args.int8}, progress=args.progress,
+                           calibration=calibration)
     save(args.output, model, metadata={"quantized_from": os.path.basename(args.input)})
 
     m = model.metrics
     assert m is not None  # quantize_model always fills in the metrics
     rows = []
+    ncal = 0
     for name, value in model.items():
         shape = "x".join(map(str, value.shape)) or "scalar"
         if isinstance(value, QuantizedTensor):
@@ -297,9 +340,15 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
             snr = "-" if lm.snr_db is None else f"{lm.snr_db:.2f}"
             rows.append([name, shape, _config_label(value.config),
                          f"{lm.effective_bits_per_param:.3f}", f"{lm.quantization_mse:.3e}", snr])
+            if calibration is not None:
+                ce = lm.calibrated_error
+                ncal += ce is not None
+                rows[-1].append("no" if ce is None else f"{ce:.3e}")
         else:
             eff = f"{8 * value.dtype.itemsize}" if value.dtype.kind == "f" else "-"
             rows.append([name, shape, f"{value.dtype.name} (kept)", eff, "-", "-"])
+            if calibration is not None:
+                rows[-1].append("-")
     nq = sum(isinstance(v, QuantizedTensor) for v in model.values())
     qnames = [n for n, v in model.items() if isinstance(v, QuantizedTensor)]
     qparams = sum(m[n].n_parameters for n in qnames)
@@ -307,8 +356,11 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
             if qparams else 0.0)
     total = ["total", f"{m.total_parameters():,} params", f"{nq} of {len(model)} quantized",
              f"{m.average_effective_bits():.3f}", f"{m.mean_quantization_mse():.3e}", ""]
-    _print_table(["tensor", "shape", "format", "eff bits", "MSE", "SNR dB"], rows,
-                 args.markdown, total)
+    head = ["tensor", "shape", "format", "eff bits", "MSE", "SNR dB"]
+    if calibration is not None:
+        head.append("calibrated: out err")
+        total.append("")
+    _print_table(head, rows, args.markdown, total)
     orig = m.total_original_bits() / 8
     comp = m.total_compressed_bits() / 8
     print(f"\nparameters: {m.total_parameters():,} ({qparams:,} quantized); "
@@ -316,6 +368,10 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
           f"{m.average_effective_bits():.3f} bits/param)")
     print(f"MSE: {m.mean_quantization_mse():.4e} over all parameters, {qmse:.4e} over the "
           f"quantized ones")
+    if calibration is not None:
+        print(f"calibrated: {ncal} of {nq} quantized tensors (statistics from "
+              f"{args.calibration or args.imatrix}); out err = relative output error on the "
+              f"calibration inputs, tr(dW H dW^T) / tr(W H W^T)")
     print(f"wrote {args.output} ({_size(os.path.getsize(args.output))})")
     return 0
 

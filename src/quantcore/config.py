@@ -12,7 +12,7 @@ __all__ = ["QuantConfig"]
 
 _GRANULARITIES = ("channel", "group", "tensor")
 _SCALE_DTYPES = ("float32", "float16")
-_METHODS = ("absmax", "mse")
+_METHODS = ("absmax", "mse", "gptq")
 _COMPUTES = ("auto", "float32", "int8")
 # GGUF block formats: name -> (bits, symmetric); all have group 32 and float16 scales.
 _GGUF_FORMATS = {"q8_0": (8, True), "q4_0": (4, True), "q4_1": (4, False)}
@@ -49,14 +49,24 @@ class QuantConfig:
     scale_dtype : "float32" or "float16"
         How scales (and Q4_1 minima) are stored.  Scales are computed in float32
         and rounded once for storage, as GGUF does.
-    method : "absmax" or "mse"
+    method : "absmax", "mse" or "gptq"
         How each scale is chosen: "absmax" by the GGUF rules below (fast,
         bit-exact with gguf); "mse" by a search, in C, for the parameters with
         the least squared error as stored (never worse than absmax, group by
         group; same storage layout, so the GGUF presets stay GGUF blocks;
-        roughly 10-20x slower than absmax).
+        roughly 10-20x slower than absmax); given calibration statistics, the
+        error weighted by each input channel's importance.  "gptq" chooses the
+        codes against calibration statistics of the layer's inputs (GPTQ, see
+        ``quantcore.gptq``; quantizing needs ``calibration=``); same formats.
     compute : "auto", "float32" or "int8"
         The matmul path of a QuantizedLinear built with this config.
+    act_order : bool
+        method="gptq" only: quantize the input channels in order of decreasing
+        importance (GPTQ's "activation order"); the groups keep their scales
+        from the original weights, so the layout stays the plain row layout.
+    damp : float in [0, 1]
+        method="gptq": the fraction of the mean diagonal of the inputs' second
+        moments added to that diagonal before factorizing it (default 0.01).
     format : None, "q8_0", "q4_0", "q4_1", "q4_k", "q5_k" or "q6_k"
         A GGUF block format (set by the presets of the same names): it fixes
         bits, symmetry, group 32 and float16 scales, and makes the tensor
@@ -81,6 +91,8 @@ class QuantConfig:
     method: str = "absmax"
     compute: str = "auto"
     format: Optional[str] = None
+    act_order: bool = False
+    damp: float = 0.01
 
     def __post_init__(self) -> None:
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
@@ -132,6 +144,15 @@ class QuantConfig:
         set_("scale_dtype", sd)
         if self.method not in _METHODS:
             raise ValueError(f"method must be one of {_choices(_METHODS)}, got {self.method!r}")
+        if not isinstance(self.act_order, bool):
+            raise ValueError(f"act_order must be True or False, got {self.act_order!r}")
+        if self.act_order and self.method != "gptq":
+            raise ValueError(f"act_order=True needs method='gptq', got method={self.method!r}")
+        dm = self.damp
+        if isinstance(dm, bool) or not isinstance(dm, (int, float)) or not 0.0 <= dm <= 1.0:
+            raise ValueError(f"damp must be a float in [0, 1] (a fraction of the mean diagonal), "
+                             f"got {dm!r}")
+        set_("damp", float(dm))
         if self.compute not in _COMPUTES:
             raise ValueError(f"compute must be one of {_choices(_COMPUTES)}, got {self.compute!r}")
         fmt = self.format

@@ -3,6 +3,7 @@ the result (``QuantizedModel``) and its per-layer metrics (``ModelCompressionMet
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import math
 from collections.abc import Mapping
@@ -36,7 +37,10 @@ class ModelCompressionMetrics:
     ``average_effective_bits() = total_compressed_bits / total_parameters`` and
     ``mean_quantization_mse() = sum(n_i * mse_i) / sum(n_i)`` (the MSE over all
     the model's parameters).  ``str()`` is a text table, ``to_markdown()`` the
-    same as Markdown.
+    same as Markdown; when some layer was quantized with calibration
+    statistics, the table has a ``calib err`` column beside the weight errors:
+    that layer's relative output error on its calibration inputs
+    (``CompressionMetrics.calibrated_error``; "-" for the others).
     """
 
     def __init__(self) -> None:
@@ -175,15 +179,26 @@ class ModelCompressionMetrics:
     _COLUMNS = ("layer", "params", "orig bits", "eff bits", "ratio", "sparsity", "MSE",
                 "max abs err", "SNR dB")
 
+    def _calibrated(self) -> bool:
+        return any(m.calibrated_error is not None for m in self._layers.values())
+
+    def _columns(self) -> Tuple[str, ...]:
+        return self._COLUMNS + (("calib err",) if self._calibrated() else ())
+
     def _rows(self) -> List[List[str]]:
+        calib = self._calibrated()
+
         def snr(v):
             return "-" if v is None else f"{v:.2f}"
 
         def fmt(m: CompressionMetrics, name: str) -> List[str]:
-            return [name, f"{m.n_parameters:,}", f"{m.original_bits_per_param:g}",
-                    f"{m.effective_bits_per_param:.4g}", f"{m.compression_ratio():.3g}",
-                    f"{m.sparsity:.3f}", f"{m.quantization_mse:.3e}",
-                    "-" if m.max_abs_error is None else f"{m.max_abs_error:.3e}", snr(m.snr_db)]
+            row = [name, f"{m.n_parameters:,}", f"{m.original_bits_per_param:g}",
+                   f"{m.effective_bits_per_param:.4g}", f"{m.compression_ratio():.3g}",
+                   f"{m.sparsity:.3f}", f"{m.quantization_mse:.3e}",
+                   "-" if m.max_abs_error is None else f"{m.max_abs_error:.3e}", snr(m.snr_db)]
+            if calib:
+                row.append("-" if m.calibrated_error is None else f"{m.calibrated_error:.3e}")
+            return row
 
         rows = [fmt(m, name) for name, m in self._layers.items()]
         n = self.total_parameters()
@@ -191,13 +206,14 @@ class ModelCompressionMetrics:
                      f"{self.average_effective_bits():.4g}",
                      f"{self.model_compression_ratio():.3g}",
                      f"{(sum(m.sparsity * m.n_parameters for m in self._layers.values()) / n) if n else 0.0:.3f}",
-                     f"{self.mean_quantization_mse():.3e}", "", ""])
+                     f"{self.mean_quantization_mse():.3e}", "", ""] + ([""] if calib else []))
         return rows
 
     def __str__(self) -> str:
         rows = self._rows()
-        table = [list(self._COLUMNS)] + rows
-        widths = [max(len(r[i]) for r in table) for i in range(len(self._COLUMNS))]
+        cols = self._columns()
+        table = [list(cols)] + rows
+        widths = [max(len(r[i]) for r in table) for i in range(len(cols))]
 
         def line(r):
             return "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
@@ -211,8 +227,9 @@ class ModelCompressionMetrics:
         """The table of ``str()`` as Markdown, the totals as the last row."""
         rows = self._rows()
         rows[-1][0] = "**total**"
-        head = "| " + " | ".join(self._COLUMNS) + " |"
-        align = "|" + "|".join(["---"] + ["---:"] * (len(self._COLUMNS) - 1)) + "|"
+        cols = self._columns()
+        head = "| " + " | ".join(cols) + " |"
+        align = "|" + "|".join(["---"] + ["---:"] * (len(cols) - 1)) + "|"
         body = ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
         return "\n".join([head, align] + body)
 
@@ -290,10 +307,35 @@ def _matches(name: str, patterns: Sequence[str]) -> bool:
 
 
 
+def _uses_calibration(cfg: QuantConfig) -> bool:
+    return cfg.method != "absmax" or cfg.ktype is not None
+
+
+def _check_calibration(calibration: Any, weights: Mapping, config: QuantConfig, ovr) -> None:
+    """Reject a calibration mapping that no quantized tensor can use."""
+    from ._layerstats import LayerStats, lookup
+    if not isinstance(calibration, Mapping):
+        raise TypeError(f"calibration must be a mapping of layer name -> LayerStats, "
+                        f"got {type(calibration).__name__}")
+    for k, v in calibration.items():
+        if not isinstance(k, str):
+            raise TypeError(f"calibration keys must be str layer names, got {k!r}")
+        if not isinstance(v, LayerStats):
+            raise TypeError(f"calibration[{k!r}] must be a LayerStats, got {type(v).__name__}")
+    if not any(_uses_calibration(c) for c in [config] + [c for _, c in ovr if c is not None]):
+        raise ValueError("calibration is used by method='mse', method='gptq' and the K-quant "
+                         "formats; the config (and every override) has method='absmax'")
+    if calibration and not any(lookup(calibration, n) is not None for n in weights):
+        some = ", ".join(repr(n) for n in list(calibration)[:3])
+        wn = ", ".join(repr(n) for n in list(weights)[:3])
+        raise ValueError(f"calibration matches no weight: its names ({some}, ...) are neither "
+                         f"weight names nor weight names without '.weight' ({wn}, ...)")
+
+
 def quantize_model(weights: Mapping, config: Optional[QuantConfig] = None, *,
                    include: Patterns = None, exclude: Patterns = None,
                    overrides: Optional[Mapping] = None,
-                   progress: bool = True) -> QuantizedModel:
+                   progress: bool = True, calibration: Optional[Mapping] = None) -> QuantizedModel:
     """Quantize the matrices of a model.
 
     `weights` maps names to arrays (NumPy arrays or torch tensors, e.g. a
@@ -317,6 +359,16 @@ def quantize_model(weights: Mapping, config: Optional[QuantConfig] = None, *,
     QuantizedTensors are kept as they are (``metrics()`` without a reference).
     `progress` shows a tqdm bar on stderr when tqdm is installed and stderr is
     a terminal.  Errors name the tensor.
+
+    `calibration` maps layer names to ``quantcore.calibrate.LayerStats`` (from
+    ``StatsCollector``, ``quantcore.torch.collect_stats``, ``load_stats`` or
+    ``read_imatrix``); a weight ``name`` uses the entry ``name`` or, failing
+    that, ``name`` without its ``.weight`` suffix.  Configs with method="gptq"
+    need an entry for every tensor they quantize; method="mse" and the K-quant
+    formats use one where there is one (as the importance) and quantize plainly
+    elsewhere; method="absmax" ignores them.  Calibrated layers get
+    ``calibrated_error`` in their metrics (see
+    ``quantcore.metrics.calibrated_error``).
     """
     if not isinstance(weights, Mapping):
         raise TypeError(f"weights must be a mapping of name -> array, got {type(weights).__name__}")
@@ -341,6 +393,8 @@ def quantize_model(weights: Mapping, config: Optional[QuantConfig] = None, *,
     for name in weights:
         if not isinstance(name, str):
             raise TypeError(f"weights keys must be str, got {type(name).__name__} {name!r}")
+    if calibration is not None:
+        _check_calibration(calibration, weights, config, ovr)
 
     items = list(weights.items())
     bar = None
@@ -374,9 +428,27 @@ def quantize_model(weights: Mapping, config: Optional[QuantConfig] = None, *,
                         cfg = c
                         break
             if cfg is not None:
+                st = None
+                if calibration is not None and _uses_calibration(cfg):
+                    from ._layerstats import lookup
+                    st = lookup(calibration, name)
+                if st is None and cfg.method == "gptq":
+                    where = "calibration=None" if calibration is None else (
+                        f"calibration has no entry {name!r}" +
+                        (f" or {name[:-7]!r}" if name.endswith(".weight") else ""))
+                    raise ValueError(f"weights[{name!r}]: method='gptq' needs calibration "
+                                     f"statistics of this layer's inputs and {where}; pass "
+                                     f"calibration={{name: LayerStats}}, or exclude the tensor or "
+                                     f"give it another config in overrides")
                 try:
-                    qt = QuantizedTensor.quantize(a, cfg)
+                    if st is None and cfg.method != "gptq":
+                        qt = QuantizedTensor.quantize(a, cfg)
+                    else:
+                        qt = QuantizedTensor._quantize(a, cfg, repr(name), calibration=st)
                     m = qt.metrics(a)
+                    if st is not None:
+                        from .metrics import calibrated_error
+                        m = dataclasses.replace(m, calibrated_error=calibrated_error(a, qt, st))
                 except (ValueError, TypeError) as e:
                     raise type(e)(f"weights[{name!r}]: {e}") from None
                 out[name] = qt

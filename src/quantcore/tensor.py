@@ -12,6 +12,7 @@ from . import _ext, matmulnbits
 from ._arrays import as_float_array, check_out
 from .config import QuantConfig
 from .matmulnbits import MatMulNBitsWeights
+from ._layerstats import LayerStats
 from .metrics import CompressionMetrics, tensor_metrics
 
 __all__ = ["QuantizedTensor", "quantize", "pack_int4", "unpack_int4"]
@@ -40,6 +41,26 @@ def _check_fits_float32(rows: np.ndarray, what: str) -> None:
         raise ValueError(f"{what} holds {v!r} at row {r}, column {c}, which does not fit "
                          f"float32 (largest {float(np.finfo(np.float32).max):.7g}); quantcore "
                          f"quantizes in float32: rescale the data")
+
+
+def _check_calibration(calibration: Any, config: QuantConfig, k: int, what: str) -> LayerStats:
+    """The LayerStats to quantize `what` (last axis `k`) with, checked against `config`."""
+    if calibration is None:
+        raise ValueError(
+            f"{what}: method='gptq' needs calibration statistics of the layer's inputs: pass "
+            f"calibration=LayerStats (from quantcore.calibrate.StatsCollector, "
+            f"quantcore.torch.collect_stats or quantcore.calibrate.load_stats), or use "
+            f"method='absmax' or 'mse'")
+    if config.method == "absmax" and config.ktype is None:
+        raise ValueError(f"{what}: calibration is used by method='mse', method='gptq' and the "
+                         f"K-quant formats; config.method is 'absmax'")
+    if not isinstance(calibration, LayerStats):
+        raise TypeError(f"calibration for {what} must be a quantcore.calibrate.LayerStats, "
+                        f"got {type(calibration).__name__}")
+    calibration._check_width(k, what)
+    if calibration.count == 0:
+        raise ValueError(f"calibration for {what}: the statistics hold no rows (count 0)")
+    return calibration
 
 
 def _rows_view(a: np.ndarray) -> np.ndarray:
@@ -72,7 +93,7 @@ class QuantizedTensor:
     # ---- construction -----------------------------------------------------------
     @classmethod
     def quantize(cls, array: Any, config: Optional[QuantConfig] = None, *,
-                 importance: Any = None) -> "QuantizedTensor":
+                 importance: Any = None, calibration: Any = None) -> "QuantizedTensor":
         """Quantize a float16/32/64 array (ndim >= 1, any strides) with `config`
         (default ``QuantConfig.int8()``).  The input is never modified.  NaN or Inf
         raises ValueError.  ``config.method == "mse"`` searches each group's
@@ -81,30 +102,46 @@ class QuantizedTensor:
 
         K-quant formats (``QuantConfig.q4_k()``, ``.q5_k()``, ``.q6_k()``) need a
         last axis that is a multiple of 256 (ValueError otherwise) and give
-        ggml's bytes exactly; `importance` (one float >= 0 per element of the
-        last axis, e.g. a llama.cpp imatrix column) takes ggml's imatrix path.
-        Other formats take no importance."""
+        ggml's bytes exactly.  `importance` (one float >= 0 per element of the
+        last axis, e.g. a llama.cpp imatrix column) takes ggml's imatrix path
+        for the K-quants and weights each column's squared error in the
+        method="mse" search; other configs take no importance.
+
+        `calibration`: a ``quantcore.calibrate.LayerStats`` of the inputs this
+        weight multiplies (its last axis is their width).  Its per-channel mean
+        squares serve as `importance` (method="mse", K-quants); method="gptq"
+        (which needs it, with the full ``X.T X``) chooses the codes with GPTQ.
+        Either way the result is an ordinary tensor of the config's format."""
         if config is None:
             config = QuantConfig.int8()
         if not isinstance(config, QuantConfig):
             raise TypeError(f"config must be a QuantConfig, got {type(config).__name__}")
-        return cls._quantize(array, config, "array", importance)
+        return cls._quantize(array, config, "array", importance, calibration)
 
     @classmethod
     def _quantize(cls, array: Any, config: QuantConfig, what: str,
-                  importance: Any = None) -> "QuantizedTensor":
+                  importance: Any = None, calibration: Any = None) -> "QuantizedTensor":
         """quantize() with errors naming the argument `what`."""
         a = as_float_array(array, what)
+        if calibration is not None or config.method == "gptq":
+            stats = _check_calibration(calibration, config, a.shape[-1], what)
+            if importance is not None:
+                raise ValueError(f"{what}: give importance or calibration, not both (the "
+                                 f"statistics' mean squares are the importance)")
+            if config.method == "gptq":
+                return cls._quantize_gptq(a, config, what, stats)
+            importance = np.asarray(stats.importance, dtype=np.float32)
         if config.ktype is not None:
             return cls._quantize_kquant(a, config, what, importance)
-        if importance is not None:
-            raise ValueError(f"importance is used by the K-quant formats (q4_k, q5_k, q6_k) "
-                             f"only; this config is {config!r}")
+        if importance is not None and config.method != "mse":
+            raise ValueError(f"importance is used by the K-quant formats (q4_k, q5_k, q6_k) and "
+                             f"by method='mse'; this config is {config!r}")
+        kw = {} if importance is None else {"importance": importance}
         try:
             data, scales, zeros = _ext.quantize_2d(
                 _rows_view(a), config.kind, config.effective_group_size,
                 config.granularity == "tensor", config.scale_dtype == "float16", what,
-                config.method == "mse")
+                config.method == "mse", **kw)
         except ValueError:
             if a.dtype == np.float64:
                 _check_fits_float32(_rows_view(a), what)
@@ -132,6 +169,30 @@ class QuantizedTensor:
         data = _ext.quantize_kquant(_rows_view(a), ktype, imp, what)
         return cls._make(data, _ext.aligned_empty((data.shape[0], 0), np.float32), None,
                          tuple(a.shape), a.dtype, config)
+
+    @classmethod
+    def _quantize_gptq(cls, a: np.ndarray, config: QuantConfig, what: str,
+                       stats: LayerStats) -> "QuantizedTensor":
+        from .gptq import gptq_arrays
+        k = a.shape[-1]
+        if not stats.has_hessian:
+            raise ValueError(f"calibration for {what}: method='gptq' needs the full input matrix "
+                             f"X^T X (LayerStats(..., hessian=True)); these statistics hold only "
+                             f"its diagonal (an importance vector): use method='mse' with them")
+        w2 = _rows_view(a)
+        fin = np.isfinite(w2)
+        if not fin.all():
+            bad = np.argwhere(~fin)[0]
+            raise ValueError(f"{what} holds NaN or Inf (row {int(bad[0])}, column {int(bad[1])})")
+        codes, scales, zeros = gptq_arrays(w2, stats._full_xtx(), config,
+                                           act_order=config.act_order, damp=config.damp)
+        if config.kind == _ext.KIND_SYM8:
+            data = codes.astype(np.int8)
+        elif config.bits == 8:
+            data = codes.astype(np.uint8)
+        else:
+            data = _ext.pack_int4_2d(codes.astype(np.uint8), False)
+        return cls.from_arrays(data, scales, zeros, tuple(a.shape), config, a.dtype)
 
     @classmethod
     def _make(cls, data, scales, zeros, shape, dtype, config) -> "QuantizedTensor":
@@ -464,9 +525,10 @@ def _rebuild(config, shape, dtype, data, scales, zeros):
 
 
 def quantize(array: Any, config: Optional[QuantConfig] = None, *,
-             importance: Any = None) -> QuantizedTensor:
-    """Same as ``QuantizedTensor.quantize(array, config, importance=importance)``."""
-    return QuantizedTensor.quantize(array, config, importance=importance)
+             importance: Any = None, calibration: Any = None) -> QuantizedTensor:
+    """Same as ``QuantizedTensor.quantize(array, config, importance=importance,
+    calibration=calibration)``."""
+    return QuantizedTensor.quantize(array, config, importance=importance, calibration=calibration)
 
 
 def pack_int4(values: Any) -> np.ndarray:

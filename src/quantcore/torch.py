@@ -7,6 +7,10 @@ only quantcore module that imports it, and importing quantcore itself never does
   drop-in replacement for ``torch.nn.Linear`` on CPU float tensors.
 * ``quantize_module(model, config)`` swaps the ``nn.Linear`` layers of a model
   (recursively, in place by default) for ``QuantizedLinearModule`` layers.
+* ``collect_stats(model, batches)`` runs the model on calibration batches and
+  returns the statistics of every ``nn.Linear`` input
+  (``quantcore.calibrate.LayerStats`` by layer name), for
+  ``quantize_module(model, QuantConfig(method="gptq"), calibration=stats)``.
 
 Inference only.  The kernels have no backward: a forward on an input that
 requires grad while autograd is recording raises ``RuntimeError`` (run the model
@@ -22,7 +26,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
@@ -32,7 +36,7 @@ from .config import QuantConfig
 from .linear import QuantizedLinear
 from .tensor import QuantizedTensor
 
-__all__ = ["QuantizedLinearModule", "quantize_module", "QuantizeReport"]
+__all__ = ["QuantizedLinearModule", "quantize_module", "QuantizeReport", "collect_stats"]
 
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 _STATE_KEYS = ("weight_data", "weight_scales", "weight_zero_points", "bias")
@@ -72,9 +76,12 @@ class QuantizedLinearModule(nn.Module):
         self.training = layer.training  # the wrapped layer's mode (a new layer's: training)
 
     @classmethod
-    def from_linear(cls, linear: Any, config: Optional[QuantConfig] = None) -> "QuantizedLinearModule":
+    def from_linear(cls, linear: Any, config: Optional[QuantConfig] = None, *,
+                    calibration: Any = None) -> "QuantizedLinearModule":
         """Quantize a ``torch.nn.Linear`` (weight and bias; on any device, any float
-        dtype) with `config` (default ``QuantConfig.int8()``)."""
+        dtype) with `config` (default ``QuantConfig.int8()``); `calibration` (a
+        ``quantcore.calibrate.LayerStats`` of its inputs) as in
+        ``QuantizedTensor.quantize``."""
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"linear must be a torch.nn.Linear, got {type(linear).__name__}")
         if config is None:
@@ -85,7 +92,8 @@ class QuantizedLinearModule(nn.Module):
             w = linear.weight.detach().to("cpu", torch.float32).numpy()
             b = None if linear.bias is None else linear.bias.detach().to("cpu", torch.float32).numpy()
         # the new module takes the replaced layer's training mode
-        return cls(QuantizedLinear(QuantizedTensor.quantize(w, config), b).train(linear.training))
+        qt = QuantizedTensor.quantize(w, config, calibration=calibration)
+        return cls(QuantizedLinear(qt, b).train(linear.training))
 
     def train(self, mode: bool = True) -> "QuantizedLinearModule":
         """torch's ``Module.train``, also setting the quantcore layer's mode."""
@@ -209,19 +217,22 @@ class QuantizedLinearModule(nn.Module):
 @dataclass
 class QuantizeReport:
     """What ``quantize_module(..., report=True)`` did: the layers it swapped (name
-    -> new module), those it left alone (name -> reason), and the bytes of the
-    swapped layers' weights and biases before (float32) and after."""
+    -> new module), those it left alone (name -> reason), the bytes of the
+    swapped layers' weights and biases before (float32) and after, and the
+    names of the layers quantized with calibration statistics."""
 
     swapped: Dict[str, QuantizedLinearModule] = field(default_factory=dict)
     skipped: Dict[str, str] = field(default_factory=dict)
     bytes_before: int = 0
     bytes_after: int = 0
+    calibrated: List[str] = field(default_factory=list)
 
     def __str__(self) -> str:
         lines = [f"quantize_module: {len(self.swapped)} nn.Linear swapped, {len(self.skipped)} skipped; "
                  f"{self.bytes_before / 2**20:.2f} MiB -> {self.bytes_after / 2**20:.2f} MiB"]
         for name, m in self.swapped.items():
-            lines.append(f"  {name or '<root>'}: {m.extra_repr()}")
+            cal = " (calibrated)" if name in self.calibrated else ""
+            lines.append(f"  {name or '<root>'}: {m.extra_repr()}{cal}")
         for name, why in self.skipped.items():
             lines.append(f"  {name or '<root>'}: skipped ({why})")
         return "\n".join(lines)
@@ -229,7 +240,8 @@ class QuantizeReport:
 
 def quantize_module(module: nn.Module, config: Optional[QuantConfig] = None,
                     filter: Optional[Callable[[str, nn.Module], bool]] = None,
-                    inplace: bool = True, report: bool = False):
+                    inplace: bool = True, report: bool = False,
+                    calibration: Optional[Mapping[str, Any]] = None):
     """Replace every ``torch.nn.Linear`` in `module` (recursively) by a
     ``QuantizedLinearModule`` quantized with `config` (default ``QuantConfig.int8()``).
 
@@ -241,6 +253,10 @@ def quantize_module(module: nn.Module, config: Optional[QuantConfig] = None,
         Modify `module` (default) or leave it untouched and work on a deep copy.
     report : bool
         Return ``(module, QuantizeReport)`` instead of the module alone.
+    calibration : mapping of layer name -> ``quantcore.calibrate.LayerStats``
+        From ``collect_stats(module, batches)`` (names as ``named_modules()``
+        gives them).  method="gptq" needs an entry for every layer it swaps;
+        method="mse" uses one where there is one.
 
     Returns the (modified) module; when `module` is itself an ``nn.Linear`` the
     result is a new ``QuantizedLinearModule``.  Linear layers that their parent
@@ -257,6 +273,9 @@ def quantize_module(module: nn.Module, config: Optional[QuantConfig] = None,
     if filter is not None and not callable(filter):
         raise TypeError(f"filter must be a callable(name, module) -> bool or None, "
                         f"got {type(filter).__name__}")
+    if calibration is not None and not isinstance(calibration, Mapping):
+        raise TypeError(f"calibration must be a mapping of layer name -> LayerStats (from "
+                        f"collect_stats), got {type(calibration).__name__}")
     if not inplace:
         module = copy.deepcopy(module)
     rep = QuantizeReport()
@@ -265,11 +284,22 @@ def quantize_module(module: nn.Module, config: Optional[QuantConfig] = None,
         if filter is not None and not filter(name, lin):
             rep.skipped[name] = "filter"
             return None
+        st = None
+        if calibration is not None and (config.method != "absmax" or config.ktype is not None):
+            from ._layerstats import lookup
+            st = lookup(calibration, name)
+        if st is None and config.method == "gptq":
+            raise ValueError(f"cannot quantize {name or 'module'}: method='gptq' needs calibration "
+                             f"statistics of its inputs and calibration has no entry {name!r}; "
+                             f"run collect_stats(model, batches) on this model (or skip the layer "
+                             f"with filter=)")
         try:
-            new = QuantizedLinearModule.from_linear(lin, config)
+            new = QuantizedLinearModule.from_linear(lin, config, calibration=st)
         except (TypeError, ValueError) as e:
             raise type(e)(f"cannot quantize {name or 'module'}: {e}") from e
         rep.swapped[name] = new
+        if st is not None:
+            rep.calibrated.append(name)
         rep.bytes_before += 4 * (lin.weight.numel() + (0 if lin.bias is None else lin.bias.numel()))
         rep.bytes_after += new.nbytes
         return new
@@ -308,3 +338,71 @@ def quantize_module(module: nn.Module, config: Optional[QuantConfig] = None,
             rep.swapped[name] = new
         setattr(parent, child_name, new)
     return (module, rep) if report else module
+
+
+def _call(model: nn.Module, batch: Any) -> Any:
+    if isinstance(batch, Mapping):
+        return model(**batch)
+    if isinstance(batch, (tuple, list)):
+        return model(*batch)
+    return model(batch)
+
+
+def collect_stats(model: nn.Module, batches: Iterable[Any], *, hessian: bool = True,
+                  filter: Optional[Callable[[str, nn.Module], bool]] = None,
+                  forward: Optional[Callable[[nn.Module, Any], Any]] = None) -> Dict[str, Any]:
+    """Statistics of the inputs of every ``torch.nn.Linear`` in `model`, over
+    calibration `batches`: ``{layer name: quantcore.calibrate.LayerStats}``,
+    names as ``named_modules()`` gives them (what ``quantize_module(...,
+    calibration=)`` looks up).
+
+    Each batch is passed to the model under ``torch.inference_mode()``:
+    ``model(**batch)`` for a mapping, ``model(*batch)`` for a tuple or list,
+    ``model(batch)`` otherwise, or ``forward(model, batch)`` when given.  A
+    forward pre-hook on each linear layer (those `filter(name, layer)` accepts)
+    adds its input rows to float64 sums; nothing else is kept, the hooks are
+    removed afterwards and the model is not modified.  Every input row counts,
+    padding included: batch sentences of similar length, or pass unpadded
+    batches.  ``hessian=False`` keeps only the per-channel mean squares (enough
+    for method="mse"; method="gptq" needs the full matrix).  Inputs of any
+    float dtype and device are read as float32 on the CPU.
+    """
+    from ._layerstats import StatsCollector
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if filter is not None and not callable(filter):
+        raise TypeError(f"filter must be a callable(name, module) -> bool or None, "
+                        f"got {type(filter).__name__}")
+    if forward is not None and not callable(forward):
+        raise TypeError(f"forward must be a callable(model, batch) or None, got {type(forward).__name__}")
+    collector = StatsCollector(hessian=hessian)
+    handles = []
+    seen: Dict[int, str] = {}
+
+    def hook_for(name: str):
+        def hook(module: nn.Module, args: Tuple[Any, ...]) -> None:
+            x = args[0] if args else None
+            if not isinstance(x, torch.Tensor):
+                raise TypeError(f"{name}: the input of an nn.Linear must be a tensor, got "
+                                f"{type(x).__name__}")
+            collector.observe(name, x.detach().to("cpu", torch.float32))
+        return hook
+
+    try:
+        for name, mod in model.named_modules():
+            if not isinstance(mod, nn.Linear) or id(mod) in seen:
+                continue
+            if filter is not None and not filter(name, mod):
+                continue
+            seen[id(mod)] = name
+            handles.append(mod.register_forward_pre_hook(hook_for(name)))
+        with torch.inference_mode():
+            for batch in batches:
+                if forward is not None:
+                    forward(model, batch)
+                else:
+                    _call(model, batch)
+    finally:
+        for h in handles:
+            h.remove()
+    return collector.stats
