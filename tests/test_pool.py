@@ -325,7 +325,9 @@ def _python(code, preexec_fn=None, **env):
     for k in ("QUANTCORE_NUM_THREADS", "OMP_NUM_THREADS", "QUANTCORE_SPIN_US"):
         e.pop(k, None)
     e.update(env)
-    e["PYTHONPATH"] = os.pathsep.join(p for p in [os.path.join(ROOT, "src"), e.get("PYTHONPATH")] if p)
+    # the child imports the quantcore this process tests (installed, or a source tree)
+    here = os.path.dirname(os.path.dirname(os.path.abspath(qc.__file__)))
+    e["PYTHONPATH"] = os.pathsep.join(p for p in [here, e.get("PYTHONPATH")] if p)
     return subprocess.run([sys.executable, "-c", code], env=e, capture_output=True, text=True,
                           timeout=300, preexec_fn=preexec_fn)
 
