@@ -236,8 +236,8 @@ def tensor_metrics(qt: Any, reference: Any = None) -> CompressionMetrics:
     if ref.shape != qt.shape:
         raise ValueError(f"reference must have shape {qt.shape}, got {ref.shape}")
     # float64 sums over cache-sized chunks (no full-size float64 temporaries).
-    # Plain ufunc sums, not np.dot: OpenBLAS threads calling in right after the
-    # kernels' OpenMP threads (still spinning) ran 100x slower here.
+    # Plain ufunc sums, not np.dot: BLAS threads woken right after the kernels'
+    # threads can compete with them for the cores (docs/performance.md).
     flat_d = deq.reshape(-1)
     flat_r = ref.reshape(-1)
     err2 = sig2 = max_abs = 0.0
