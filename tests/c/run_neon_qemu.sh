@@ -22,7 +22,8 @@ if [ -z "$QEMU" ] || ! command -v "$QEMU" >/dev/null 2>&1; then
     echo "SKIP: qemu-aarch64 not found (apt-get install qemu-user)"
     exit 0
 fi
-BUILD_DIR=${BUILD_DIR:-${TMPDIR:-/tmp}/quantcore-ctest}
+# per checkout, so that two trees can run the harness at once
+BUILD_DIR=${BUILD_DIR:-${TMPDIR:-/tmp}/quantcore-ctest-$(printf %s "$ROOT" | cksum | cut -d" " -f1)}
 mkdir -p "$BUILD_DIR"
 EXE="$BUILD_DIR/test_neon_vs_scalar_aarch64"
 FLAGS="-std=gnu11 -O2 -ffp-contract=off -Wall -Wno-unused-function -Icsrc/include -Icsrc"

@@ -8,7 +8,8 @@
 set -eu
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 CC=${CC:-cc}
-BUILD_DIR=${BUILD_DIR:-${TMPDIR:-/tmp}/quantcore-ctest}
+# per checkout, so that two trees can run the harness at once
+BUILD_DIR=${BUILD_DIR:-${TMPDIR:-/tmp}/quantcore-ctest-$(printf %s "$ROOT" | cksum | cut -d" " -f1)}
 mkdir -p "$BUILD_DIR"
 cd "$ROOT"
 EXE="$BUILD_DIR/test_pool"
