@@ -275,3 +275,31 @@ def test_readme_python_block_runs(n, tmp_path, monkeypatch, threads):
             exec(code, ns)  # noqa: S102 (the README's own code)
     finally:  # the blocks may change the kernel set (threads: the fixture restores them)
         quantcore.set_isa(isa)
+
+
+def _public_members(mod):
+    import inspect
+
+    for name in getattr(mod, "__all__", []):
+        obj = getattr(mod, name)
+        yield name, obj
+        if inspect.isclass(obj):
+            for attr, v in vars(obj).items():
+                if attr.startswith("_"):
+                    continue
+                if isinstance(v, property):
+                    yield f"{name}.{attr}", v.fget
+                elif isinstance(v, (classmethod, staticmethod)):
+                    yield f"{name}.{attr}", v.__func__
+                elif inspect.isfunction(v):
+                    yield f"{name}.{attr}", v
+
+
+def test_public_names_have_docstrings():
+    """Every name quantcore exports, and every public method and property of its
+    classes, says what it is (help() and IDEs show it)."""
+    import quantcore
+
+    missing = [n for n, obj in _public_members(quantcore)
+               if callable(obj) and not (getattr(obj, "__doc__", None) or "").strip()]
+    assert not missing, f"public names without a docstring: {missing}"

@@ -154,14 +154,17 @@ class QuantizedLinear:
     # ---- attributes ---------------------------------------------------------------
     @property
     def in_features(self) -> int:
+        """Input features k (the weight's second dimension)."""
         return self._wq.shape[1]
 
     @property
     def out_features(self) -> int:
+        """Output features n (the weight's first dimension)."""
         return self._wq.shape[0]
 
     @property
     def weight_quantized(self) -> QuantizedTensor:
+        """The quantized weight, shape (out_features, in_features), in the public row layout."""
         return self._wq
 
     @property
@@ -171,6 +174,7 @@ class QuantizedLinear:
 
     @property
     def config(self) -> QuantConfig:
+        """The weight's QuantConfig."""
         return self._wq.config
 
     @property
@@ -195,6 +199,7 @@ class QuantizedLinear:
         return self._wq.nbytes + (0 if self._bias is None else self._bias.nbytes)
 
     def num_parameters(self) -> int:
+        """Weights plus bias elements (as the float layer would count them)."""
         return self._wq.size + (0 if self._bias is None else self._bias.size)
 
     def memory_savings_bytes(self) -> int:

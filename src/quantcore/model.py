@@ -93,9 +93,11 @@ class ModelCompressionMetrics:
         return sum(m.n_parameters for m in self._layers.values())
 
     def total_original_bits(self) -> float:
+        """Sum of the layers' original bits."""
         return sum(m.total_original_bits() for m in self._layers.values())
 
     def total_compressed_bits(self) -> float:
+        """Sum of the layers' compressed bits (codes, scales and zero points)."""
         return sum(m.total_compressed_bits() for m in self._layers.values())
 
     def model_compression_ratio(self) -> float:
@@ -138,6 +140,7 @@ class ModelCompressionMetrics:
             raise KeyError(f"no layer named {name!r}") from None
 
     def names(self) -> List[str]:
+        """Layer names in the order they were added."""
         return list(self._layers)
 
     def __eq__(self, other: object) -> bool:

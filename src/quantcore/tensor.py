@@ -335,6 +335,7 @@ class QuantizedTensor:
     # ---- attributes ---------------------------------------------------------------
     @property
     def shape(self) -> Tuple[int, ...]:
+        """Shape of the original float tensor."""
         return self._shape
 
     @property
@@ -344,26 +345,32 @@ class QuantizedTensor:
 
     @property
     def ndim(self) -> int:
+        """Number of dimensions of the original tensor."""
         return len(self._shape)
 
     @property
     def config(self) -> QuantConfig:
+        """The QuantConfig this tensor was quantized with."""
         return self._config
 
     @property
     def bits(self) -> int:
+        """Bits per stored code: 8 or 4 (5 or 6 for the q5_k and q6_k formats)."""
         return self._config.bits
 
     @property
     def group_size(self) -> Optional[int]:
+        """Elements per scale group along the last axis, or None when the granularity is not per-group."""
         return self._config.group_size
 
     @property
     def symmetric(self) -> bool:
+        """True when codes are centred on zero (no zero point)."""
         return self._config.symmetric
 
     @property
     def granularity(self) -> str:
+        """Where scales live: 'per_tensor', 'per_channel' or 'per_group'."""
         return cast(str, self._config.granularity)  # resolved by QuantConfig.__post_init__
 
     def _param_shape(self) -> Tuple[int, ...]:
