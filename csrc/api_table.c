@@ -28,6 +28,13 @@ static const qc_api table = {
     qc_set_num_threads,
     qc_get_num_threads,
     qc_has_openmp,
+    qc_quantize_mse,
+    qc_quantize_mse_weighted,
+    qc_kquant_row_bytes,
+    qc_kquant_sub_blocks,
+    qc_quantize_kquant,
+    qc_dequantize_kquant,
+    qc_kquant_params,
 };
 
 const qc_api *qc_api_table(void) { return &table; }

@@ -116,9 +116,32 @@ C_CONSUMER = textwrap.dedent('''
         return PyLong_FromLongLong((long long)qc_row_bytes((qc_kind)kind, (int64_t)cols));
     }
 
+    /* one row of float32 (bytes) -> its Q4_K super-blocks, through the appended entries */
+    static PyObject *q4_k_row(PyObject *self, PyObject *args) {
+        Py_buffer x;
+        (void)self;
+        if (!PyArg_ParseTuple(args, "y*", &x))
+            return NULL;
+        int64_t cols = (int64_t)(x.len / 4);
+        int64_t rb = qc_kquant_row_bytes(QC_KTYPE_Q4_K, cols);
+        PyObject *out = rb > 0 ? PyBytes_FromStringAndSize(NULL, (Py_ssize_t)rb) : NULL;
+        qc_error err;
+        if (!out || qc_quantize_kquant(QC_KTYPE_Q4_K, (const float *)x.buf, 1, cols, cols, NULL,
+                                       (uint8_t *)PyBytes_AS_STRING(out), &err) != QC_OK) {
+            PyBuffer_Release(&x);
+            Py_XDECREF(out);
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, "qc_quantize_kquant failed");
+            return NULL;
+        }
+        PyBuffer_Release(&x);
+        return out;
+    }
+
     static PyMethodDef methods[] = {
         {"isa", isa, METH_NOARGS, "the kernel set in use"},
         {"row_bytes", row_bytes, METH_VARARGS, "bytes per packed row"},
+        {"q4_k_row", q4_k_row, METH_VARARGS, "Q4_K blocks of one float32 row"},
         {NULL, NULL, 0, NULL}};
 
     static struct PyModuleDef def = {PyModuleDef_HEAD_INIT, "cconsumer", NULL, -1, methods,
@@ -252,3 +275,7 @@ def test_plain_c_extension(cconsumer, all_isas):
         assert mod.isa() == name
     assert mod.row_bytes(quantcore._ext.KIND_SYM4, 33) == 17
     assert mod.row_bytes(quantcore._ext.KIND_SYM8, 33) == 33
+    # the entries appended to the table (K-quants) reach the same kernels
+    x = np.random.default_rng(3).standard_normal(512).astype(np.float32)
+    want = quantcore.quantize(x[None, :], QuantConfig.q4_k()).data.tobytes()
+    assert mod.q4_k_row(x.tobytes()) == want

@@ -77,6 +77,23 @@ typedef struct qc_api {
     void (*set_num_threads)(int n);
     int (*get_num_threads)(void);
     int (*has_openmp)(void);
+    /* appended: method="mse" quantization and the K-quants */
+    qc_status (*quantize_mse)(const qc_qdesc *desc, const void *src, qc_dtype src_dtype,
+                              int64_t rows, int64_t cols, int64_t row_stride, int64_t col_stride,
+                              uint8_t *data, void *scales, void *zeros, qc_error *err);
+    qc_status (*quantize_mse_weighted)(const qc_qdesc *desc, const void *src, qc_dtype src_dtype,
+                                       int64_t rows, int64_t cols, int64_t row_stride,
+                                       int64_t col_stride, const float *importance, uint8_t *data,
+                                       void *scales, void *zeros, qc_error *err);
+    int64_t (*kquant_row_bytes)(qc_ktype type, int64_t cols);
+    int64_t (*kquant_sub_blocks)(qc_ktype type, int64_t cols);
+    qc_status (*quantize_kquant)(qc_ktype type, const float *src, int64_t rows, int64_t cols,
+                                 int64_t src_row_stride, const float *importance, uint8_t *dst,
+                                 qc_error *err);
+    qc_status (*dequantize_kquant)(qc_ktype type, const uint8_t *src, int64_t rows, int64_t cols,
+                                   float *dst, int64_t dst_row_stride, qc_error *err);
+    qc_status (*kquant_params)(qc_ktype type, const uint8_t *src, int64_t rows, int64_t cols,
+                               float *scales, float *offsets, qc_error *err);
 } qc_api;
 
 #ifndef QC_API_TABLE_ONLY
@@ -137,6 +154,13 @@ static inline int qc_import_api(void) {
 #define qc_set_num_threads (qc_api_ptr->set_num_threads)
 #define qc_get_num_threads (qc_api_ptr->get_num_threads)
 #define qc_has_openmp (qc_api_ptr->has_openmp)
+#define qc_quantize_mse (qc_api_ptr->quantize_mse)
+#define qc_quantize_mse_weighted (qc_api_ptr->quantize_mse_weighted)
+#define qc_kquant_row_bytes (qc_api_ptr->kquant_row_bytes)
+#define qc_kquant_sub_blocks (qc_api_ptr->kquant_sub_blocks)
+#define qc_quantize_kquant (qc_api_ptr->quantize_kquant)
+#define qc_dequantize_kquant (qc_api_ptr->dequantize_kquant)
+#define qc_kquant_params (qc_api_ptr->kquant_params)
 #endif /* QC_API_TABLE_ONLY */
 
 #ifdef __cplusplus
