@@ -14,7 +14,6 @@
  * are bound by the rounding rules rather than by the vector width.
  */
 #include <stdatomic.h>
-#include <string.h>
 
 #include "kernels.h"
 #include "pool.h"
@@ -134,25 +133,6 @@ static void fill(qc_isa isa) {
         QC_FILL_FROM(l, ls, gemv_f32[i])
         QC_FILL_FROM(l, ls, gemv_i8[i])
     }
-#ifdef QC_HAVE_X86
-    /* the tiled GEMM kernels: x86/gemm_avx2.c and x86/gemm_avx512.c, and the
-     * rows from which each beats its GEMV twin ([f32, i8][8-bit, 4-bit]; one
-     * thread, 4096x4096, Zen 4: the GEMM's time at 8 rows against the GEMV's
-     * growing time per row) */
-    static const int min_m_avx2[2][2] = {{4, 4}, {5, 6}};
-    static const int min_m_avx512[2][2] = {{6, 5}, {5, 8}};
-    for (int i = 0; i < QC_NUM_KINDS; i++) {
-        if (isa == QC_ISA_AVX2) {
-            l.gemm_f32[i] = qc_gemm_f32_avx2[i];
-            l.gemm_i8[i] = qc_gemm_i8_avx2[i];
-            memcpy(l.gemm_min_m, min_m_avx2, sizeof l.gemm_min_m);
-        } else if (isa == QC_ISA_AVX512) {
-            l.gemm_f32[i] = qc_gemm_f32_avx512[i];
-            l.gemm_i8[i] = qc_gemm_i8_avx512[i];
-            memcpy(l.gemm_min_m, min_m_avx512, sizeof l.gemm_min_m);
-        }
-    }
-#endif
     active_linear[isa] = l;
 #undef QC_FILL
 #undef QC_FILL_FROM

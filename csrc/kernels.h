@@ -162,13 +162,14 @@ typedef struct {
     int act_span4;             /* blocks per group of the 4-bit GEMV activation order */
     /* GEMV paths: stream the weights once per call for a few rows of x (any m;
      * they loop).  GEMM paths (NULL: the GEMV ones are used): tiled, for many
-     * rows; they take natural-order activations. */
+     * rows; they take natural-order activations.  Each ISA's table lists its own
+     * (dispatch.c fills only the GEMV entries an ISA leaves NULL). */
     qc_linear_fn gemv_f32[QC_NUM_KINDS];
     qc_linear_fn gemv_i8[QC_NUM_KINDS];
     qc_linear_fn gemm_f32[QC_NUM_KINDS];
     qc_linear_fn gemm_i8[QC_NUM_KINDS];
-    /* Rows from which the GEMM path beats the GEMV one, [mode][4-bit weights]
-     * (0: QC_GEMM_MIN_M); measured per ISA, see dispatch.c. */
+    /* Rows from which the GEMM path beats the GEMV one, [f32, i8][8-bit, 4-bit
+     * weights] (0: QC_GEMM_MIN_M); measured per ISA, see its table. */
     int gemm_min_m[2][2];
 } qc_linear_kernels;
 
@@ -178,8 +179,24 @@ extern const qc_linear_kernels qc_linear_scalar;
 #define QC_HAVE_X86 1
 extern const qc_kernels qc_kernels_avx2;
 extern const qc_linear_kernels qc_linear_avx2;
-extern const qc_linear_fn qc_gemm_f32_avx2[QC_NUM_KINDS], qc_gemm_i8_avx2[QC_NUM_KINDS];
-extern const qc_linear_fn qc_gemm_f32_avx512[QC_NUM_KINDS], qc_gemm_i8_avx512[QC_NUM_KINDS];
+/* The tiled GEMM entries of an ISA (x86/gemm_<isa>.c through gemm_driver.inc),
+ * which its linear table lists (QC_GEMM_TABLE(f32 | i8, isa)). */
+#define QC_DECLARE_GEMM(K, ISA)                                                                 \
+    void qc_gemm_f32_##K##_##ISA(const qc_wview *, const qc_act *, int64_t, int64_t, int64_t,  \
+                                 int64_t, float *, int64_t);                                   \
+    void qc_gemm_i8_##K##_##ISA(const qc_wview *, const qc_act *, int64_t, int64_t, int64_t,   \
+                                int64_t, float *, int64_t);
+#define QC_DECLARE_GEMM_ALL(ISA)                                                                \
+    QC_DECLARE_GEMM(SYM8, ISA)                                                                  \
+    QC_DECLARE_GEMM(ASYM8, ISA)                                                                 \
+    QC_DECLARE_GEMM(SYM4, ISA)                                                                  \
+    QC_DECLARE_GEMM(ASYM4, ISA)                                                                 \
+    QC_DECLARE_GEMM(MIN4, ISA)
+#define QC_GEMM_TABLE(MODE, ISA)                                                                \
+    {qc_gemm_##MODE##_SYM8_##ISA, qc_gemm_##MODE##_ASYM8_##ISA, qc_gemm_##MODE##_SYM4_##ISA,    \
+     qc_gemm_##MODE##_ASYM4_##ISA, qc_gemm_##MODE##_MIN4_##ISA}
+QC_DECLARE_GEMM_ALL(avx2)
+QC_DECLARE_GEMM_ALL(avx512)
 QC_DECLARE_ROW_MSE_ALL(avx2)
 /* AVX-512 F+BW+VL+VNNI: own linear kernels (x86/linear_avx512.c); its quantize
  * kernels are the AVX2 ones (dispatch.c), AVX-512 did not make them faster. */

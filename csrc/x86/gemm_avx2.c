@@ -1,16 +1,16 @@
 /*
- * gemm_avx2.c -- AVX2/FMA tiled GEMM kernels of the linear layer, for m from the
- * ISA's threshold on (dispatch.c).  Design and measurements: docs/linear.md and
- * docs/performance.md.
+ * gemm_avx2.c -- AVX2/FMA microkernels and panel packers of the tiled GEMM of the
+ * linear layer; the tile loops, prefetches and entries are gemm_driver.inc,
+ * included at the end (qc_gemm_{f32,i8}_<KIND>_avx2, listed by the AVX2 linear
+ * table with the rows from which they run).  Design and measurements:
+ * docs/linear.md and docs/performance.md.
  *
  * ISA: AVX2 + FMA + F16C, by target attribute; the I8 4x16 block is inline
- * assembly (GCC/clang syntax; QC_NO_ASM selects the intrinsics).  Exported as
- * qc_gemm_f32_avx2 / qc_gemm_i8_avx2, the gemm entries of the AVX2 linear table.
- * Layout: weights as quantcore.h, read in place and never past a row's end (a
- * partial last block through a zeroed copy); activations as qc_act (kernels.h),
- * natural order; a call computes y[m0:m1, n0:n1] (no bias) with O(tile) scratch
- * (about 200 KiB) allocated per call.  Panels hold 16 weight rows, one row per
- * 32-bit lane (two halves of 8).
+ * assembly (GCC/clang syntax; QC_NO_ASM selects the intrinsics).  Layout:
+ * weights as quantcore.h, read in place and never past a row's end (a partial
+ * last block through a zeroed copy); activations as qc_act (kernels.h), natural
+ * order; O(tile) scratch (about 200 KiB) per call.  Panels hold 16 weight rows,
+ * one row per 32-bit lane (two halves of 8).
  * F32: panels of float32 weights expanded bit for bit as qc_dequantize; per
  *   output, FMAs in k order within a K tile, K tiles added in order: within
  *   K * eps of the scalar reference.
@@ -83,18 +83,6 @@ _Static_assert(I_NC % 16 == 0 && I_MC % I_MR4 == 0 && I_MC % I_MR8 == 0, "I8 til
 _Static_assert(I_MR4 <= I_MR_MAX && I_MR8 <= I_MR_MAX, "I8 microkernel rows");
 
 /* ---- helpers ------------------------------------------------------------------ */
-
-/* `len` bytes of a row starting at `off`, through a zeroed copy when the row ends
- * inside them (or NULL row: zeros). */
-static QC_INLINE const uint8_t *row_bytes_at(const uint8_t *row, int64_t rb, int64_t off, int len,
-                                             uint8_t *tmp) {
-    if (row && off + len <= rb)
-        return row + off;
-    memset(tmp, 0, (size_t)len);
-    if (row && off < rb)
-        memcpy(tmp, row + off, (size_t)(rb - off));
-    return tmp;
-}
 
 /* 4x4 transpose of dwords inside each 128-bit lane: y[i] = [row i | row i+4]
  * in, out t[j] = dword j of rows 0..7. */
@@ -191,88 +179,6 @@ AVX2 static QC_INLINE void params8(qc_kind kind, int i8, const qc_wview *v, int6
     *d8 = d;
     *c8 = c;
     *z8 = z;
-}
-
-/* Prefetch into L2 the codes of blocks [b0, b0 + nblk) of rows [n, n + rows)
- * (clipped to the weight), so that the next tile's expansion does not wait on
- * memory row by row. */
-AVX2 static void prefetch_tile(const qc_wview *v, int64_t n, int64_t rows, int64_t b0, int64_t nblk) {
-#ifdef QC_NO_PREFETCH
-    return;
-#endif
-    const int64_t bpb = QC_KINDS[v->w->kind].bits == 8 ? 32 : 16; /* bytes per block */
-    const int64_t rb = v->row_bytes;
-    int64_t lo = b0 * bpb, hi = (b0 + nblk) * bpb;
-    if (hi > rb)
-        hi = rb;
-    if (n + rows > v->w->n)
-        rows = v->w->n - n;
-    const qc_qweight *w = v->w;
-    const int64_t ssz = w->scale_dtype == QC_F16 ? 2 : 4;
-    const int64_t zsz = w->kind == QC_MIN4 ? ssz : 1;
-    const int64_t blast = (b0 + nblk) * QC_BLK < v->kp ? b0 + nblk - 1 : v->nb - 1;
-    for (int64_t r = 0; r < rows; r++) {
-        const char *row = (const char *)w->data + (n + r) * rb;
-        for (int64_t o = lo; o < hi; o += 64)
-            prefetch_l2(row + o);
-        if (lo < hi)
-            prefetch_l2(row + hi - 1);
-        /* and the scales (zero points, minima) of those blocks */
-        const int64_t g0 = qc_group_index(v, n + r, b0), g1 = qc_group_index(v, n + r, blast);
-        for (int64_t o = g0 * ssz; o <= g1 * ssz; o += 64)
-            prefetch_l2((const char *)w->scales + o);
-        if (w->zeros)
-            for (int64_t o = g0 * zsz; o <= g1 * zsz; o += 64)
-                prefetch_l2((const char *)w->zeros + o);
-    }
-}
-
-/* While panel p of np (rows nt + p * nr, blocks [b0, b0 + kb)) is used, prefetch
- * the codes of the panel PF_PANELS ahead: in this K tile, or else in the next
- * one.  Far enough ahead that its rows arrive from memory in time when few rows
- * of x make each panel short work. */
-AVX2 static void prefetch_panel(const qc_wview *v, int64_t nt, int64_t np, int64_t p, int64_t nr,
-                                int64_t b0, int64_t kb, int64_t nb) {
-    int64_t q = p + PF_PANELS;
-    if (q >= np) { /* that panel is in the next K tile */
-        q -= np;
-        b0 += kb;
-        if (b0 >= nb || q >= np)
-            return;
-    }
-    prefetch_tile(v, nt + q * nr, nr, b0, kb);
-}
-
-/* Prefetch into L2 slice `part` of `parts` of the rows [r0, r1) of the
- * activations, columns [k0, k0 + len) (bytes): the x tile packed after the
- * current one, spread over the current tile's panels so that it overlaps compute. */
-AVX2 static void prefetch_x_part(const char *base, int64_t ld, int64_t r0, int64_t r1, int64_t off,
-                                 int64_t len, int64_t part, int64_t parts) {
-#ifdef QC_NO_PREFETCH
-    return;
-#endif
-    const int64_t per = (r1 - r0 + parts - 1) / parts;
-    const int64_t a = r0 + part * per, b = a + per < r1 ? a + per : r1;
-    for (int64_t r = a; r < b; r++)
-        for (int64_t o = 0; o < len; o += 64)
-            prefetch_l2(base + r * ld + off + o);
-}
-
-/* The x tile after (mt, k0) in the order K tiles within M tiles within N tiles:
- * its rows [*r0, *r1) and first column *k; 0 when there is none. */
-static inline int next_x_tile(int64_t m0, int64_t m1, int64_t mt, int64_t me, int64_t k0,
-                              int64_t kt, int64_t kp, int64_t mtile, int last_nt, int64_t *r0,
-                              int64_t *r1, int64_t *k) {
-    if (k0 + kt < kp) {
-        *r0 = mt, *r1 = me, *k = k0 + kt;
-    } else if (me < m1) {
-        *r0 = me, *r1 = me + mtile < m1 ? me + mtile : m1, *k = 0;
-    } else if (!last_nt) {
-        *r0 = m0, *r1 = m0 + mtile < m1 ? m0 + mtile : m1, *k = 0;
-    } else {
-        return 0;
-    }
-    return 1;
 }
 
 /* ==== F32 family ================================================================= */
@@ -408,50 +314,6 @@ AVX2 static void f32_pack_x(const qc_act *a, int64_t m, int64_t rows, int64_t k0
         for (int64_t e = 0; e < kc; e += 8)
             _mm256_store_ps(dst + e, _mm256_loadu_ps(src + e));
     }
-}
-
-AVX2 static QC_INLINE void gemm_f32(qc_kind kind, const qc_wview *v, const qc_act *a, int64_t m0,
-                                    int64_t m1, int64_t n0, int64_t n1, float *y, int64_t ldy) {
-    const int64_t kp = v->kp, mtile = m_tile(m1 - m0, F_MC, F_MR);
-    float *bp = (float *)scratch((size_t)F_KC * F_NR * sizeof(float));
-    float *xp = (float *)scratch((size_t)F_MC * F_XLD * sizeof(float));
-    if (!bp || !xp) { /* out of memory: the GEMV kernels need none */
-        scratch_free(bp);
-        scratch_free(xp);
-        qc_linear_avx2.gemv_f32[kind](v, a, m0, m1, n0, n1, y, ldy);
-        return;
-    }
-    for (int64_t nt = n0; nt < n1; nt += F_NC) {
-        const int64_t nc = n1 - nt < F_NC ? n1 - nt : F_NC;
-        const int64_t np = (nc + F_NR - 1) / F_NR;
-        for (int64_t mt = m0; mt < m1; mt += mtile) {
-            const int64_t me = m1 - mt < mtile ? m1 : mt + mtile;
-            for (int64_t k0 = 0; k0 < kp; k0 += F_KC) { /* y[mt:me, nt:nt+nc] stays in L2 */
-                const int64_t kc = kp - k0 < F_KC ? kp - k0 : F_KC;
-                f32_pack_x(a, mt, me - mt, k0, kc, xp);
-                int64_t xr0 = 0, xr1 = 0, xk = 0;
-                const int xnext = next_x_tile(m0, m1, mt, me, k0, F_KC, kp, mtile, nt + F_NC >= n1,
-                                              &xr0, &xr1, &xk);
-                for (int64_t p = 0; p < np; p++) {
-                    const int ncol = nc - p * F_NR < F_NR ? (int)(nc - p * F_NR) : F_NR;
-                    if (xnext)
-                        prefetch_x_part((const char *)a->xf, a->kp * 4, xr0, xr1, xk * 4,
-                                        (kp - xk < F_KC ? kp - xk : F_KC) * 4, p, np);
-                    /* the panel is expanded into L1 right before its use */
-                    f32_expand_panel(kind, v, nt + p * F_NR, ncol, k0, kc, bp);
-                    prefetch_panel(v, nt, np, p, F_NR, k0 / QC_BLK, F_KC / QC_BLK, kp / QC_BLK);
-                    float *yc = y + (nt + p * F_NR - n0);
-                    for (int64_t m = mt, mr; m < me; m += mr) {
-                        mr = next_mr(me - m, F_MR);
-                        f32_micro_any(mr, kc, xp + (m - mt) * F_XLD, F_XLD, bp, yc + (m - m0) * ldy,
-                                      ldy, k0 > 0, ncol);
-                    }
-                }
-            }
-        }
-    }
-    scratch_free(bp);
-    scratch_free(xp);
 }
 
 /* ==== I8 family ================================================================== */
@@ -698,9 +560,11 @@ AVX2 static QC_INLINE void i8_micro(const int mr, const int nh, const int bits8,
     i8_micro(MR, NH, B8, WH, OF, nblk, x, ldx, xd, xs, ldb, codes + 32 * h, sc + 8 * h,          \
              tile + 8 * h, 16)
 #define QC_I8_MICRO_FN(NAME, MRMAX, NH, B8, WH, OF)                                              \
-    AVX2 static void NAME(int mr, int64_t nblk, const void *x, int64_t ldx, const float *xd,     \
+    AVX2 static void NAME(int mr, int64_t nblk, const qc_xtile *xt, int64_t r, const float *xd,  \
                           const float *xs, int64_t ldb, const uint8_t *codes, const float *sc,   \
                           float *c, int64_t ldc, int accum, int nc) {                            \
+        const void *x = xt->x + r * xt->ld;                                                      \
+        const int64_t ldx = nblk * QC_BLK; /* elements */                                        \
         QC_ALIGNED(32) float tile[I_MR_MAX * 16];                                                \
         if (accum) /* c is read at the end: start fetching it now */                             \
             for (int i = 0; i < mr; i++)                                                         \
@@ -728,16 +592,23 @@ QC_I8_MICRO_FN(i8_micro_q8_whole_sym, I_MR8, I_NH8, 1, 1, 0)
 QC_I8_MICRO_FN(i8_micro_q8_group, I_MR8, I_NH8, 1, 0, 1)
 QC_I8_MICRO_FN(i8_micro_q8_group_sym, I_MR8, I_NH8, 1, 0, 0)
 
-typedef void (*i8_micro_fn)(int mr, int64_t nblk, const void *x, int64_t ldx, const float *xd,
-                            const float *xs, int64_t ldb, const uint8_t *codes, const float *sc,
-                            float *c, int64_t ldc, int accum, int nc);
+/* The microkernel for a kind and scale layout (driver interface). */
+static qc_i8_micro_fn i8_micro_for(qc_kind kind, int whole) {
+    if (QC_KINDS[kind].bits == 4)
+        return whole ? i8_micro_q4_whole : i8_micro_q4_group;
+    if (kind == QC_SYM8)
+        return whole ? i8_micro_q8_whole_sym : i8_micro_q8_group_sym;
+    return whole ? i8_micro_q8_whole : i8_micro_q8_group;
+}
 
 /* Activation rows [m, m + rows), blocks [b0, b0 + nblk) copied to xt (rows
  * nblk * 32 elements apart, close in cache for the microkernel) in the panels'
  * order: int8, the even then the odd codes of each 8 (4-bit weights); widened to
  * int16, codes 0 2 1 3 of each 4 (8-bit weights). */
-AVX2 static void pack_act(int bits8, const qc_act *a, int64_t m, int64_t rows, int64_t b0,
-                          int64_t nblk, void *xt) {
+AVX2 static void i8_pack_act(qc_kind kind, const qc_act *a, int64_t m, int64_t rows, int64_t b0,
+                             int64_t nblk, qc_xtile *xt) {
+    const int bits8 = QC_KINDS[kind].bits == 8;
+    xt->ld = nblk * QC_BLK * (bits8 ? 2 : 1);
     for (int64_t r = 0; r < rows; r++) {
         const int8_t *src = a->xq + (m + r) * a->kp + b0 * QC_BLK;
 #ifndef QC_NO_PREFETCH
@@ -747,14 +618,14 @@ AVX2 static void pack_act(int bits8, const qc_act *a, int64_t m, int64_t rows, i
 #endif
         if (bits8) { /* 4 codes a0 a1 a2 a3 -> int16 a0 a2 a1 a3 */
             const __m128i perm = _mm_setr_epi8(0, 2, 1, 3, 4, 6, 5, 7, 8, 10, 9, 11, 12, 14, 13, 15);
-            int16_t *dst = (int16_t *)xt + r * nblk * QC_BLK;
+            int16_t *dst = (int16_t *)(xt->x + r * xt->ld);
             for (int64_t e = 0; e < nblk * QC_BLK; e += 16)
                 _mm256_store_si256((__m256i *)(dst + e),
                                    _mm256_cvtepi8_epi16(_mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(src + e)), perm)));
         } else { /* 8 codes a0 .. a7 -> a0 a2 a4 a6 a1 a3 a5 a7 */
             const __m256i perm = _mm256_setr_epi8(0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15,
                                                   0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15);
-            int8_t *dst = (int8_t *)xt + r * nblk * QC_BLK;
+            int8_t *dst = (int8_t *)(xt->x + r * xt->ld);
             for (int64_t e = 0; e < nblk * QC_BLK; e += 32)
                 _mm256_store_si256((__m256i *)(dst + e),
                                    _mm256_shuffle_epi8(_mm256_loadu_si256((const __m256i *)(src + e)), perm));
@@ -762,83 +633,18 @@ AVX2 static void pack_act(int bits8, const qc_act *a, int64_t m, int64_t rows, i
     }
 }
 
-AVX2 static QC_INLINE void gemm_i8(qc_kind kind, const qc_wview *v, const qc_act *a, int64_t m0,
-                                   int64_t m1, int64_t n0, int64_t n1, float *y, int64_t ldy) {
-    const int64_t nb = v->nb;
-    const int bits8 = QC_KINDS[kind].bits == 8, whole = v->gshift < 0;
-    i8_micro_fn micro = bits8 ? (kind == QC_SYM8 ? (whole ? i8_micro_q8_whole_sym : i8_micro_q8_group_sym)
-                                                 : (whole ? i8_micro_q8_whole : i8_micro_q8_group))
-                              : (whole ? i8_micro_q4_whole : i8_micro_q4_group);
-    const int mrmax = bits8 ? I_MR8 : I_MR4;
-    const int64_t mtile = m_tile(m1 - m0, I_MC, mrmax);
-    const int64_t kb = bits8 ? I_KB8 : I_KB4, bb = BLK_BYTES(bits8);
-    uint8_t *codes = (uint8_t *)scratch((size_t)(kb * bb));
-    float *sc = (float *)scratch((size_t)(kb * 32) * sizeof(float));
-    uint8_t *xt = (uint8_t *)scratch((size_t)(I_MC * kb * QC_BLK) * (bits8 ? 2 : 1));
-    if (!codes || !sc || !xt) { /* out of memory: the GEMV kernels need none */
-        scratch_free(codes);
-        scratch_free(sc);
-        scratch_free(xt);
-        qc_linear_avx2.gemv_i8[kind](v, a, m0, m1, n0, n1, y, ldy);
-        return;
-    }
-    for (int64_t nt = n0; nt < n1; nt += I_NC) {
-        const int64_t nc = n1 - nt < I_NC ? n1 - nt : I_NC;
-        const int64_t np = (nc + 15) / 16;
-        for (int64_t mt = m0; mt < m1; mt += mtile) {
-            const int64_t me = m1 - mt < mtile ? m1 : mt + mtile;
-            for (int64_t b0 = 0; b0 < nb; b0 += kb) { /* y[mt:me, nt:nt+nc] stays in L2 */
-                const int64_t nblk = nb - b0 < kb ? nb - b0 : kb;
-                pack_act(bits8, a, mt, me - mt, b0, nblk, xt);
-                int64_t xr0 = 0, xr1 = 0, xb = 0;
-                const int xnext = next_x_tile(m0, m1, mt, me, b0, kb, nb, mtile, nt + I_NC >= n1,
-                                              &xr0, &xr1, &xb);
-                for (int64_t p = 0; p < np; p++) {
-                    const int ncol = nc - p * 16 < 16 ? (int)(nc - p * 16) : 16;
-                    if (xnext)
-                        prefetch_x_part((const char *)a->xq, a->kp, xr0, xr1, xb * QC_BLK,
-                                        (nb - xb < kb ? nb - xb : kb) * QC_BLK, p, np);
-                    /* the panel is packed into L1 right before its use */
-                    i8_pack_panel(kind, v, nt + p * 16, ncol, b0, b0 + nblk, codes, sc);
-                    prefetch_panel(v, nt, np, p, 16, b0, kb, nb);
-                    float *yc = y + (nt + p * 16 - n0);
-                    for (int64_t m = mt, mr; m < me; m += mr) {
-                        mr = next_mr(me - m, mrmax);
-                        micro(mr, nblk, xt + (m - mt) * nblk * QC_BLK * (bits8 ? 2 : 1), nblk * QC_BLK,
-                              a->xd + m * nb + b0, a->xs + m * nb + b0, nb, codes, sc,
-                              yc + (m - m0) * ldy, ldy, b0 > 0, ncol);
-                    }
-                }
-            }
-        }
-    }
-    scratch_free(codes);
-    scratch_free(sc);
-    scratch_free(xt);
-}
-
-#define QC_DEFINE_GEMM(K)                                                                       \
-    AVX2 static void gemm_f32_##K##_avx2(const qc_wview *v, const qc_act *a, int64_t m0,        \
-                                         int64_t m1, int64_t n0, int64_t n1, float *y,          \
-                                         int64_t ldy) {                                         \
-        gemm_f32(QC_##K, v, a, m0, m1, n0, n1, y, ldy);                                         \
-    }                                                                                           \
-    AVX2 static void gemm_i8_##K##_avx2(const qc_wview *v, const qc_act *a, int64_t m0,         \
-                                        int64_t m1, int64_t n0, int64_t n1, float *y,           \
-                                        int64_t ldy) {                                          \
-        gemm_i8(QC_##K, v, a, m0, m1, n0, n1, y, ldy);                                          \
-    }
-QC_DEFINE_GEMM(SYM8)
-QC_DEFINE_GEMM(ASYM8)
-QC_DEFINE_GEMM(SYM4)
-QC_DEFINE_GEMM(ASYM4)
-QC_DEFINE_GEMM(MIN4)
-
-const qc_linear_fn qc_gemm_f32_avx2[QC_NUM_KINDS] = {gemm_f32_SYM8_avx2, gemm_f32_ASYM8_avx2,
-                                                     gemm_f32_SYM4_avx2, gemm_f32_ASYM4_avx2,
-                                                     gemm_f32_MIN4_avx2};
-const qc_linear_fn qc_gemm_i8_avx2[QC_NUM_KINDS] = {gemm_i8_SYM8_avx2, gemm_i8_ASYM8_avx2,
-                                                    gemm_i8_SYM4_avx2, gemm_i8_ASYM4_avx2,
-                                                    gemm_i8_MIN4_avx2};
+/* ---- the driver (gemm_driver.inc) ---------------------------------------------- */
+#define QC_GEMM_ATTR AVX2
+#define QC_GEMM_SFX avx2
+#define QC_GEMM_KERNELS qc_linear_avx2
+#define QC_GEMM_PREFETCH_X 1
+#define I_NR 16
+#define I_KB_FOR(bits8) ((bits8) ? I_KB8 : I_KB4)
+#define I_MR_FOR(bits8) ((bits8) ? I_MR8 : I_MR4)
+#define I_PANEL_BLK(bits8) BLK_BYTES(bits8)
+#define I_PANEL_SC 32
+#define I_XT_LD(bits8) (I_KB_FOR(bits8) * QC_BLK * ((bits8) ? 2 : 1))
+#define I_XT_SUMS 0
+#include "gemm_driver.inc"
 
 #endif /* QC_HAVE_X86 */

@@ -1,16 +1,16 @@
 /*
- * gemm_avx512.c -- AVX-512 / VNNI tiled GEMM kernels of the linear layer, for m
- * from the ISA's threshold on (dispatch.c).  Design and measurements:
- * docs/linear.md and docs/performance.md.
+ * gemm_avx512.c -- AVX-512 / VNNI microkernels and panel packers of the tiled
+ * GEMM of the linear layer; the tile loops, prefetches and entries are
+ * gemm_driver.inc, included at the end (qc_gemm_{f32,i8}_<KIND>_avx512, listed by
+ * the AVX-512 linear table with the rows from which they run).  Design and
+ * measurements: docs/linear.md and docs/performance.md.
  *
  * ISA: AVX-512 F, BW, VL and VNNI, plus F16C for float16 scales, by target
- * attribute.  Exported as qc_gemm_f32_avx512 / qc_gemm_i8_avx512; contract
- * qc_linear_fn (kernels.h): natural-order activations, y[(m - m0) * ldy +
- * (n - n0)], no bias.  Layout: weights as quantcore.h, read in place and never
- * past a row's end (a partial last block through a zeroed copy); columns past n1
- * never written (masked stores); O(tile) scratch (at most about 350 KiB) per
- * call, shared with no other call.  Panels hold 32 weight rows, one row per
- * 32-bit lane (two halves of 16).
+ * attribute.  Layout: weights as quantcore.h, read in place and never past a
+ * row's end (a partial last block through a zeroed copy); activations as qc_act
+ * (kernels.h), natural order; columns past n1 never written (masked stores);
+ * O(tile) scratch (at most about 350 KiB) per call.  Panels hold 32 weight rows,
+ * one row per 32-bit lane (two halves of 16).
  * F32: panels of float32 weights expanded bit for bit as qc_dequantize; per
  *   output, FMAs in k order within a K tile, K tiles added in order: within
  *   K * eps of the scalar reference.
@@ -77,22 +77,6 @@ _Static_assert(F_KC % QC_BLK == 0 && F_NC % F_NR == 0, "F32 tiles");
 _Static_assert(I_NC % 32 == 0 && I_MR <= I_MR_MAX && F_MR <= 14, "I8 / F32 microkernel");
 
 /* ---- helpers ------------------------------------------------------------------ */
-
-static const uint8_t zero_bytes[64] QC_ALIGNED(64) = {0};
-
-/* `len` bytes of a row starting at `off`, through a zeroed copy when the row ends
- * inside them (NULL row: zeros). */
-static QC_INLINE const uint8_t *row_bytes_at(const uint8_t *row, int64_t rb, int64_t off, int len,
-                                             uint8_t *tmp) {
-    if (!row)
-        return zero_bytes;
-    if (off + len <= rb)
-        return row + off;
-    memset(tmp, 0, (size_t)len);
-    if (off < rb)
-        memcpy(tmp, row + off, (size_t)(rb - off));
-    return tmp;
-}
 
 /* 16 bytes at src[i] + off for 16 rows, transposed: t[j] = bytes 4j..4j+3 of
  * rows 0..15 (row r in dword lane r). */
@@ -177,54 +161,6 @@ AVX512 static QC_INLINE void params16(qc_kind kind, int i8, const qc_wview *v, i
     *d16 = d;
     *c16 = c;
     *z16 = z;
-}
-
-/* Prefetch into L2 the codes (and scales) of blocks [b0, b0 + nblk) of rows
- * [n, n + rows), clipped to the weight. */
-static void prefetch_tile(const qc_wview *v, int64_t n, int64_t rows, int64_t b0, int64_t nblk) {
-#ifdef QC_NO_PREFETCH
-    return;
-#endif
-    const qc_qweight *w = v->w;
-    const int64_t bpb = QC_KINDS[w->kind].bits == 8 ? 32 : 16; /* bytes per block */
-    const int64_t rb = v->row_bytes;
-    int64_t lo = b0 * bpb, hi = (b0 + nblk) * bpb;
-    if (hi > rb)
-        hi = rb;
-    if (n + rows > w->n)
-        rows = w->n - n;
-    const int64_t ssz = w->scale_dtype == QC_F16 ? 2 : 4;
-    const int64_t zsz = w->kind == QC_MIN4 ? ssz : 1;
-    const int64_t blast = b0 + nblk - 1 < v->nb ? b0 + nblk - 1 : v->nb - 1;
-    for (int64_t r = 0; r < rows; r++) {
-        const char *row = (const char *)w->data + (n + r) * rb;
-        for (int64_t o = lo; o < hi; o += 64)
-            prefetch_l2(row + o);
-        if (lo < hi)
-            prefetch_l2(row + hi - 1);
-        if (v->gshift < 0 && b0 > 0)
-            continue; /* whole rows: the scales were fetched with the first K tile */
-        const int64_t g0 = qc_group_index(v, n + r, b0), g1 = qc_group_index(v, n + r, blast);
-        for (int64_t o = g0 * ssz; o <= g1 * ssz; o += 64)
-            prefetch_l2((const char *)w->scales + o);
-        if (w->zeros)
-            for (int64_t o = g0 * zsz; o <= g1 * zsz; o += 64)
-                prefetch_l2((const char *)w->zeros + o);
-    }
-}
-
-/* While panel p of np (rows nt + p * nr, blocks [b0, b0 + kb)) is used, prefetch
- * the codes of the panel PF_PANELS ahead: in this K tile, or else in the next one. */
-static void prefetch_panel(const qc_wview *v, int64_t nt, int64_t np, int64_t p, int64_t nr,
-                           int64_t b0, int64_t kb, int64_t nb) {
-    int64_t q = p + PF_PANELS;
-    if (q >= np) {
-        q -= np;
-        b0 += kb;
-        if (b0 >= nb || q >= np)
-            return;
-    }
-    prefetch_tile(v, nt + q * nr, nr, b0, kb);
 }
 
 /* Mask of the valid lanes of half h of a 32-column panel with nc columns. */
@@ -367,43 +303,6 @@ AVX512 static void f32_pack_x(const qc_act *a, int64_t m, int64_t rows, int64_t 
     }
 }
 
-AVX512 static QC_INLINE void gemm_f32(qc_kind kind, const qc_wview *v, const qc_act *a, int64_t m0,
-                                      int64_t m1, int64_t n0, int64_t n1, float *y, int64_t ldy) {
-    const int64_t kp = v->kp, mtile = m_tile(m1 - m0, F_MC, F_MR);
-    float *bp = (float *)scratch((size_t)F_KC * F_NR * sizeof(float));
-    float *xp = (float *)scratch((size_t)mtile * F_XLD * sizeof(float));
-    if (!bp || !xp) { /* out of memory: the GEMV kernels need none */
-        scratch_free(bp);
-        scratch_free(xp);
-        qc_linear_avx2.gemv_f32[kind](v, a, m0, m1, n0, n1, y, ldy);
-        return;
-    }
-    for (int64_t nt = n0; nt < n1; nt += F_NC) {
-        const int64_t nc = n1 - nt < F_NC ? n1 - nt : F_NC;
-        const int64_t np = (nc + F_NR - 1) / F_NR;
-        for (int64_t mt = m0; mt < m1; mt += mtile) {
-            const int64_t me = m1 - mt < mtile ? m1 : mt + mtile;
-            for (int64_t k0 = 0; k0 < kp; k0 += F_KC) {
-                const int64_t kc = kp - k0 < F_KC ? kp - k0 : F_KC;
-                f32_pack_x(a, mt, me - mt, k0, kc, xp);
-                for (int64_t p = 0; p < np; p++) {
-                    const int ncol = nc - p * F_NR < F_NR ? (int)(nc - p * F_NR) : F_NR;
-                    f32_expand_panel(kind, v, nt + p * F_NR, ncol, k0, kc, bp);
-                    prefetch_panel(v, nt, np, p, F_NR, k0 / QC_BLK, F_KC / QC_BLK, v->nb);
-                    float *yc = y + (nt + p * F_NR - n0);
-                    for (int64_t m = mt, mr; m < me; m += mr) {
-                        mr = next_mr(me - m, F_MR);
-                        f32_micro_any((int)mr, kc, xp + (m - mt) * F_XLD, F_XLD, bp,
-                                      yc + (m - m0) * ldy, ldy, k0 > 0, ncol);
-                    }
-                }
-            }
-        }
-    }
-    scratch_free(bp);
-    scratch_free(xp);
-}
-
 /* ==== I8 family ================================================================== */
 
 /* Pack rows n..n+nv-1 (nv <= 32), blocks [b0, b1) into a panel of uint8 codes:
@@ -472,14 +371,19 @@ AVX512 static void i8_pack_panel(qc_kind kind, const qc_wview *v, int64_t n, int
  * 8; 8-bit: natural).  Per row and block, cmp = -comp * sum(aq) (the integer
  * start of a SYM block; comp 128 or 8, 0 for none), and per row sx = the sum of
  * xs over the blocks (the whole-row offset term). */
-AVX512 static void i8_pack_act(int bits8, int comp, const qc_act *a, int64_t m, int64_t rows,
-                               int64_t b0, int64_t nblk, uint8_t *xt, int32_t *cmp, float *sx) {
+AVX512 static void i8_pack_act(qc_kind kind, const qc_act *a, int64_t m, int64_t rows,
+                               int64_t b0, int64_t nblk, qc_xtile *xt) {
+    const int bits8 = QC_KINDS[kind].bits == 8;
+    const int comp = kind == QC_SYM8 ? 128 : kind == QC_SYM4 ? 8 : 0;
+    int32_t *cmp = xt->cmp;
+    float *sx = xt->sx;
+    xt->ld = I_XLD;
     const __m256i perm = _mm256_setr_epi8(0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15,
                                           0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15);
     const __m256i flip = _mm256_set1_epi8((char)0x80);
     for (int64_t r = 0; r < rows; r++) {
         const int8_t *src = a->xq + (m + r) * a->kp + b0 * QC_BLK;
-        uint8_t *dst = xt + r * I_XLD;
+        uint8_t *dst = xt->x + r * I_XLD;
 #ifndef QC_NO_PREFETCH
         if (r + 4 < rows)
             for (int64_t e = 0; e < nblk * QC_BLK; e += 64)
@@ -577,10 +481,12 @@ AVX512 static QC_INLINE void i8_micro(const int mr, const int whole, const int o
 }
 
 #define QC_I8_MICRO_FN(NAME, WH, OF, CP)                                                        \
-    AVX512 static void NAME(int mr, int64_t nblk, const uint8_t *x, const float *xd,            \
-                            const float *xs, int64_t ldb, const int32_t *cmp, const float *sx,  \
-                            const uint8_t *codes, const float *sc, float *y, int64_t ldy,       \
-                            int accum, int nc) {                                                \
+    AVX512 static void NAME(int mr, int64_t nblk, const qc_xtile *xt, int64_t r,                \
+                            const float *xd, const float *xs, int64_t ldb, const uint8_t *codes, \
+                            const float *sc, float *y, int64_t ldy, int accum, int nc) {        \
+        const uint8_t *x = xt->x + r * xt->ld;                                                  \
+        const int32_t *cmp = xt->cmp + r * xt->kb;                                              \
+        const float *sx = xt->sx + r;                                                           \
         const __mmask16 k0 = half_mask(nc, 0), k1 = half_mask(nc, 1);                           \
         switch (mr) {                                                                           \
         case 8: i8_micro(8 <= I_MR ? 8 : 1, WH, OF, CP, nblk, x, xd, xs, ldb, cmp, sx, codes,   \
@@ -607,86 +513,25 @@ QC_I8_MICRO_FN(i8_micro_whole_cmp, 1, 0, 1)
 QC_I8_MICRO_FN(i8_micro_group_off, 0, 1, 0)
 QC_I8_MICRO_FN(i8_micro_group_cmp, 0, 0, 1)
 
-typedef void (*i8_micro_fn)(int mr, int64_t nblk, const uint8_t *x, const float *xd,
-                            const float *xs, int64_t ldb, const int32_t *cmp, const float *sx,
-                            const uint8_t *codes, const float *sc, float *y, int64_t ldy,
-                            int accum, int nc);
-
-AVX512 static QC_INLINE void gemm_i8(qc_kind kind, const qc_wview *v, const qc_act *a, int64_t m0,
-                                     int64_t m1, int64_t n0, int64_t n1, float *y, int64_t ldy) {
-    const int64_t nb = v->nb;
-    const int bits8 = QC_KINDS[kind].bits == 8, whole = v->gshift < 0;
-    const int comp = kind == QC_SYM8 ? 128 : kind == QC_SYM4 ? 8 : 0;
-    i8_micro_fn micro = whole ? (comp ? i8_micro_whole_cmp : i8_micro_whole_off)
-                              : (comp ? i8_micro_group_cmp : i8_micro_group_off);
-    const int64_t mtile = m_tile(m1 - m0, I_MC, I_MR);
-    uint8_t *codes = (uint8_t *)scratch((size_t)I_KB * I_BLK_BYTES);
-    float *sc = (float *)scratch((size_t)I_KB * 64 * sizeof(float));
-    uint8_t *xt = (uint8_t *)scratch((size_t)mtile * I_XLD);
-    int32_t *cmp = (int32_t *)scratch((size_t)mtile * I_KB * sizeof(int32_t));
-    float *sx = (float *)scratch((size_t)mtile * sizeof(float));
-    if (!codes || !sc || !xt || !cmp || !sx) { /* out of memory: the GEMV kernels need none */
-        scratch_free(codes);
-        scratch_free(sc);
-        scratch_free(xt);
-        scratch_free(cmp);
-        scratch_free(sx);
-        qc_linear_avx2.gemv_i8[kind](v, a, m0, m1, n0, n1, y, ldy);
-        return;
-    }
-    for (int64_t nt = n0; nt < n1; nt += I_NC) {
-        const int64_t nc = n1 - nt < I_NC ? n1 - nt : I_NC;
-        const int64_t np = (nc + 31) / 32;
-        for (int64_t mt = m0; mt < m1; mt += mtile) {
-            const int64_t me = m1 - mt < mtile ? m1 : mt + mtile;
-            for (int64_t b0 = 0; b0 < nb; b0 += I_KB) { /* y[mt:me, nt:nt+nc] stays in L2 */
-                const int64_t nblk = nb - b0 < I_KB ? nb - b0 : I_KB;
-                i8_pack_act(bits8, comp, a, mt, me - mt, b0, nblk, xt, cmp, sx);
-                for (int64_t p = 0; p < np; p++) {
-                    const int ncol = nc - p * 32 < 32 ? (int)(nc - p * 32) : 32;
-                    /* the panel is packed into L1 right before its use */
-                    i8_pack_panel(kind, v, nt + p * 32, ncol, b0, b0 + nblk, codes, sc);
-                    prefetch_panel(v, nt, np, p, 32, b0, I_KB, nb);
-                    float *yc = y + (nt + p * 32 - n0);
-                    for (int64_t m = mt, mr; m < me; m += mr) {
-                        mr = next_mr(me - m, I_MR);
-                        micro((int)mr, nblk, xt + (m - mt) * I_XLD, a->xd + m * nb + b0,
-                              a->xs + m * nb + b0, nb, cmp + (m - mt) * I_KB, sx + (m - mt),
-                              codes, sc, yc + (m - m0) * ldy, ldy, b0 > 0, ncol);
-                    }
-                }
-            }
-        }
-    }
-    scratch_free(codes);
-    scratch_free(sc);
-    scratch_free(xt);
-    scratch_free(cmp);
-    scratch_free(sx);
+/* The microkernel for a kind and scale layout (driver interface). */
+static qc_i8_micro_fn i8_micro_for(qc_kind kind, int whole) {
+    const int comp = kind == QC_SYM8 || kind == QC_SYM4;
+    return whole ? (comp ? i8_micro_whole_cmp : i8_micro_whole_off)
+                 : (comp ? i8_micro_group_cmp : i8_micro_group_off);
 }
 
-#define QC_DEFINE_GEMM(K)                                                                       \
-    AVX512 static void gemm_f32_##K##_avx512(const qc_wview *v, const qc_act *a, int64_t m0,    \
-                                             int64_t m1, int64_t n0, int64_t n1, float *y,      \
-                                             int64_t ldy) {                                     \
-        gemm_f32(QC_##K, v, a, m0, m1, n0, n1, y, ldy);                                         \
-    }                                                                                           \
-    AVX512 static void gemm_i8_##K##_avx512(const qc_wview *v, const qc_act *a, int64_t m0,     \
-                                            int64_t m1, int64_t n0, int64_t n1, float *y,       \
-                                            int64_t ldy) {                                      \
-        gemm_i8(QC_##K, v, a, m0, m1, n0, n1, y, ldy);                                          \
-    }
-QC_DEFINE_GEMM(SYM8)
-QC_DEFINE_GEMM(ASYM8)
-QC_DEFINE_GEMM(SYM4)
-QC_DEFINE_GEMM(ASYM4)
-QC_DEFINE_GEMM(MIN4)
-
-const qc_linear_fn qc_gemm_f32_avx512[QC_NUM_KINDS] = {
-    gemm_f32_SYM8_avx512, gemm_f32_ASYM8_avx512, gemm_f32_SYM4_avx512, gemm_f32_ASYM4_avx512,
-    gemm_f32_MIN4_avx512};
-const qc_linear_fn qc_gemm_i8_avx512[QC_NUM_KINDS] = {
-    gemm_i8_SYM8_avx512, gemm_i8_ASYM8_avx512, gemm_i8_SYM4_avx512, gemm_i8_ASYM4_avx512,
-    gemm_i8_MIN4_avx512};
+/* ---- the driver (gemm_driver.inc) ---------------------------------------------- */
+#define QC_GEMM_ATTR AVX512
+#define QC_GEMM_SFX avx512
+#define QC_GEMM_KERNELS qc_linear_avx512
+#define QC_GEMM_PREFETCH_X 0
+#define I_NR 32
+#define I_KB_FOR(bits8) I_KB
+#define I_MR_FOR(bits8) I_MR
+#define I_PANEL_BLK(bits8) I_BLK_BYTES
+#define I_PANEL_SC 64
+#define I_XT_LD(bits8) I_XLD
+#define I_XT_SUMS 1
+#include "gemm_driver.inc"
 
 #endif /* QC_HAVE_X86 */

@@ -1,13 +1,16 @@
 /*
  * gemm_common.h -- ISA-independent helpers of the tiled GEMM kernels
- * (gemm_avx2.c, gemm_avx512.c): tile sizing, group boundaries, prefetches and
- * aligned scratch.  Plain C, no intrinsics beyond prefetch, so each ISA file
- * includes it inside its own `#if defined(QC_HAVE_X86)` section.
+ * (gemm_avx2.c, gemm_avx512.c, and their shared driver gemm_driver.inc): tile
+ * sizing, group boundaries, prefetches, aligned scratch, and the packed
+ * activation tile the I8 microkernels read.  Plain C, no intrinsics beyond
+ * prefetch, so each ISA file includes it inside its own `#if defined(QC_HAVE_X86)`
+ * section.
  */
 #ifndef QC_GEMM_COMMON_H
 #define QC_GEMM_COMMON_H
 
 #include <stdlib.h>
+#include <string.h>
 #if defined(_WIN32)
 #include <malloc.h>
 #endif
@@ -77,5 +80,41 @@ static void scratch_free(void *p) {
     free(p);
 #endif
 }
+
+static const uint8_t qc_zero_bytes[64] QC_ALIGNED(64) = {0};
+
+/* `len` (<= 64) bytes of a row starting at `off`, through a zeroed copy in tmp
+ * when the row ends inside them (NULL row: zeros), so that nothing past the
+ * row's rb bytes is read. */
+static QC_INLINE const uint8_t *row_bytes_at(const uint8_t *row, int64_t rb, int64_t off, int len,
+                                             uint8_t *tmp) {
+    if (!row)
+        return qc_zero_bytes;
+    if (off + len <= rb)
+        return row + off;
+    memset(tmp, 0, (size_t)len);
+    if (off < rb)
+        memcpy(tmp, row + off, (size_t)(rb - off));
+    return tmp;
+}
+
+/* A K tile of activation rows packed for an I8 microkernel: row r at x + r * ld
+ * bytes, in the order of the ISA's weight panels; where the ISA asks for them
+ * (I_XT_SUMS), per row r and block b cmp[r * kb + b] = -comp * sum(aq) (the
+ * integer start of a SYM block's dot) and sx[r] = the sum of the blocks' xs. */
+typedef struct {
+    uint8_t *x;
+    int64_t ld, kb;
+    int32_t *cmp;
+    float *sx;
+} qc_xtile;
+
+/* An I8 microkernel: y[mr x nc] (+ accum) = rows r.. of the x tile against one
+ * weight panel over nblk blocks; xd / xs: the rows' block scales and sums (ldb
+ * floats apart); codes / sc: the packed panel and its per-block parameters. */
+typedef void (*qc_i8_micro_fn)(int mr, int64_t nblk, const qc_xtile *xt, int64_t r,
+                               const float *xd, const float *xs, int64_t ldb,
+                               const uint8_t *codes, const float *sc, float *y, int64_t ldy,
+                               int accum, int nc);
 
 #endif /* QC_GEMM_COMMON_H */

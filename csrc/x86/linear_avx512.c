@@ -473,6 +473,12 @@ const qc_linear_kernels qc_linear_avx512 = {
                  gemv_f32_ASYM4_avx512, gemv_f32_MIN4_avx512},
     .gemv_i8 = {gemv_i8_SYM8_avx512, gemv_i8_ASYM8_avx512, gemv_i8_SYM4_avx512,
                 gemv_i8_ASYM4_avx512, gemv_i8_MIN4_avx512},
+    /* the tiled GEMM (gemm_avx512.c), and the rows from which it beats the GEMV
+     * ([f32, i8][8-bit, 4-bit]; one thread, 4096x4096, Zen 4: the GEMM's time at
+     * 8 rows against the GEMV's growing time per row) */
+    .gemm_f32 = QC_GEMM_TABLE(f32, avx512),
+    .gemm_i8 = QC_GEMM_TABLE(i8, avx512),
+    .gemm_min_m = {{6, 5}, {5, 8}},
 };
 
 #endif /* QC_HAVE_X86 */
