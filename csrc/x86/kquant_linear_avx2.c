@@ -1,0 +1,2 @@
+#include "../kernels.h"
+const qc_kq_linear_kernels qc_kq_linear_avx2 = {0};
