@@ -1,2 +1,17 @@
+/*
+ * kquant_linear_avx512.c -- AVX-512 VNNI linear kernels over K-quant weights.
+ *
+ * ISA: AVX-512 F + BW + VL + VNNI (256-bit vpdpbusd).  Layout, order and exactness:
+ * kquant_linear.inc (bit for bit the scalar reference, ref/kquant_linear_scalar.c).
+ */
 #include "../kernels.h"
-const qc_kq_linear_kernels qc_kq_linear_avx512 = {0};
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#include <stddef.h>
+
+#define KQ_TARGET "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni"
+#define KQ_ISA avx512
+#define KQ_DOT4(c, a) _mm256_dpbusd_epi32(_mm256_setzero_si256(), (c), (a))
+#include "kquant_linear.inc"
+#endif
