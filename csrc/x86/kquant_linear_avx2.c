@@ -10,9 +10,13 @@
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
 #include <stddef.h>
+#include <stdlib.h>
 
 #define KQ_TARGET "avx2,fma,f16c"
 #define KQ_ISA avx2
 #define KQ_DOT4(c, a) _mm256_madd_epi16(_mm256_maddubs_epi16((c), (a)), _mm256_set1_epi16(1))
+/* rows from which the tiled GEMM beats the GEMV, [float32, int8] (docs/kquants.md) */
+#define KQ_GEMM_MIN_M_F32 8
+#define KQ_GEMM_MIN_M_I8 8
 #include "kquant_linear.inc"
 #endif
