@@ -13,6 +13,7 @@
 
 #define KQ_TARGET "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni"
 #define KQ_ISA avx512
+#define KQ_ZMM 1
 #define KQ_DOT4(c, a) _mm256_dpbusd_epi32(_mm256_setzero_si256(), (c), (a))
 /* rows from which the tiled GEMM beats the GEMV, [float32, int8] (docs/kquants.md) */
 #define KQ_GEMM_MIN_M_F32 8
