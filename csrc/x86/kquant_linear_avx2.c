@@ -17,6 +17,6 @@
 #define KQ_DOT4(c, a) _mm256_madd_epi16(_mm256_maddubs_epi16((c), (a)), _mm256_set1_epi16(1))
 /* rows from which the tiled GEMM beats the GEMV, [float32, int8] (docs/kquants.md) */
 #define KQ_GEMM_MIN_M_F32 8
-#define KQ_GEMM_MIN_M_I8 8
+#define KQ_GEMM_MIN_M_I8 6
 #include "kquant_linear.inc"
 #endif
