@@ -24,8 +24,21 @@
 #include "kernels.h"
 #include "pool.h"
 
+/* K-quant weights: kind QC_KIND_Q4_K + ktype; -1 for the other kinds. */
+static int ktype_of(qc_kind kind) {
+    return kind >= QC_KIND_Q4_K && kind <= QC_KIND_Q6_K ? (int)(kind - QC_KIND_Q4_K) : -1;
+}
+
 static void make_view(const qc_qweight *w, qc_wview *v) {
     v->w = w;
+    if (ktype_of(w->kind) >= 0) { /* super-blocks: 32-blocks in natural order, no groups */
+        v->row_bytes = qc_kquant_row_bytes((qc_ktype)ktype_of(w->kind), w->k);
+        v->ngroups = v->srow = v->bpg = 0;
+        v->gshift = -1;
+        v->kp = w->k;
+        v->nb = w->k / QC_BLK;
+        return;
+    }
     v->row_bytes = qc_row_bytes(w->kind, w->k);
     v->ngroups = w->per_tensor ? 1 : qc_num_groups(w->k, w->group);
     v->srow = w->per_tensor ? 0 : v->ngroups;
@@ -40,6 +53,9 @@ static void make_view(const qc_qweight *w, qc_wview *v) {
 }
 
 static int valid(const qc_qweight *w, qc_compute mode) {
+    if (w && ktype_of(w->kind) >= 0)
+        return w->n >= 1 && qc_kquant_row_bytes((qc_ktype)ktype_of(w->kind), w->k) > 0 &&
+               w->data && (mode == QC_COMPUTE_F32 || mode == QC_COMPUTE_I8);
     if (!w || (unsigned)w->kind >= QC_NUM_KINDS || w->n < 1 || w->k < 1 || !w->data ||
         !w->scales || (QC_KINDS[w->kind].has_zero && !w->zeros))
         return 0;
@@ -54,6 +70,16 @@ static int valid(const qc_qweight *w, qc_compute mode) {
 
 static qc_linear_fn pick(const qc_linear_kernels *l, qc_kind kind, int64_t m, qc_compute mode,
                          int *gemm) {
+    const int t = ktype_of(kind);
+    if (t >= 0) {
+        const qc_kq_linear_kernels *q = &l->kq;
+        int kmin = q->gemm_min_m[mode == QC_COMPUTE_I8];
+        qc_linear_fn g = m >= (kmin > 0 ? kmin : QC_GEMM_MIN_M)
+                             ? (mode == QC_COMPUTE_I8 ? q->gemm_i8[t] : q->gemm_f32[t])
+                             : NULL;
+        *gemm = g != NULL;
+        return g ? g : mode == QC_COMPUTE_I8 ? q->gemv_i8[t] : q->gemv_f32[t];
+    }
     int min_m = l->gemm_min_m[mode == QC_COMPUTE_I8][QC_KINDS[kind].bits == 4];
     if (min_m <= 0 || min_m > QC_GEMM_MIN_M)
         min_m = QC_GEMM_MIN_M;
@@ -93,11 +119,44 @@ int qc_linear_uses_gemm(const qc_qweight *w, int64_t m, qc_compute mode) {
 /* Largest |code| any kernel multiplies by (8-bit: 255 for ASYM8's codes as
  * stored, |q - 128| and SYM8's q + 128 included; 4-bit: 15, with q - 8), and the
  * offset shifts they fold into c (128 d, 8 d), rounded up. */
-static double code_bound(qc_kind kind) { return QC_KINDS[kind].bits == 8 ? 384.0 : 32.0; }
+static double code_bound(qc_kind kind) {
+    if (ktype_of(kind) >= 0)
+        return 64.0; /* K-quants: codes 0..63 (Q6_K: |q - 32| <= 32) */
+    return QC_KINDS[kind].bits == 8 ? 384.0 : 32.0;
+}
+
+/* K-quant weights: max over the sub-blocks of Q |d sc| + |dmin m| (inf if a
+ * float16 scale is not finite), from the decoded parameters. */
+static double weight_bound_kq(const qc_wview *v) {
+    const qc_qweight *w = v->w;
+    const int t = ktype_of(w->kind);
+    const int64_t ns = qc_kquant_sub_blocks((qc_ktype)t, w->k);
+    const double q = code_bound(w->kind);
+    float *sc = (float *)malloc((size_t)(2 * ns) * sizeof(float));
+    if (!sc)
+        return INFINITY; /* no redo: the row keeps its overflowed output */
+    double best = 0.0;
+    for (int64_t r = 0; r < w->n; r++) {
+        if (qc_kquant_params((qc_ktype)t, w->data + r * v->row_bytes, 1, w->k, sc,
+                             t == QC_KTYPE_Q6_K ? NULL : sc + ns, NULL) != QC_OK) {
+            best = INFINITY;
+            break;
+        }
+        for (int64_t s = 0; s < ns; s++) {
+            double b = q * fabs((double)sc[s]) + (t == QC_KTYPE_Q6_K ? 0.0 : fabs((double)sc[ns + s]));
+            if (!(b <= best))
+                best = b;
+        }
+    }
+    free(sc);
+    return best;
+}
 
 /* max over the scale groups of Q |d| + |c| (inf if a scale is not finite). */
 static double weight_bound(const qc_wview *v) {
     const qc_qweight *w = v->w;
+    if (ktype_of(w->kind) >= 0)
+        return weight_bound_kq(v);
     const double q = code_bound(w->kind);
     const int64_t ng = w->per_tensor ? 1 : w->n * v->ngroups;
     double best = 0.0;
@@ -174,6 +233,16 @@ static float prep_f32_row(const float *x, int64_t k, int64_t kp, int span, int s
 static qc_status exact_row(const qc_wview *v, const float *x, const float *bias, float *y,
                            float *wrow) {
     const qc_qweight *w = v->w;
+    if (ktype_of(w->kind) >= 0) {
+        for (int64_t j = 0; j < w->n; j++) {
+            qc_kq_dequantize_row(ktype_of(w->kind), w->data + j * v->row_bytes, w->k, wrow);
+            double acc = 0.0;
+            for (int64_t e = 0; e < w->k; e++)
+                acc += (double)x[e] * (double)wrow[e];
+            y[j] = bias ? (float)(acc + (double)bias[j]) : (float)acc;
+        }
+        return QC_OK;
+    }
     const int64_t ssize = w->scale_dtype == QC_F16 ? 2 : 4;
     const int64_t zsize = QC_KINDS[w->kind].has_zero == 2 ? ssize : 1;
     qc_qdesc desc = {w->kind, w->group, w->per_tensor, w->scale_dtype};
@@ -292,7 +361,7 @@ static qc_status linear_pass(const qc_wview *v, const qc_linear_kernels *l, qc_c
     const qc_qweight *w = v->w;
     int gemm;
     qc_linear_fn fn = pick(l, w->kind, mpath, mode, &gemm);
-    const int deint = !gemm && QC_KINDS[w->kind].bits == 4 ? l->act_span4 : 0;
+    const int deint = !gemm && ktype_of(w->kind) < 0 && QC_KINDS[w->kind].bits == 4 ? l->act_span4 : 0;
     const int64_t kp = v->kp, nb = v->nb, k = w->k;
     const int nt = qc_threads_for(m * w->n * k);
 

@@ -133,6 +133,21 @@ static void fill(qc_isa isa) {
         QC_FILL_FROM(l, ls, gemv_f32[i])
         QC_FILL_FROM(l, ls, gemv_i8[i])
     }
+    /* K-quant weights: the ISA's own kernels, NULL GEMV entries from the scalar ones */
+    const qc_kq_linear_kernels *kq = &qc_kq_linear_scalar;
+#ifdef QC_HAVE_X86
+    if (isa == QC_ISA_AVX2)
+        kq = &qc_kq_linear_avx2;
+    else if (isa == QC_ISA_AVX512)
+        kq = &qc_kq_linear_avx512;
+#endif
+    l.kq = *kq;
+    for (int i = 0; i < QC_NUM_KTYPES; i++) {
+        if (!l.kq.gemv_f32[i])
+            l.kq.gemv_f32[i] = qc_kq_linear_scalar.gemv_f32[i];
+        if (!l.kq.gemv_i8[i])
+            l.kq.gemv_i8[i] = qc_kq_linear_scalar.gemv_i8[i];
+    }
     active_linear[isa] = l;
 #undef QC_FILL
 #undef QC_FILL_FROM

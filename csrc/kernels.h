@@ -171,7 +171,32 @@ typedef struct {
     /* Rows from which the GEMM path beats the GEMV one, [f32, i8][8-bit, 4-bit
      * weights] (0: QC_GEMM_MIN_M); measured per ISA, see its table. */
     int gemm_min_m[2][2];
+    /* K-quant weights (kind QC_KIND_Q4_K + ktype), natural-order activations;
+     * filled by dispatch.c from the ISA's qc_kq_linear_kernels. */
+    struct qc_kq_linear_kernels_s {
+        qc_linear_fn gemv_f32[QC_NUM_KTYPES];
+        qc_linear_fn gemv_i8[QC_NUM_KTYPES];
+        qc_linear_fn gemm_f32[QC_NUM_KTYPES]; /* NULL: the GEMV ones */
+        qc_linear_fn gemm_i8[QC_NUM_KTYPES];
+        int gemm_min_m[2]; /* [mode]; 0: QC_GEMM_MIN_M */
+    } kq;
 } qc_linear_kernels;
+typedef struct qc_kq_linear_kernels_s qc_kq_linear_kernels;
+
+/* The K-quant linear kernels of each ISA file (ref/kquant_linear_scalar.c,
+ * x86/kquant_linear_avx2.c, x86/kquant_linear_avx512.c); see docs/kquants.md
+ * for the order of float operations they all share. */
+extern const qc_kq_linear_kernels qc_kq_linear_scalar;
+#if defined(__x86_64__) || defined(_M_X64)
+extern const qc_kq_linear_kernels qc_kq_linear_avx2, qc_kq_linear_avx512;
+#endif
+/* One K-quant weight row (k values) dequantized into w, as qc_dequantize_kquant. */
+void qc_kq_dequantize_row(int ktype, const uint8_t *row, int64_t k, float *w);
+/* ((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7)): the reduction of eight
+ * lanes every K-quant kernel ends with (an AVX2 256 -> 128 -> 64 -> 32 fold). */
+static inline float qc_kq_tree8(const float *a) {
+    return ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
+}
 
 extern const qc_kernels qc_kernels_scalar;
 extern const qc_linear_kernels qc_linear_scalar;

@@ -69,7 +69,11 @@ typedef struct {
     int64_t col;
 } qc_error;
 
-typedef enum { QC_SYM8 = 0, QC_ASYM8, QC_SYM4, QC_ASYM4, QC_MIN4, QC_NUM_KINDS } qc_kind;
+typedef enum {
+    QC_SYM8 = 0, QC_ASYM8, QC_SYM4, QC_ASYM4, QC_MIN4, QC_NUM_KINDS,
+    /* qc_linear only (qc_qweight.kind): GGUF K-quant weights, see "Linear layers" */
+    QC_KIND_Q4_K = 16, QC_KIND_Q5_K, QC_KIND_Q6_K
+} qc_kind;
 
 typedef enum { QC_F32 = 0, QC_F16 = 1, QC_F64 = 2 } qc_dtype;
 
@@ -195,7 +199,15 @@ qc_status qc_kquant_params(qc_ktype type, const uint8_t *src, int64_t rows, int6
  *   Error bound against x @ dequantize(W).T (per output element), from the
  *   activation rounding alone: sum_b (da_b / 2) * sum_{k in b} |W[n, k]|,
  *   plus float rounding.  Needs group == 0 (whole rows), per_tensor, or a group
- *   that is a multiple of 32. */
+ *   that is a multiple of 32.
+ *
+ * K-quant weights: kind QC_KIND_Q4_K / Q5_K / Q6_K (QC_KIND_Q4_K + the qc_ktype),
+ * data n x qc_kquant_row_bytes(type, k) bytes of super-blocks (k a multiple of
+ * 256); group, per_tensor, scale_dtype, scales and zeros are ignored.  The
+ * activations are the same Q8_0 blocks of 32 (I8) or float32 rows (F32); every
+ * sub-block takes its own d * sc (and -dmin * m).  Both modes give the same bits
+ * on every ISA and on the GEMV and GEMM paths (a fixed order of float
+ * operations, see docs/kquants.md). */
 typedef enum { QC_COMPUTE_F32 = 0, QC_COMPUTE_I8 = 1 } qc_compute;
 
 typedef struct {

@@ -13,6 +13,9 @@ KIND_ASYM4: int
 KIND_MIN4: int
 COMPUTE_F32: int
 COMPUTE_I8: int
+KIND_Q4_K: int
+KIND_Q5_K: int
+KIND_Q6_K: int
 ISA_NAMES: Tuple[str, ...]
 C_API_VERSION: int
 _C_API: Any  # PyCapsule "quantcore._ext._C_API" holding a const qc_api * (quantcore_api.h)
@@ -57,7 +60,7 @@ def kquant_params(
 # ---- linear layers (_linear.pxi) -----------------------------------------------------
 class QWeight:
     def __init__(
-        self, data: NDArray[Any], scales: NDArray[Any], zeros: Optional[NDArray[Any]],
+        self, data: NDArray[Any], scales: Optional[NDArray[Any]], zeros: Optional[NDArray[Any]],
         kind: int, n: int, k: int, group: int, per_tensor: bool,
     ) -> None: ...
     def uses_gemm(self, m: int, mode: int) -> bool: ...

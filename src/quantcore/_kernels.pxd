@@ -24,6 +24,9 @@ cdef extern from "quantcore.h" nogil:
         QC_ASYM4
         QC_MIN4
         QC_NUM_KINDS
+        QC_KIND_Q4_K
+        QC_KIND_Q5_K
+        QC_KIND_Q6_K
 
     ctypedef enum qc_dtype:
         QC_F32

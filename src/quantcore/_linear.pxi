@@ -2,6 +2,10 @@
 
 COMPUTE_F32 = <int>QC_COMPUTE_F32
 COMPUTE_I8 = <int>QC_COMPUTE_I8
+# K-quant weights (linear layers only): KIND_Q4_K + the K-quant type
+KIND_Q4_K = <int>QC_KIND_Q4_K
+KIND_Q5_K = <int>QC_KIND_Q5_K
+KIND_Q6_K = <int>QC_KIND_Q6_K
 
 
 cdef class QWeight:
@@ -15,9 +19,25 @@ cdef class QWeight:
 
     def __init__(self, data, scales, zeros, int kind, int64_t n, int64_t k, int64_t group,
                  bint per_tensor):
-        _check_kind(kind)
         if n < 1 or k < 1:
             raise ValueError(f"n and k must be positive, got {n}, {k}")
+        if kind in (KIND_Q4_K, KIND_Q5_K, KIND_Q6_K):  # super-blocks only: scales, zeros unused
+            rb = qc_kquant_row_bytes(<qc_ktype>(kind - <int>QC_KIND_Q4_K), k)
+            if rb == 0:
+                raise ValueError(f"k must be a positive multiple of 256 for K-quant weights, got {k}")
+            data = _need(data, "data", np.uint8, (n, rb))
+            self._keep = (data,)
+            self.w.kind = <qc_kind>kind
+            self.w.n = n
+            self.w.k = k
+            self.w.group = 0
+            self.w.per_tensor = 0
+            self.w.scale_dtype = QC_F32
+            self.w.data = <const uint8_t *>cnp.PyArray_DATA(data)
+            self.w.scales = NULL
+            self.w.zeros = NULL
+            return
+        _check_kind(kind)
         ng = 1 if per_tensor else qc_num_groups(k, group)
         sr = 1 if per_tensor else n
         data = _need(data, "data", np.int8 if kind == <int>QC_SYM8 else np.uint8,

@@ -91,19 +91,20 @@ class QuantizedLinear:
             raise ValueError(f"weight_q must be 2-D (out_features, in_features), got shape {weight_q.shape}")
         n, k = weight_q.shape
         cfg = weight_q.config
-        if cfg.ktype is not None:
-            raise NotImplementedError(f"QuantizedLinear does not run {cfg.format!r} (K-quant) "
-                                      f"weights yet; use weight_q.dequantize(), or Q8_0/Q4_0/Q4_1")
         group = cfg.effective_group_size
         stored = weight_q._storage()
-        if group and group < k and group % 32:
+        if cfg.ktype is not None:
+            pass  # K-quants: float16 super-block scales, rows checked by the tensor
+        elif group and group < k and group % 32:
             raise ValueError(f"QuantizedLinear needs group_size >= 32 (got {group}); "
                              f"quantize the weight with group_size=32 or more")
         # Rows of x are rescaled where the kernels' sums would overflow, but some
         # kernels also form weight-only products (d times an integer block dot,
         # 128 d) that no rescaling of x shrinks: beyond ~3e32 those overflow.
-        for what, arr in (("scales", stored.scales),
-                          ("zero_points", stored.zero_points if cfg.kind == _ext.KIND_MIN4 else None)):
+        checked = () if cfg.ktype is not None else (
+            ("scales", stored.scales),
+            ("zero_points", stored.zero_points if cfg.kind == _ext.KIND_MIN4 else None))
+        for what, arr in checked:
             if arr is not None:
                 big = max(abs(float(arr.max())), abs(float(arr.min())))  # no temporary copy
                 if big > _MAX_SCALE:
@@ -123,8 +124,12 @@ class QuantizedLinear:
             self._bias = b
             self._bias_ro = b.view()
             self._bias_ro.setflags(write=False)
-        self._qw = _ext.QWeight(stored.data, stored.scales, stored.zero_points, cfg.kind, n, k,
-                                group, cfg.granularity == "tensor")
+        if cfg.ktype is not None:  # the super-blocks alone: scales and mins are inside
+            self._qw = _ext.QWeight(stored.data, None, None, _ext.KIND_Q4_K + cfg.ktype, n, k,
+                                    0, False)
+        else:
+            self._qw = _ext.QWeight(stored.data, stored.scales, stored.zero_points, cfg.kind, n,
+                                    k, group, cfg.granularity == "tensor")
         self._mode = _ext.COMPUTE_F32 if cfg.compute == "float32" else _ext.COMPUTE_I8
         self._last_m = 1
 
@@ -142,10 +147,6 @@ class QuantizedLinear:
             weight = module.weight
             if bias is None:
                 bias = getattr(module, "bias", None)
-        if config.ktype is not None:
-            raise NotImplementedError(f"QuantizedLinear does not run {config.format!r} (K-quant) "
-                                      f"weights yet; quantize with quantcore.quantize and "
-                                      f"dequantize(), or use Q8_0/Q4_0/Q4_1")
         w = as_float_array(weight, "weight")
         if w.ndim != 2:
             raise ValueError(f"weight must be 2-D (out_features, in_features), got shape {w.shape}")
@@ -186,7 +187,9 @@ class QuantizedLinear:
         """Name of the kernel a forward with m rows runs, e.g. ``gemv_i8_int4_avx2``."""
         path = "gemm" if self._qw.uses_gemm(int(m), self._mode) else "gemv"
         comp = "i8" if self._mode == _ext.COMPUTE_I8 else "f32"
-        return f"{path}_{comp}_{_KIND_NAMES[self.config.kind]}_{_ext.current_isa()}"
+        c = self.config
+        what = c.format if c.ktype is not None else _KIND_NAMES[c.kind]
+        return f"{path}_{comp}_{what}_{_ext.current_isa()}"
 
     @property
     def kernel(self) -> str:

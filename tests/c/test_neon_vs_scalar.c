@@ -927,6 +927,53 @@ static void test_linear(void) {
                     }
 }
 
+/* qc_linear over K-quant weights (Q4_K, Q5_K, Q6_K) under the SIMD ISA against the
+ * scalar reference: every ISA runs the same float operations in the same order
+ * (docs/kquants.md), so both compute modes must agree bit for bit, for M from 1
+ * into the GEMM's range, and with a NaN row (the exact float64 path). */
+static void test_linear_kquant(void) {
+    static const int64_t KS[] = {256, 512, 1280};
+    static const int64_t NS[] = {1, 7, 33};
+    static const int64_t MS[] = {1, 3, 5, 17};
+    for (int t = 0; t < QC_NUM_KTYPES; t++)
+        for (size_t ki = 0; ki < sizeof KS / sizeof *KS; ki++)
+            for (size_t ni = 0; ni < sizeof NS / sizeof *NS; ni++) {
+                const int64_t K = KS[ki], N = NS[ni], M = MS[(ki + ni + t) % 4];
+                const int64_t rb = qc_kquant_row_bytes((qc_ktype)t, K);
+                float *wf = xmalloc((size_t)(N * K) * 4), *x = xmalloc((size_t)(M * K) * 4);
+                for (int64_t i = 0; i < N * K; i++)
+                    wf[i] = uni() * (i % 7 == 0 ? 3.0f : 1.0f);
+                for (int64_t i = 0; i < M * K; i++)
+                    x[i] = uni() * (i % 11 == 0 ? 8.0f : 1.0f);
+                if (M > 2)
+                    x[2 * K + 5] = NAN;
+                uint8_t *data = xmalloc((size_t)(N * rb));
+                qc_status st = qc_quantize_kquant((qc_ktype)t, wf, N, K, K, NULL, data, NULL);
+                CHECK(st == QC_OK, "linear kquant: quantize status %d", st);
+                qc_qweight w = {(qc_kind)(QC_KIND_Q4_K + t), N, K, 0, 0, QC_F32, data, NULL, NULL};
+                for (int mode = 0; mode < 2; mode++) {
+                    float *y[2];
+                    for (int isa = 0; isa < 2; isa++) {
+                        use(isa ? simd : QC_ISA_SCALAR);
+                        y[isa] = xmalloc((size_t)(M * N) * 4);
+                        st = qc_linear(&w, x, M, K, NULL, y[isa], N, mode ? QC_COMPUTE_I8 : QC_COMPUTE_F32);
+                        CHECK(st == QC_OK, "linear kquant status %d", st);
+                    }
+                    int bad = 0;
+                    for (int64_t i = 0; i < M * N && !bad; i++)
+                        bad = fbits(y[0][i]) != fbits(y[1][i]);
+                    CHECK(!bad, "linear kquant type=%d %s m=%lld n=%lld k=%lld: %s differs from scalar",
+                          t, mode ? "int8" : "float32", (long long)M, (long long)N, (long long)K,
+                          qc_isa_name(simd));
+                    free(y[0]);
+                    free(y[1]);
+                }
+                free(wf);
+                free(x);
+                free(data);
+            }
+}
+
 /* qc_linear near the float32 limits, scalar and the SIMD ISA, against a double
  * reference over the dequantized weight: rows with one element of 1e30..3e38,
  * whole rows near the limit, tiny and subnormal rows, a huge element among
@@ -1068,6 +1115,7 @@ int main(void) {
         printf("%s linear kernels against scalar\n", qc_isa_name(simd));
         SECTION(test_linear) /* every ISA has linear kernels of its own */
         SECTION(test_linear_extremes)
+        SECTION(test_linear_kquant)
         if (only_linear) {
             nsimd++;
             continue;
