@@ -235,11 +235,23 @@ def _cmd_quantize_gguf(args: argparse.Namespace) -> int:
                           f"q4_k_m (or q4_k_s, q5_k_s, q5_k_m, q6_k) or --target-bits BITS")
     if args.recipe is not None and args.target_bits is not None:
         raise _UsageError(f"{PROG} quantize: error: give --recipe or --target-bits, not both")
+    imatrix = None
+    if args.imatrix is not None:
+        from . import _io
+        from .calibrate import read_imatrix
+        _io.stat_regular(args.input)
+        _io.stat_regular(args.imatrix)
+        try:
+            imatrix = read_imatrix(args.imatrix)
+        except ValueError as e:
+            raise ValueError(str(e) if args.imatrix in str(e) else f"{args.imatrix}: {e}") \
+                from None
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             m = quantize_gguf(args.input, args.output, recipe=args.recipe,
-                              target_bits=args.target_bits, imatrix=args.imatrix,
+                              target_bits=args.target_bits, imatrix=imatrix,
+                              imatrix_file=args.imatrix,
                               allow_requantize=args.allow_requantize, progress=args.progress)
     except (TypeError, ValueError) as e:
         msg = str(e)

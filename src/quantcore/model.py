@@ -783,13 +783,14 @@ def _importance(calibration: Optional[Mapping], name: str, row: int,
     return imp
 
 
-def _plan_target(items: Sequence[Tuple[str, np.ndarray]], target_bits: float,
+def _plan_target(items: Sequence[Tuple[str, Any]], target_bits: float,
                  calibration: Optional[Mapping], where: str = "calibration",
                  progress: Any = None) -> Dict[str, Optional[str]]:
-    """{name: fmt} for `target_bits`: every candidate format tried on every tensor."""
+    """{name: fmt} for `target_bits`: every candidate format tried on every tensor
+    (an item's array may be a function returning it, read when its turn comes)."""
     errors: Dict[str, Tuple[int, Dict[str, Tuple[float, float]]]] = {}
-    for name, a in items:
-        a = np.asarray(a, dtype=np.float32)
+    for name, item in items:
+        a = np.asarray(item() if callable(item) else item, dtype=np.float32)
         row = a.shape[-1]
         imp = _importance(calibration, name, row, where)
         per: Dict[str, Tuple[float, float]] = {}
@@ -839,8 +840,8 @@ def _gguf_metadata(reader: Any, path: str) -> Dict[str, Any]:
 
 
 def quantize_gguf(src: Any, dst: Any, *, recipe: Optional[str] = None,
-                  target_bits: Optional[float] = None, imatrix: Any = None,
-                  allow_requantize: bool = False,
+                  target_bits: Optional[float] = None, imatrix: Optional[Mapping] = None,
+                  imatrix_file: Optional[str] = None, allow_requantize: bool = False,
                   progress: bool = True) -> ModelCompressionMetrics:
     """Quantize a GGUF model file `src` into a new GGUF file `dst`, as
     llama.cpp's ``llama-quantize`` does; returns the per-tensor metrics (each
@@ -852,7 +853,7 @@ def quantize_gguf(src: Any, dst: Any, *, recipe: Optional[str] = None,
     of `src` is kept with its value and type, except ``general.file_type``
     (set to llama.cpp's file type of the recipe; with `target_bits`, the type
     llama.cpp would guess from the format holding the most weights) and
-    ``general.quantization_version`` (2); with `imatrix` from a file,
+    ``general.quantization_version`` (2); with `imatrix_file`,
     ``quantize.imatrix.file`` and ``quantize.imatrix.entries_count`` are
     added, as llama.cpp adds them.  Tensors that are not quantized (norms,
     1-D tensors, integer tensors) are copied byte for byte, and so is a weight
@@ -863,11 +864,12 @@ def quantize_gguf(src: Any, dst: Any, *, recipe: Optional[str] = None,
     dequantized and quantized again, losing some accuracy twice, as
     llama.cpp's ``--allow-requantize``).
 
-    `imatrix`: a llama.cpp importance-matrix file (GGUF or the legacy
-    ``.dat``, see ``quantcore.calibrate.read_imatrix``) or a mapping of weight
-    name -> LayerStats; its mean squares are the importance of the K-quant
-    weights of the same name.  Weights it has no entry for are quantized
-    without one, with one warning listing them.  The file is written
+    `imatrix`: a mapping of weight name -> LayerStats, e.g. a llama.cpp
+    importance-matrix file read by ``quantcore.calibrate.read_imatrix`` (GGUF
+    or the legacy ``.dat``); its mean squares are the importance of the
+    K-quant weights of the same name.  Weights it has no entry for are
+    quantized without one, with one warning listing them.  `imatrix_file`
+    (the file's name) is recorded in the metadata and named in messages.  The file is written
     atomically (a temporary file renamed over `dst` when complete)."""
     import os
     import warnings
@@ -888,20 +890,13 @@ def quantize_gguf(src: Any, dst: Any, *, recipe: Optional[str] = None,
         raise ValueError(f"{dp} is the input file; quantizing does not replace its input: "
                          f"give another output path")
     qgguf.load_metadata(sp)  # quantcore's bounds-checked parse: a clear error for a bad file
-    calibration: Optional[Mapping] = None
-    ipath: Optional[str] = None
-    if imatrix is not None:
-        if isinstance(imatrix, Mapping):
-            calibration = imatrix
-        else:
-            from .calibrate import read_imatrix
-            ipath = os.fsdecode(os.fspath(imatrix))
-            _io.stat_regular(ipath)
-            try:
-                calibration = read_imatrix(ipath)
-            except ValueError as e:
-                msg = str(e)
-                raise ValueError(msg if ipath in msg else f"{ipath}: {msg}") from None
+    if imatrix is not None and not isinstance(imatrix, Mapping):
+        raise TypeError(f"imatrix must be a mapping of weight name -> LayerStats (e.g. "
+                        f"quantcore.calibrate.read_imatrix(path)), got {type(imatrix).__name__}")
+    if imatrix_file is not None and not isinstance(imatrix_file, str):
+        raise TypeError(f"imatrix_file must be a str, got {type(imatrix_file).__name__}")
+    calibration: Optional[Mapping] = imatrix
+    ipath: Optional[str] = imatrix_file if imatrix is not None else None
     import gguf as gg
     reader = gg.GGUFReader(sp, "r")
     meta = _gguf_metadata(reader, sp)
@@ -952,8 +947,8 @@ def quantize_gguf(src: Any, dst: Any, *, recipe: Optional[str] = None,
                 bar.set_description("measuring")
                 bar.reset(total=len(cand))
             plan = {n: None for n in shapes}
-            plan.update(_plan_target([(n, floats(by_name[n])) for n in cand], t, calibration,
-                                     ipath or "imatrix",
+            lazy = [(n, lambda n=n: floats(by_name[n])) for n in cand]
+            plan.update(_plan_target(lazy, t, calibration, ipath or "imatrix",
                                      progress=(lambda _n: bar.update(1)) if bar else None))
             if bar is not None:
                 bar.set_description("quantizing")
@@ -1010,8 +1005,7 @@ def quantize_gguf(src: Any, dst: Any, *, recipe: Optional[str] = None,
                 weight[fmt] = weight.get(fmt, 0) + math.prod(shapes[name])
         ftype = _FORMAT_FILE_TYPE[max(weight, key=lambda f: weight[f])] if weight else 1
     meta["general.file_type"] = (ftype, VT.UINT32)
-    if ipath is not None:
-        assert calibration is not None
+    if ipath is not None and calibration is not None:
         meta["quantize.imatrix.file"] = (ipath, VT.STRING)
         meta["quantize.imatrix.entries_count"] = (len(calibration), VT.INT32)
     qgguf.save(dp, out, metadata=meta, arch=arch)
