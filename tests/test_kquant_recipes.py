@@ -435,7 +435,7 @@ def test_bad_inputs(model_file, tmp_path):
                                  recipe="q4_k_m")
     with pytest.raises(ValueError, match="give recipe .* or target_bits"):
         M.quantize_gguf(src, o)
-    with pytest.raises(TypeError, match="imatrix must be a mapping .* read_imatrix"):
+    with pytest.raises(TypeError, match="imatrix must be a mapping .*read_imatrix"):
         M.quantize_gguf(src, o, recipe="q4_k_m", imatrix="imatrix.gguf")
     assert not (tmp_path / "o.gguf").exists()
 
