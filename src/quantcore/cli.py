@@ -138,11 +138,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 def _add_quantize(sub) -> None:
     p = sub.add_parser(
-        "quantize", help="quantize the float matrices of a .safetensors model into a new file",
+        "quantize", help="quantize the float matrices of a .safetensors or .gguf model into a "
+                         "new file",
         description="Quantize every float matrix (ndim >= 2) of a safetensors file and write a "
                     "quantcore safetensors file (packed codes, scales and zero points as ordinary "
                     "tensors, configs as JSON metadata). Other tensors are copied as they are. "
-                    "Prints a per-layer metrics table and the model totals.")
+                    "A GGUF input (with --recipe or --target-bits) is quantized as llama.cpp's "
+                    "llama-quantize does, into a GGUF file keeping every metadata key and "
+                    "non-weight tensor. Prints a per-layer metrics table and the model totals.")
     p.add_argument("input", metavar="IN.safetensors", help="the model to quantize")
     p.add_argument("-o", "--output", metavar="OUT.safetensors", required=True,
                    help="where to write the quantized model (replaced if it exists)")
@@ -206,6 +209,28 @@ def _float_or_text(text: str) -> Union[float, str]:
         return text
 
 
+def _plan_error(e: Exception) -> Exception:
+    """The API's error about recipe / target_bits, prefixed with the option's name."""
+    msg = str(e)
+    flag = next((f for f, w in (("--recipe", "recipe"), ("--target-bits", "target_bits"))
+                 if msg.startswith(w)), None)
+    return type(e)(f"{flag}: {msg}" if flag else msg)
+
+
+def _check_plan_flags(args: argparse.Namespace) -> None:
+    """--recipe and --target-bits values, checked before any file is read."""
+    from .model import _check_recipe, _check_target_bits
+    if args.recipe is not None and args.target_bits is not None:
+        raise _UsageError(f"{PROG} quantize: error: give --recipe or --target-bits, not both")
+    try:
+        if args.recipe is not None:
+            _check_recipe(args.recipe)
+        if args.target_bits is not None:
+            _check_target_bits(args.target_bits)
+    except (TypeError, ValueError) as e:
+        raise _UsageError(f"{PROG} quantize: error: {_plan_error(e)}") from None
+
+
 def _is_gguf(path: str) -> bool:
     try:
         with open(path, "rb") as f:
@@ -233,8 +258,6 @@ def _cmd_quantize_gguf(args: argparse.Namespace) -> int:
     if args.recipe is None and args.target_bits is None:
         raise _UsageError(f"{PROG} quantize: error: {args.input} is a GGUF file: give --recipe "
                           f"q4_k_m (or q4_k_s, q5_k_s, q5_k_m, q6_k) or --target-bits BITS")
-    if args.recipe is not None and args.target_bits is not None:
-        raise _UsageError(f"{PROG} quantize: error: give --recipe or --target-bits, not both")
     imatrix = None
     if args.imatrix is not None:
         from . import _io
@@ -254,10 +277,7 @@ def _cmd_quantize_gguf(args: argparse.Namespace) -> int:
                               imatrix_file=args.imatrix,
                               allow_requantize=args.allow_requantize, progress=args.progress)
     except (TypeError, ValueError) as e:
-        msg = str(e)
-        flag = next((f for f, w in (("--recipe", "recipe"), ("--target-bits", "target_bits"))
-                     if msg.startswith(w)), None)
-        raise ValueError(f"{flag}: {msg}" if flag else msg) from None
+        raise _plan_error(e) from None
     for w in caught:
         print(f"{PROG} quantize: warning: {w.message}", file=sys.stderr)
     print(m.to_markdown() if args.markdown else m)
@@ -381,6 +401,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     from .model import quantize_model
     from .tensor import QuantizedTensor
 
+    _check_plan_flags(args)
     if _is_gguf(args.input):
         return _cmd_quantize_gguf(args)
     if args.allow_requantize:
@@ -428,10 +449,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
                                    progress=args.progress, calibration=calibration,
                                    recipe=args.recipe, target_bits=args.target_bits)
         except (TypeError, ValueError) as e:
-            msg = str(e)
-            flag = next((f for f, w in (("--recipe", "recipe"), ("--target-bits", "target_bits"))
-                         if msg.startswith(w)), None)
-            raise ValueError(f"{flag}: {msg}" if flag else msg) from None
+            raise _plan_error(e) from None
     else:
         model = quantize_model(weights, cfg, include=args.include, exclude=args.exclude,
                                overrides={p: int8 for p in args.int8}, progress=args.progress,
