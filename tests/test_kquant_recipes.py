@@ -176,6 +176,34 @@ def test_cli_q4_k_m_end_to_end(model_file, tmp_path):
         if to.tensor_type in (T.Q4_K, T.Q6_K):  # ggml's bytes for the stored values
             qt = quantcore.quantize(ref, getattr(QuantConfig, plan[name])())
             assert bytes(np.asarray(to.data)) == bytes(qt.data), name
+    # quantcore reads the K-quant tensors back packed
+    back = quantcore.gguf.load(out, names=["blk.0.attn_q.weight", "output.weight"])
+    assert back["blk.0.attn_q.weight"].config.format == "q4_k"
+    assert back["output.weight"].config.format == "q6_k"
+
+
+def test_custom_alignment_is_kept(tmp_path):
+    rng = np.random.default_rng(4)
+    src = tmp_path / "a64.gguf"
+    w = gguf.GGUFWriter(str(src), "llama")
+    w.add_custom_alignment(64)
+    w.add_tensor("blk.0.attn_norm.weight", rng.standard_normal(7).astype(np.float32))
+    w.add_tensor("blk.0.ffn_up.weight", rng.standard_normal((3, 256)).astype(np.float16))
+    w.add_tensor("output_norm.weight", rng.standard_normal(5).astype(np.float32))
+    for step in (w.write_header_to_file, w.write_kv_data_to_file, w.write_tensors_to_file,
+                 w.close):
+        step()
+    out = tmp_path / "o.gguf"
+    M.quantize_gguf(src, out, recipe="q6_k", progress=False)
+    a, b = GGUFReader(str(src)), GGUFReader(str(out))
+    assert b.fields["general.alignment"].contents() == 64 and b.alignment == 64
+    tb = {t.name: t for t in b.tensors}
+    assert all(t.data_offset % 64 == 0 for t in b.tensors)
+    for t in a.tensors:
+        if t.name.endswith("norm.weight"):
+            assert bytes(np.asarray(t.data).view(np.uint8)) == \
+                bytes(np.asarray(tb[t.name].data).view(np.uint8))
+    assert tb["blk.0.ffn_up.weight"].tensor_type == T.Q6_K
 
 
 def test_recipe_types_per_recipe(model_file, tmp_path):
