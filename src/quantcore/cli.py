@@ -232,10 +232,13 @@ def _check_plan_flags(args: argparse.Namespace) -> None:
 
 
 def _is_gguf(path: str) -> bool:
+    """Whether `path` is a regular file starting with GGUF's magic (anything else,
+    a FIFO or a missing file included, is left to the safetensors path's checks)."""
+    from . import _io
     try:
-        with open(path, "rb") as f:
+        with _io.open_regular(path) as f:
             return f.read(4) == b"GGUF"
-    except OSError:
+    except (OSError, ValueError):
         return False
 
 
