@@ -8,7 +8,9 @@ Subcommands:
   timed against a NumPy baseline and the installed peers (see
   :mod:`quantcore.bench`).
 * ``quantcore quantize IN.safetensors -o OUT.safetensors [...]``: quantize a
-  model's matrices, print per-layer metrics (see :mod:`quantcore.model`).
+  model's matrices, print per-layer metrics (see :mod:`quantcore.model`);
+  ``quantcore quantize IN.gguf -o OUT.gguf --recipe q4_k_m`` (or
+  ``--target-bits``) quantizes a GGUF model as llama.cpp does.
 * ``quantcore inspect FILE``: what a safetensors file holds (:mod:`quantcore.files`).
 
 Each subcommand is a pair: ``_add_<name>(subparsers)`` declares its arguments
@@ -136,11 +138,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 def _add_quantize(sub) -> None:
     p = sub.add_parser(
-        "quantize", help="quantize the float matrices of a .safetensors model into a new file",
+        "quantize", help="quantize the float matrices of a .safetensors or .gguf model into a "
+                         "new file",
         description="Quantize every float matrix (ndim >= 2) of a safetensors file and write a "
                     "quantcore safetensors file (packed codes, scales and zero points as ordinary "
                     "tensors, configs as JSON metadata). Other tensors are copied as they are. "
-                    "Prints a per-layer metrics table and the model totals.")
+                    "A GGUF input (with --recipe or --target-bits) is quantized as llama.cpp's "
+                    "llama-quantize does, into a GGUF file keeping every metadata key and "
+                    "non-weight tensor. Prints a per-layer metrics table and the model totals.")
     p.add_argument("input", metavar="IN.safetensors", help="the model to quantize")
     p.add_argument("-o", "--output", metavar="OUT.safetensors", required=True,
                    help="where to write the quantized model (replaced if it exists)")
@@ -181,10 +186,110 @@ def _add_quantize(sub) -> None:
     p.add_argument("--int8", action="append", metavar="PATTERN", default=[],
                    help="quantize tensors matching this glob to int8 per channel instead, e.g. "
                         "'lm_head*' (repeatable)")
+    p.add_argument("--recipe", metavar="{q4_k_s,q4_k_m,q5_k_s,q5_k_m,q6_k}",
+                   help="llama.cpp's K-quant mix: a format per tensor by its rules for GGUF "
+                        "tensor names (the way to quantize a .gguf input)")
+    p.add_argument("--target-bits", type=_float_or_text, metavar="BITS",
+                   help="instead of --recipe: a format per tensor (Q4_K, Q5_K, Q6_K, Q8_0) by "
+                        "measured error, averaging at most BITS bits per weight (4.5 to 8.5)")
+    p.add_argument("--allow-requantize", action="store_true",
+                   help=".gguf input: dequantize and requantize weights that are already "
+                        "quantized (refused otherwise)")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bar")
     p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     p.set_defaults(func=_cmd_quantize)
+
+
+def _float_or_text(text: str) -> Union[float, str]:
+    """A float where the text is one, else the text (the API words the error)."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _plan_error(e: Exception) -> Exception:
+    """The API's error about recipe / target_bits, prefixed with the option's name."""
+    msg = str(e)
+    flag = next((f for f, w in (("--recipe", "recipe"), ("--target-bits", "target_bits"))
+                 if msg.startswith(w)), None)
+    return type(e)(f"{flag}: {msg}" if flag else msg)
+
+
+def _check_plan_flags(args: argparse.Namespace) -> None:
+    """--recipe and --target-bits values, checked before any file is read."""
+    from .model import _check_recipe, _check_target_bits
+    if args.recipe is not None and args.target_bits is not None:
+        raise _UsageError(f"{PROG} quantize: error: give --recipe or --target-bits, not both")
+    try:
+        if args.recipe is not None:
+            _check_recipe(args.recipe)
+        if args.target_bits is not None:
+            _check_target_bits(args.target_bits)
+    except (TypeError, ValueError) as e:
+        raise _UsageError(f"{PROG} quantize: error: {_plan_error(e)}") from None
+
+
+def _is_gguf(path: str) -> bool:
+    """Whether `path` is a regular file starting with GGUF's magic (anything else,
+    a FIFO or a missing file included, is left to the safetensors path's checks)."""
+    from . import _io
+    try:
+        with _io.open_regular(path) as f:
+            return f.read(4) == b"GGUF"
+    except (OSError, ValueError):
+        return False
+
+
+def _cmd_quantize_gguf(args: argparse.Namespace) -> int:
+    """A GGUF model in, a GGUF model out: quantcore.model.quantize_gguf."""
+    import os
+    import warnings
+    from .model import quantize_gguf
+    given = [flag for flag, on in (
+        ("--bits", args.bits is not None), ("--group-size", args.group_size is not None),
+        ("--format", args.format is not None), ("--method", args.method != "absmax"),
+        ("--calibration", args.calibration is not None), ("--act-order", args.act_order),
+        ("--asymmetric", not args.symmetric), ("--scale-dtype", args.scale_dtype is not None),
+        ("--include", bool(args.include)), ("--exclude", bool(args.exclude)),
+        ("--int8", bool(args.int8))) if on]
+    if given:
+        raise _UsageError(f"{PROG} quantize: error: a .gguf input takes --recipe or "
+                          f"--target-bits (and --imatrix, --allow-requantize); drop "
+                          f"{', '.join(given)}")
+    if args.recipe is None and args.target_bits is None:
+        raise _UsageError(f"{PROG} quantize: error: {args.input} is a GGUF file: give --recipe "
+                          f"q4_k_m (or q4_k_s, q5_k_s, q5_k_m, q6_k) or --target-bits BITS")
+    imatrix = None
+    if args.imatrix is not None:
+        from . import _io
+        from .calibrate import read_imatrix
+        _io.stat_regular(args.input)
+        _io.stat_regular(args.imatrix)
+        try:
+            imatrix = read_imatrix(args.imatrix)
+        except ValueError as e:
+            raise ValueError(str(e) if args.imatrix in str(e) else f"{args.imatrix}: {e}") \
+                from None
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            m = quantize_gguf(args.input, args.output, recipe=args.recipe,
+                              target_bits=args.target_bits, imatrix=imatrix,
+                              imatrix_file=args.imatrix,
+                              allow_requantize=args.allow_requantize, progress=args.progress)
+    except (TypeError, ValueError) as e:
+        raise _plan_error(e) from None
+    for w in caught:
+        print(f"{PROG} quantize: warning: {w.message}", file=sys.stderr)
+    print(m.to_markdown() if args.markdown else m)
+    orig = m.total_original_bits() / 8
+    comp = m.total_compressed_bits() / 8
+    print(f"\nparameters: {m.total_parameters():,}; {_size(orig)} -> {_size(comp)} "
+          f"({m.model_compression_ratio():.2f}x, {m.average_effective_bits():.3f} bits/param)")
+    print(f"wrote {args.output} ({_size(os.path.getsize(args.output))})")
+    return 0
 
 
 def _quantize_config(args: argparse.Namespace):
@@ -299,6 +404,23 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     from .model import quantize_model
     from .tensor import QuantizedTensor
 
+    _check_plan_flags(args)
+    if _is_gguf(args.input):
+        return _cmd_quantize_gguf(args)
+    if args.allow_requantize:
+        raise _UsageError(f"{PROG} quantize: error: --allow-requantize is for a .gguf input")
+    planned = args.recipe is not None or args.target_bits is not None
+    if planned:
+        given = [flag for flag, on in (
+            ("--bits", args.bits is not None), ("--group-size", args.group_size is not None),
+            ("--format", args.format is not None), ("--method", args.method != "absmax"),
+            ("--act-order", args.act_order), ("--asymmetric", not args.symmetric),
+            ("--scale-dtype", args.scale_dtype is not None), ("--int8", bool(args.int8)))
+            if on]
+        if given:
+            raise _UsageError(f"{PROG} quantize: error: --recipe and --target-bits choose every "
+                              f"tensor's format; drop {', '.join(given)}")
+        args.format = "q4_k"  # the calibration flags take the K-quant path
     try:
         _check_calibration_flags(args)
         cfg = _quantize_config(args)
@@ -324,9 +446,17 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
         _io.stat_regular(cpath)
         calibration = load_stats(cpath) if args.calibration else read_imatrix(cpath)
     weights = load(args.input)
-    model = quantize_model(weights, cfg, include=args.include, exclude=args.exclude,
-                           overrides={p: int8 for p in args.int8}, progress=args.progress,
-                           calibration=calibration)
+    if planned:
+        try:
+            model = quantize_model(weights, include=args.include, exclude=args.exclude,
+                                   progress=args.progress, calibration=calibration,
+                                   recipe=args.recipe, target_bits=args.target_bits)
+        except (TypeError, ValueError) as e:
+            raise _plan_error(e) from None
+    else:
+        model = quantize_model(weights, cfg, include=args.include, exclude=args.exclude,
+                               overrides={p: int8 for p in args.int8}, progress=args.progress,
+                               calibration=calibration)
     save(args.output, model, metadata={"quantized_from": os.path.basename(args.input)})
 
     m = model.metrics

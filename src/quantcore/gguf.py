@@ -39,7 +39,7 @@ from __future__ import annotations
 import math
 import os
 import struct
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Iterable, List, Mapping, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 
@@ -49,6 +49,14 @@ from .config import QuantConfig
 from .tensor import QuantizedTensor
 
 __all__ = ["load", "save", "load_metadata", "to_blocks", "from_blocks", "GGUF_TYPES"]
+
+
+class _RawTensor(NamedTuple):
+    """A tensor that ``save`` writes byte for byte: `data` (uint8, the file's
+    bytes of the tensor), `ggml_type` (a GGML type id) and `shape` (NumPy order)."""
+    data: np.ndarray
+    ggml_type: int
+    shape: Tuple[int, ...]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -471,7 +479,9 @@ def save(path: PathLike, tensors: Mapping[str, Any], metadata: Optional[Mapping[
     `metadata`: extra key/value pairs; a value is a str, a bool, an int (UINT32
     when it fits in [0, 2**32), else INT64), a float (FLOAT32), a non-empty list
     of one of those kinds (ints as INT32, or INT64 when one does not fit), or
-    ``(value, gguf.GGUFValueType.X)`` for an exact type.
+    ``(value, gguf.GGUFValueType.X)`` for an exact type (``(list,
+    GGUFValueType.ARRAY, GGUFValueType.X)`` for an array of X).  A
+    ``general.alignment`` entry also sets the alignment of the tensor data.
     ``general.architecture`` is `arch`.  Needs the ``gguf`` package.
 
     Every tensor and every metadata value is checked before any file is
@@ -488,12 +498,21 @@ def save(path: PathLike, tensors: Mapping[str, Any], metadata: Optional[Mapping[
                         f"got {type(tensors).__name__}")
     if not tensors:
         raise ValueError("tensors is empty: nothing to save")
-    prepared = []
+    prepared: List[Tuple[str, np.ndarray, Any]] = []
     for name, t in tensors.items():
         if not isinstance(name, str) or not name:
             raise TypeError(f"tensor names must be non-empty str, got {name!r}")
         _check_text(name, "tensor name")
-        if isinstance(t, QuantizedTensor):
+        if isinstance(t, _RawTensor):
+            qt = GGMLQuantizationType(t.ggml_type)
+            bs, ts = gguf.constants.GGML_QUANT_SIZES[qt]
+            raw = np.ascontiguousarray(t.data, dtype=np.uint8)
+            shape = tuple(t.shape)
+            if not shape or shape[-1] % bs or raw.size != math.prod(shape) // bs * ts:
+                raise ValueError(f"tensor {name!r}: {raw.size} bytes do not hold a {qt.name} "
+                                 f"tensor of shape {shape}")
+            prepared.append((name, raw.reshape(shape[:-1] + (shape[-1] // bs * ts,)), qt))
+        elif isinstance(t, QuantizedTensor):
             fmt = _format_of(t)
             if fmt is None:
                 raise ValueError(f"tensor {name!r}: GGUF stores Q8_0, Q4_0 and Q4_1 (groups of "
@@ -520,9 +539,16 @@ def save(path: PathLike, tensors: Mapping[str, Any], metadata: Optional[Mapping[
         raise TypeError(f"arch must be a non-empty str, got {arch!r}")
     _check_text(arch, "arch")
     entries = _metadata_entries(GGUFValueType, metadata)
+    alignment = _DEFAULT_ALIGNMENT
+    for key, val, _, _ in entries:
+        if key == "general.alignment":
+            if not _is_int(val) or val < 1 or val & (val - 1):
+                raise ValueError(f"metadata 'general.alignment' must be a power of two, got {val!r}")
+            alignment = val
     p = os.fspath(path)
     with _io.replacing(p) as tmp:
         w = GGUFWriter(tmp, arch)
+        w.data_alignment = alignment
         try:
             w.add_quantization_version(2)
             for key, val, vtype, sub in entries:
@@ -647,13 +673,14 @@ def _metadata_entries(VT, metadata: Optional[Mapping[str, Any]]):
         _check_text(key, "metadata key")
         where = f"metadata {key!r}"
         sub = None
-        if isinstance(val, tuple) and len(val) == 2 and isinstance(val[1], VT):
+        if isinstance(val, tuple) and len(val) in (2, 3) and isinstance(val[1], VT) and \
+                (len(val) == 2 or (val[1] == VT.ARRAY and isinstance(val[2], VT))):
             vt = val[1]
             v = _plain(val[0])
             if vt == VT.ARRAY:
                 if not isinstance(v, list):
                     raise TypeError(f"{where}: ARRAY needs a list, got {type(val[0]).__name__}")
-                sub = _element_type(VT, v, where, widen=False)
+                sub = val[2] if len(val) == 3 else _element_type(VT, v, where, widen=False)
         elif isinstance(val, (bool, np.bool_)):
             v, vt = bool(val), VT.BOOL
         elif isinstance(val, (int, np.integer)):
