@@ -100,7 +100,7 @@ def _add_bench(sub) -> None:
     p.add_argument("--quick", action="store_true",
                    help="smaller shapes and fewer repeats (under a minute)")
     p.add_argument("--repeats", type=_int_or_text, metavar="N",
-                   help="timed samples per measurement (default 5, 3 with --quick)")
+                   help="timed samples per measurement (default 5, 3 with --quick, 40 with --load)")
     p.add_argument("--threads", type=_int_or_text, metavar="N",
                    help="threads for quantcore and the linear peers (default: the current "
                         "setting, QUANTCORE_NUM_THREADS or the core count)")

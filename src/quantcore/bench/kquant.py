@@ -15,7 +15,7 @@ against the same read probe.  Where quantcore has no kernel for a format the row
 shows ``n/a`` and ggml's time alone.
 
 ``kquantize`` rows: each format on a 4096x4096 float32 weight (``--quick``:
-1024x4096), without an importance vector, on one thread for both
+256x4096), without an importance vector, on one thread for both
 (``quantcore.quantize`` at one thread, ``ggml_quantize_chunk``); Mw/s counts
 million weights quantized per second.
 """
@@ -47,7 +47,7 @@ KQUANT_ROWS: Tuple[Tuple[int, int, int], ...] = ((1, 4096, 14336), (128, 4096, 1
                                                  (1, 14336, 4096))
 QUICK_KQUANT_ROWS: Tuple[Tuple[int, int, int], ...] = ((1, 1024, 4096), (32, 1024, 4096))
 KQUANTIZE_SHAPES: Tuple[Tuple[int, int], ...] = ((4096, 4096),)
-QUICK_KQUANTIZE_SHAPES: Tuple[Tuple[int, int], ...] = ((1024, 4096),)
+QUICK_KQUANTIZE_SHAPES: Tuple[Tuple[int, int], ...] = ((256, 4096),)
 _SUPER = 256
 
 
