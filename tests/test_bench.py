@@ -212,6 +212,43 @@ def test_busy_core_starts_and_always_stops():
         assert not _alive(pid), type(exc)
 
 
+def _gone(pid, timeout_s=10.0):
+    """Whether `pid` exits (or is left a zombie, which spins no more) within the timeout."""
+    import time
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return True
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.skipif(not hasattr(os, "getppid") or os.name != "posix",
+                    reason="the busy process watches its parent with getppid (POSIX)")
+def test_busy_core_outlives_no_killed_parent():
+    """A parent that dies without cleaning up (os._exit, SIGKILL) leaves no spinner."""
+    import subprocess
+    import sys
+    code = ("import os, sys\n"
+            "from quantcore.bench.machine import busy_core\n"
+            "with busy_core() as pid:\n"
+            "    print(pid, flush=True)\n"
+            "    os._exit(0)\n")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.dirname(
+        os.path.abspath(machine.__file__)))] + [env.get("PYTHONPATH", "")])
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                       timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert _gone(int(p.stdout.split()[0]))
+
+
 def test_busy_core_that_cannot_start(monkeypatch):
     monkeypatch.setattr(machine, "_SPINNER", "import sys; sys.exit(3)")
     with pytest.raises(machine.BusyCoreError, match="exited at start"):
