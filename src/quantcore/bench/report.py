@@ -276,17 +276,21 @@ def present_peers(ops: Sequence[str]) -> Set[str]:
 
 
 def format_tables(results: Sequence[Result]) -> str:
-    """The report tables of `results`, one per op, as text (with the legend)."""
+    """The report tables of `results`, one per op, as text (with the legend);
+    rows measured under ``--load`` get the load tables."""
     parts, tables = [], []
     ops = [op for op in CASES if any(r.op == op for r in results)]
     peers = present_peers(ops)
+    load = any(r.load for r in results)
+    if load:  # peers left out under load (naive) get no column
+        peers = {p for p in peers if any(p in r.peers for r in results)}
     for op in ops:
-        t = Table(CASES[op], sorted(peers))
+        t = (LoadTable if load else Table)(CASES[op], sorted(peers))
         tables.append(t)
         rows = [t.row(r) for r in results if r.op == op]
         parts.append("\n".join([t.header()] + rows))
     threads = results[0].threads if results else 1
-    return "\n\n".join(parts + [legend(tables, threads, True)])
+    return "\n\n".join(parts + [legend(tables, threads, True, load=load)])
 
 
 def to_json(results: Sequence[Result], settings: Optional[dict] = None,
