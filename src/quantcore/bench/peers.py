@@ -106,10 +106,10 @@ def ggml_module() -> Any:
     """``ggml`` (ggml-python, with its CPU backend initialised), or None when it is
     not installed or its shared libraries do not load."""
     mod = _import("ggml")
-    if mod is not None and not getattr(mod, "_quantcore_bench_init", False):
+    if mod is not None and "ggml:cpu_init" not in _MODULES:
         try:
-            mod.ggml_cpu_init()
-            mod._quantcore_bench_init = True
+            mod.ggml_cpu_init()  # idempotent; the CPU backend's tables
+            _MODULES["ggml:cpu_init"] = True
         except Exception:  # an older ggml-python without the CPU backend split
             _MODULES["ggml"] = mod = None
     return mod
