@@ -214,7 +214,7 @@ def legend(tables: Sequence[Table], threads: int, blas_pinned: bool, load: bool 
     if load:
         parts = ["ms, p90: quantcore's median and 90th percentile over single calls with another "
                  "process spinning on one core; 1t: quantcore's median on 1 thread, timed just "
-                 "before on the quiet machine; p90/1t: the first over the second; a peer's cell: "
+                 "before without that process; p90/1t: the first over the second; a peer's cell: "
                  "its median/p90 under the same load; -: no such peer for that row"]
     else:
         parts = ["Nx: peer time / quantcore time, same input, same run (above 1x: quantcore is "

@@ -231,9 +231,9 @@ def bench(*, shapes: Optional[Sequence[Tuple[int, ...]]] = None,
         say_wrapped(f"load average {load_avg:.2f} on {ncpu} cores: other work is running, "
                     f"timings will be noisy")
     if load:
-        say_wrapped("--load: each row times quantcore alone on 1 thread with the machine quiet, "
+        say_wrapped("--load: each row times quantcore alone on 1 thread without a busy process, "
                     "then quantcore and its peers with another process spinning on one core, "
-                    "started before and stopped after the row")
+                    "started before and stopped after the row's loaded timings")
     peers = present_peers(ops)
     if load:
         peers -= set(LOAD_SKIPPED_PEERS)
