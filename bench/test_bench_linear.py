@@ -11,7 +11,7 @@ Setup (quantizing, building sessions) happens before the timed calls.
 
 GB/s counts the packed weight bytes a call streams; GFLOP/s is in
 ``extra_info``.  The default grid is a subset that runs in a few minutes;
-``QC_BENCH_LINEAR_FULL=1`` runs M in {1, 8, 32, 128, 512} on all three shapes.
+``QC_BENCH_LINEAR_FULL=1`` runs M in {1, 2, 4, 8, 16, 32, 128, 512} on all three shapes.
 Run: ``python -m pytest bench/test_bench_linear.py --benchmark-only``.
 """
 

@@ -84,7 +84,7 @@ def _add_bench(sub) -> None:
     # Names are checked by quantcore.bench (CASES, CONFIGS); the help lists
     # them without importing the package (tests/test_cli.py keeps them in step).
     configs = "int8, int4_g32, q8_0, q4_0, q4_1"
-    ops = "quantize, dequantize, linear"
+    ops = "quantize, dequantize, linear, kquant, kquantize"
     p = sub.add_parser(
         "bench", help="time quantize, dequantize and QuantizedLinear against NumPy and the "
                       "installed peers",
@@ -93,14 +93,16 @@ def _add_bench(sub) -> None:
                     "formats) against a NumPy implementation of the same rule and gguf's "
                     "reference; QuantizedLinear forward (int8 and int4 weights, int8 and float32 "
                     "compute, M = 1 to 512 rows) against NumPy, a naive dequantize-then-matmul, "
-                    "PyTorch and ONNX Runtime. Peers that are not installed get no column (pip "
+                    "PyTorch and ONNX Runtime; the K-quants (Q4_K, Q5_K, Q6_K: linear and "
+                    "quantize) against ggml itself through ggml-python. Peers that are not "
+                    "installed get no column (pip "
                     "install 'quantcore[bench]' brings them). Prints one table per op with "
                     "medians over repeats after a warmup and quantcore's speedup over each peer; "
                     "a legend under the tables explains the columns.")
     p.add_argument("--quick", action="store_true",
                    help="smaller shapes and fewer repeats (under a minute)")
     p.add_argument("--repeats", type=_int_or_text, metavar="N",
-                   help="timed samples per measurement (default 5, 3 with --quick)")
+                   help="timed samples per measurement (default 5, 3 with --quick, 40 with --load)")
     p.add_argument("--threads", type=_int_or_text, metavar="N",
                    help="threads for quantcore and the linear peers (default: the current "
                         "setting, QUANTCORE_NUM_THREADS or the core count)")
@@ -114,6 +116,10 @@ def _add_bench(sub) -> None:
                    help=f"ops to run (default: {ops})")
     # Accepted so that older scripts keep working; the report has no targets section.
     p.add_argument("--no-targets", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--load", action="store_true",
+                   help="time the linear rows with another process keeping one core busy: "
+                        "median and p90 of single calls for quantcore and each peer, and "
+                        "quantcore's quiet 1-thread median (default ops: linear; kquant too)")
     p.add_argument("--json", metavar="FILE", dest="json_path",
                    help="write all results, quantcore.info(), the machine and the date as JSON")
     p.add_argument("--plot", metavar="FILE.png", dest="plot_path",
@@ -128,7 +134,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         shapes = parse_shapes(args.shapes) if args.shapes is not None else None
         bench(shapes=shapes, configs=args.configs, ops=args.ops, threads=args.threads,
               repeats=args.repeats, quick=args.quick, json_path=args.json_path,
-              plot_path=args.plot_path)
+              plot_path=args.plot_path, load=args.load)
     except BenchError as e:
         raise _UsageError(f"{PROG} bench: error: {e}") from None
     return 0

@@ -5,6 +5,8 @@ and run it:
 
 * :mod:`.quantize`: the ``quantize`` and ``dequantize`` cases;
 * :mod:`.linear`: the ``linear`` case (``QuantizedLinear.forward``);
+* :mod:`.kquant`: the ``kquant`` and ``kquantize`` cases (K-quant linear and
+  quantize against ggml);
 * :mod:`.peers`: the implementations compared against (a NumPy baseline of the
   same rules, gguf's reference, PyTorch, ONNX Runtime) and their names;
 * :mod:`.machine`: what the run learns about the machine (cache sizes, the
@@ -25,7 +27,9 @@ Decorate ``prepare(ctx, config_name, shape) -> Prepared`` with
 all the setup outside the timed call and returns the timed quantcore callable,
 the bytes and FLOPs it stands for (GB/s, GFLOP/s) and its peers (callables, or a
 note saying why a peer has none for that row); raising NotImplementedError
-skips the row.  ``grid(ctx)`` lists the (config, shape) pairs the case runs.
+skips the row, while a Prepared whose ``fn`` is None (``unavailable`` says why)
+keeps the row with ``n/a`` for quantcore and its peers timed.  ``grid(ctx)``
+lists the (config, shape) pairs the case runs.
 """
 
 from __future__ import annotations
@@ -66,15 +70,18 @@ class Prepared:
     """A row ready to time: everything allocated, only calls left.
 
     `check(quantcore_result, {peer: result})` runs after timing and returns
-    values for the JSON (``checks``); `ceiling` times, like the row, a read of
-    the same bytes (see :mod:`.machine`) for the row's %bw."""
-    fn: Callable[[], Any]
+    values for the JSON (``checks``; quantcore's result is None when `fn` is);
+    `ceiling` times, like the row, a read of the same bytes (see
+    :mod:`.machine`) for the row's %bw.  `fn` None: quantcore cannot run this
+    row (`unavailable` says why); its peers are still timed."""
+    fn: Optional[Callable[[], Any]]
     nbytes: int = 0
     flops: int = 0
     peers: List[Peer] = field(default_factory=list)
     check: Optional[Callable[[Any, Dict[str, Any]], Dict[str, Any]]] = None
     keep_key: Optional[Hashable] = None
     ceiling: Optional[Callable[[], Timing]] = None
+    unavailable: str = ""
 
 
 @dataclass
@@ -90,6 +97,9 @@ class Case:
     show_bw: bool = False
     exact_peer: Optional[str] = None
     mkn: bool = False
+    peer_ms: bool = False
+    mweights: bool = False
+    loadable: bool = False
 
     def pairs(self, ctx: "BenchContext") -> List[Tuple[str, Tuple[int, ...]]]:
         """The (config, shape) pairs this case runs in `ctx`."""
@@ -105,7 +115,8 @@ CASES: Dict[str, Case] = {}
 def register_case(op: str, *, peers: Sequence[str] = ("numpy",), what: str = "",
                   bytes_label: str = "", flops: bool = False, grid: Optional[Callable] = None,
                   show_bw: bool = False, exact_peer: Optional[str] = None,
-                  mkn: bool = False) -> Callable:
+                  mkn: bool = False, peer_ms: bool = False, mweights: bool = False,
+                  loadable: bool = False) -> Callable:
     """Decorator: register ``prepare(ctx, config_name, shape) -> Prepared`` as case `op`.
 
     `peers` names the peer columns in order (see :data:`.peers.PEERS`); `what`
@@ -113,11 +124,14 @@ def register_case(op: str, *, peers: Sequence[str] = ("numpy",), what: str = "",
     adds a GFLOP/s column; `grid` lists the pairs to run (default: every selected
     config on every selected shape); `show_bw` adds the %bw column; `exact_peer`
     names a peer whose result the row's ``check`` compares bit for bit; `mkn`
-    says the shapes are (M, K, N) of a matmul (rows grouped by K and N).
+    says the shapes are (M, K, N) of a matmul (rows grouped by K and N);
+    `peer_ms` adds each peer's milliseconds beside its ratio; `mweights` adds a
+    column of million weights per second (``nbytes`` counting float32 weights);
+    `loadable` lets ``--load`` run the case.
     """
     def deco(prepare: Callable) -> Callable:
         CASES[op] = Case(op, prepare, tuple(peers), what, bytes_label, flops, grid, show_bw,
-                         exact_peer, mkn)
+                         exact_peer, mkn, peer_ms, mweights, loadable)
         return prepare
     return deco
 
@@ -129,8 +143,9 @@ class BenchContext:
 
     def __init__(self, shapes: Sequence[Tuple[int, ...]], configs: Sequence[str], threads: int,
                  repeats: int = 5, warmup: int = 1, peer_budget_s: float = 0.5,
-                 quick: bool = False, custom_shapes: bool = False):
+                 quick: bool = False, custom_shapes: bool = False, load: bool = False):
         self.quick = quick
+        self.load = load  # --load: single-call samples, a busy core, a quiet 1-thread baseline
         self.custom_shapes = custom_shapes  # --shapes given: they also set the linear (N, K)
         self.shapes = [tuple(s) for s in shapes]
         self.configs = list(configs)
@@ -161,33 +176,54 @@ class BenchContext:
 
 @dataclass
 class Result:
-    """One measured row: quantcore's timing, each peer's (or why there is none),
-    the checks, and the timing of the read probe over the same bytes."""
+    """One measured row: quantcore's timing (None: quantcore cannot run the row,
+    `unavailable` says why), each peer's (or why there is none), the checks, and
+    the timing of the read probe over the same bytes.  Rows measured under
+    ``--load`` also hold `quiet_1t`, quantcore's timing on one thread with the
+    machine left quiet, and `load` is True."""
     op: str
     config: str
     shape: Tuple[int, ...]
     threads: int
-    timing: Timing
+    timing: Optional[Timing]
     nbytes: int
     flops: int
     peers: Dict[str, dict]            # name -> {"timing": Timing or None, "note": str}
     checks: Dict[str, Any] = field(default_factory=dict)
     ceiling: Optional[Timing] = None
+    unavailable: str = ""
+    quiet_1t: Optional[Timing] = None
+    load: bool = False
+
+    @property
+    def _t(self) -> float:
+        return self.timing.median if self.timing is not None else float("nan")
 
     @property
     def ms(self) -> float:
-        """Median milliseconds per call."""
-        return self.timing.median * 1e3
+        """Median milliseconds per call (nan: quantcore did not run)."""
+        return self._t * 1e3
+
+    @property
+    def p90_ms(self) -> float:
+        """The 90th percentile of quantcore's samples in milliseconds (nan: none)."""
+        t = self.timing
+        return t.p90 * 1e3 if t is not None and t.p90 is not None else float("nan")
 
     @property
     def gbps(self) -> float:
         """Bytes counted per call over the median time, in GB/s."""
-        return gbps(self.nbytes, self.timing.median) if self.nbytes else float("nan")
+        return gbps(self.nbytes, self._t) if self.nbytes else float("nan")
 
     @property
     def gflops(self) -> float:
         """Floating-point operations per call over the median time, in GFLOP/s."""
-        return self.flops / self.timing.median / 1e9 if self.flops else float("nan")
+        return self.flops / self._t / 1e9 if self.flops else float("nan")
+
+    @property
+    def mweights(self) -> float:
+        """Million weights per second, where ``nbytes`` counts float32 weights."""
+        return self.nbytes / 4 / self._t / 1e6 if self.nbytes else float("nan")
 
     @property
     def bandwidth_fraction(self) -> float:
@@ -195,14 +231,21 @@ class Result:
         fraction of the reachable read bandwidth the row streams (nan: no probe)."""
         if self.ceiling is None:
             return float("nan")
-        return self.ceiling.median / self.timing.median
+        return self.ceiling.median / self._t
+
+    @property
+    def p90_over_quiet_1t(self) -> float:
+        """``--load``: quantcore's p90 under load over its quiet 1-thread median."""
+        if self.quiet_1t is None:
+            return float("nan")
+        return self.p90_ms / (self.quiet_1t.median * 1e3)
 
     def speedup(self, peer: str) -> float:
-        """Peer time / quantcore time (nan when the peer was not timed)."""
+        """Peer time / quantcore time (nan when either was not timed)."""
         p = self.peers.get(peer)
         if not p or p.get("timing") is None:
             return float("nan")
-        return p["timing"].median / self.timing.median
+        return p["timing"].median / self._t
 
     def to_dict(self) -> dict:
         """The row as plain JSON values."""
@@ -210,16 +253,30 @@ class Result:
         for name, p in self.peers.items():
             t = p.get("timing")
             peers[name] = {"ms": t.median * 1e3 if t else None,
+                           "p90_ms": t.p90 * 1e3 if t and t.p90 is not None else None,
                            "speedup": _num(self.speedup(name)),
                            "note": p.get("note") or None,
                            **({"timing": t.to_dict()} if t else {})}
-        return {"op": self.op, "config": self.config, "shape": list(self.shape),
-                "threads": self.threads, "ms": self.ms, "gbps": _num(self.gbps),
-                "gflops": _num(self.gflops), "nbytes": self.nbytes, "flops": self.flops,
-                "timing": self.timing.to_dict(), "peers": peers, "checks": self.checks,
-                "probe_gbps": (_num(gbps(self.nbytes, self.ceiling.median))
-                               if self.ceiling is not None else None),
-                "bandwidth_fraction": _num(self.bandwidth_fraction)}
+        d = {"op": self.op, "config": self.config, "shape": list(self.shape),
+             "threads": self.threads, "ms": _num(self.ms), "p90_ms": _num(self.p90_ms),
+             "gbps": _num(self.gbps), "gflops": _num(self.gflops), "nbytes": self.nbytes,
+             "flops": self.flops,
+             "timing": self.timing.to_dict() if self.timing is not None else None,
+             "unavailable": self.unavailable or None,
+             "peers": peers, "checks": self.checks,
+             "probe_gbps": (_num(gbps(self.nbytes, self.ceiling.median))
+                            if self.ceiling is not None else None),
+             "bandwidth_fraction": _num(self.bandwidth_fraction)}
+        if CASES.get(self.op) is not None and CASES[self.op].mweights:
+            d["mweights_per_s"] = _num(self.mweights)
+        if self.load:
+            d["load"] = {"busy_processes": 1,
+                         "quiet_1thread": (self.quiet_1t.to_dict() if self.quiet_1t is not None
+                                           else None),
+                         "quiet_1thread_ms": (self.quiet_1t.median * 1e3
+                                              if self.quiet_1t is not None else None),
+                         "p90_over_quiet_1thread": _num(self.p90_over_quiet_1t)}
+        return d
 
 
 def _num(x: Optional[float]) -> Optional[float]:

@@ -1,10 +1,10 @@
 """The ``linear`` case of ``quantcore bench``: QuantizedLinear.forward on LLM layer
 shapes against NumPy and, when installed, PyTorch and ONNX Runtime.
 
-Rows: M in {1, 8, 32, 128, 512} x (K, N) in {(4096, 4096), (4096, 14336),
-(14336, 4096)} for int8 per channel and int4 g32, each with int8 and float32
-compute (``--quick``: M in {1, 32} on K=1024, N=4096; ``--shapes NxK`` sets the
-layers).  Peers, at the same thread count and on the same weights: NumPy float32
+Rows: M in {1, 2, 4, 8, 16, 32, 128, 512} x (K, N) in {(4096, 4096), (4096,
+14336), (14336, 4096)} for int8 per channel and int4 g32, each with int8 and
+float32 compute (``--quick``: M in {1, 4, 32} on K=1024, N=4096; ``--shapes NxK``
+sets the layers).  Peers, at the same thread count and on the same weights: NumPy float32
 ``x @ W.T``, the naive NumPy dequantize-then-matmul, PyTorch float32 and dynamic
 int8, ONNX Runtime ``MatMulNBits`` (block 32, quantcore's own codes and scales)
 at accuracy_level 0 and 4.
@@ -35,9 +35,9 @@ from .timing import QC_BUDGET_S, Timing, measure, rotating
 
 __all__ = ["LINEAR_CONFIGS", "LINEAR_MS", "LINEAR_KN", "QUICK_MS", "QUICK_KN"]
 
-LINEAR_MS = (1, 8, 32, 128, 512)
+LINEAR_MS = (1, 2, 4, 8, 16, 32, 128, 512)
 LINEAR_KN = ((4096, 4096), (4096, 14336), (14336, 4096))
-QUICK_MS = (1, 32)
+QUICK_MS = (1, 4, 32)
 QUICK_KN = ((1024, 4096),)
 LINEAR_CONFIGS: Dict[str, QuantConfig] = {
     "int8/i8": QuantConfig.int8(compute="int8"),
@@ -165,7 +165,7 @@ def _grid(ctx: BenchContext) -> List[Tuple[str, Tuple[int, ...]]]:
 @register_case("linear", peers=("numpy", "naive", "torch", "torch_i8", "ort_a0", "ort_a4"),
                what="QuantizedLinear.forward(x, out=buf), x (M, K), weight (N, K)",
                bytes_label="GB/s of packed weights read", flops=True, grid=_grid, show_bw=True,
-               mkn=True)
+               mkn=True, loadable=True)
 def _prepare_linear(ctx: BenchContext, config: str, shape: Tuple[int, ...]) -> Prepared:
     """QuantizedLinear.forward(x, out=buf) for x of shape (M, K), weight (N, K)."""
     if config not in LINEAR_CONFIGS:

@@ -10,14 +10,18 @@ caches that CPU 0 sees, so the L3 slice of its core complex), else from glibc's
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import functools
 import math
 import os
 import platform
+import select
+import subprocess
+import sys
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -25,7 +29,7 @@ from .. import _ext
 from .timing import rotating
 
 __all__ = ["Caches", "cache_sizes", "cpu_name", "load_average", "size_classes",
-           "layer_copies", "read_probe", "host"]
+           "layer_copies", "read_probe", "host", "busy_core", "BusyCoreError"]
 
 _SYSFS = "/sys/devices/system/cpu/cpu0/cache"
 _ASSUMED = (32 << 10, 1 << 20, 32 << 20)  # when the machine does not say
@@ -183,3 +187,67 @@ def host() -> dict:
     return {"platform": platform.platform(), "cpu": cpu_name(), "cpu_count": os.cpu_count(),
             "caches": {"l1d": c.l1d, "l2": c.l2, "l3": c.l3, "source": c.source},
             "load_average_1min": load_average()}
+
+
+class BusyCoreError(RuntimeError):
+    """The process that should keep a core busy did not start."""
+
+
+# The busy process: pins itself to one CPU where it can, says it is running, then
+# spins until it is killed or its parent is gone (checked every ~10^6 steps, so
+# that it never outlives a parent that was killed without cleaning up).
+_SPINNER = """
+import os, sys
+cpu = int(sys.argv[1])
+if cpu >= 0 and hasattr(os, "sched_setaffinity"):
+    try:
+        os.sched_setaffinity(0, {cpu})
+    except OSError:
+        pass
+parent = os.getppid()
+sys.stdout.write("1")
+sys.stdout.flush()
+i = 0
+while True:
+    i += 1
+    if not i & 0xFFFFF and os.getppid() != parent:
+        break
+"""
+
+
+def _first_cpu() -> int:
+    try:
+        return min(os.sched_getaffinity(0))  # type: ignore[attr-defined]
+    except (AttributeError, OSError, ValueError):
+        return -1
+
+
+@contextlib.contextmanager
+def busy_core(start_timeout_s: float = 30.0) -> Iterator[int]:
+    """Run a child process that keeps one core busy (a spinning loop, pinned to
+    the first CPU this process may use, where the OS allows pinning) for the
+    duration of the ``with`` block; yields its pid.  It has started spinning when
+    the block begins and is killed and reaped when the block ends, whatever ends
+    it (an exception, Ctrl-C)."""
+    proc = subprocess.Popen([sys.executable, "-S", "-c", _SPINNER, str(_first_cpu())],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL)
+    try:
+        assert proc.stdout is not None
+        if os.name == "posix":
+            ready, _, _ = select.select([proc.stdout], [], [], start_timeout_s)
+            if not ready:
+                raise BusyCoreError(f"the busy process did not start within "
+                                    f"{start_timeout_s:g} s")
+        if proc.stdout.read(1) != b"1":
+            raise BusyCoreError(f"the busy process exited at start (status {proc.wait()})")
+        yield proc.pid
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # pragma: no cover (a kill is not refused)
+            pass
+        if proc.stdout is not None:
+            proc.stdout.close()

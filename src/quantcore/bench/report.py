@@ -19,7 +19,7 @@ from . import CASES, BenchError, Case, Result, format_shape
 from .machine import host
 from .peers import PEERS, gguf_module, installed
 
-__all__ = ["Table", "legend", "format_tables", "to_json", "plot_speedups", "WIDTH"]
+__all__ = ["Table", "LoadTable", "legend", "format_tables", "to_json", "plot_speedups", "WIDTH"]
 
 WIDTH = 100  # the report's lines fit a terminal this wide
 
@@ -50,17 +50,23 @@ class Table:
         cols = [("config", 8, "<")]
         cols += [("M", 4, ">")] if case.mkn else [("shape", 11, "<")]
         cols += [("ms", 8, ">"), ("GB/s", 6, ">")]
+        if case.mweights:
+            cols.append(("Mw/s", 6, ">"))
         if case.show_bw:
             cols.append(("%bw", 5, ">"))
         if case.flops:
             cols.append(("GFLOP/s", 7, ">"))
-        cols += [(PEERS[p].label, 6, ">") for p in self.peers]
+        for p in self.peers:
+            if case.peer_ms:
+                cols.append((f"{PEERS[p].label} ms", 8, ">"))
+            cols.append((PEERS[p].label, 6, ">"))
         self.exact = case.exact_peer if case.exact_peer in self.peers else None
         if self.exact:
             cols.append((f"{PEERS[self.exact].label}=", 5, ">"))
         self.cols = cols
         self._group: Optional[tuple] = None
         self.above_probe: List[Result] = []   # rows faster than their read probe
+        self.unavailable: Dict[str, str] = {}  # config -> why quantcore has no kernel ("n/a")
 
     def _line(self, cells: Sequence[str]) -> str:
         return "  ".join(format(c, f"{a}{w}") for c, (_, w, a) in zip(cells, self.cols)).rstrip()
@@ -74,9 +80,7 @@ class Table:
         head = self._line([name for name, _, _ in self.cols])
         return "\n".join(textwrap.wrap(title, WIDTH) + [head, "-" * len(head)])
 
-    def row(self, r: Result) -> str:
-        """The line(s) for one result (a K, N subheading first where it changes)."""
-        lines = []
+    def _lead(self, r: Result, lines: List[str]) -> List[str]:
         cells = [r.config]
         if self.case.mkn:
             m, k, n = r.shape
@@ -86,7 +90,18 @@ class Table:
             cells.append(str(m))
         else:
             cells.append(format_shape(r.shape))
-        cells += [_fmt_ms(r.ms), _fmt(r.gbps, ".2f" if r.gbps < 100 else ".0f")]
+        return cells
+
+    def row(self, r: Result) -> str:
+        """The line(s) for one result (a K, N subheading first where it changes)."""
+        lines: List[str] = []
+        cells = self._lead(r, lines)
+        if r.timing is None:
+            self.unavailable.setdefault(r.config, r.unavailable)
+        cells += ["n/a" if r.timing is None else _fmt_ms(r.ms),
+                  _fmt(r.gbps, ".2f" if r.gbps < 100 else ".0f")]
+        if self.case.mweights:
+            cells.append(_fmt(r.mweights, ".1f" if r.mweights < 100 else ".0f"))
         if self.case.show_bw:
             frac = r.bandwidth_fraction
             if not math.isfinite(frac):
@@ -100,7 +115,10 @@ class Table:
             cells.append(_fmt(r.gflops, ".1f"))
         for p in self.peers:
             info_ = r.peers.get(p, {})
-            cells.append("-" if info_.get("timing") is None else _fmt_x(r.speedup(p)))
+            t = info_.get("timing")
+            if self.case.peer_ms:
+                cells.append("-" if t is None else _fmt_ms(t.median * 1e3))
+            cells.append("-" if t is None else _fmt_x(r.speedup(p)))
         if self.exact:
             ok = r.checks.get(f"{self.exact}_bit_exact")
             cells.append("-" if ok is None else "yes" if ok else "NO")
@@ -108,7 +126,18 @@ class Table:
         return "\n".join(lines)
 
     def footnote(self, llc: int) -> str:
-        """Why a %bw above 100% can happen, for the rows that show one ("" when none)."""
+        """Why a %bw above 100% can happen, for the rows that show one, and why a
+        row shows n/a ("" when neither)."""
+        out = ""
+        if self.unavailable:
+            why = next(iter(self.unavailable.values()))
+            out = textwrap.fill(f"n/a: quantcore has no {self.case.op} kernel for "
+                                f"{', '.join(self.unavailable)} in this build ({why})", WIDTH,
+                                subsequent_indent="  ")
+        bw = self._bw_footnote(llc)
+        return "\n".join(x for x in (out, bw) if x)
+
+    def _bw_footnote(self, llc: int) -> str:
         if not self.above_probe:
             return ""
         cached = all(r.checks.get("cache_resident") for r in self.above_probe)
@@ -121,21 +150,91 @@ class Table:
         return "\n".join(textwrap.wrap(text, WIDTH))
 
 
-def legend(tables: Sequence[Table], threads: int, blas_pinned: bool) -> str:
+def _fmt_ms3(ms: Optional[float]) -> str:
+    """Milliseconds in at most 4 characters: 0.123, 2.58, 25.8, 258, 2580."""
+    if ms is None or not math.isfinite(ms):
+        return "-"
+    return f"{ms:.3f}" if ms < 1 else f"{ms:.2f}" if ms < 10 else f"{ms:.1f}" if ms < 100 \
+        else f"{ms:.0f}"
+
+
+def _short(ms: float) -> str:
+    """:func:`_fmt_ms3` without the leading zero below 1 ms (.012), for median/p90 cells."""
+    text = _fmt_ms3(ms)
+    return text[1:] if text.startswith("0.") else text
+
+
+class LoadTable(Table):
+    """A case's table under ``--load``: quantcore's median and p90 with one core
+    busy, its quiet 1-thread median and the ratio p90 / quiet 1-thread median,
+    then each peer's median/p90 under the same load (milliseconds)."""
+
+    def __init__(self, case: Case, peers: Sequence[str]):
+        super().__init__(case, peers)
+        cols = [("config", 8, "<")]
+        cols += [("M", 3, ">")] if case.mkn else [("shape", 11, "<")]
+        cols += [("ms", 6, ">"), ("p90", 6, ">"), ("1t", 6, ">"), ("p90/1t", 6, ">")]
+        cols += [(f"{PEERS[p].label} ms", 9, ">") for p in self.peers]
+        self.cols = cols
+        self.exact = None
+
+    def header(self) -> str:
+        """The title and the column heads."""
+        c = self.case
+        title = (f"{c.op} with one core busy: {c.what}; ms = median, p90 = 90th percentile of "
+                 f"single calls; peers: median/p90 ms")
+        head = self._line([name for name, _, _ in self.cols])
+        return "\n".join(textwrap.wrap(title, WIDTH) + [head, "-" * len(head)])
+
+    def row(self, r: Result) -> str:
+        """The line(s) for one result measured under load."""
+        lines: List[str] = []
+        cells = self._lead(r, lines)
+        if r.timing is None:
+            self.unavailable.setdefault(r.config, r.unavailable)
+            cells += ["n/a", "-", "-", "-"]
+        else:
+            q1 = r.quiet_1t.median * 1e3 if r.quiet_1t is not None else None
+            cells += [_fmt_ms3(r.ms), _fmt_ms3(r.p90_ms), _fmt_ms3(q1),
+                      _fmt(r.p90_over_quiet_1t, ".2f") + ("x" if r.quiet_1t is not None else "")]
+        for p in self.peers:
+            t = r.peers.get(p, {}).get("timing")
+            cells.append("-" if t is None else
+                         f"{_short(t.median * 1e3)}/{_short((t.p90 or t.median) * 1e3)}")
+        lines.append(self._line(cells))
+        return "\n".join(lines)
+
+
+def legend(tables: Sequence[Table], threads: int, blas_pinned: bool, load: bool = False) -> str:
     """The lines under the tables: what the ratios mean, each peer label, the
     %bw and bit-exactness columns, the thread counts, the peers not installed."""
     used: List[str] = []
     for t in tables:
         used += [p for p in t.peers if p not in used]
-    parts = ["Nx: peer time / quantcore time, same input, same run (above 1x: quantcore is "
-             "faster); -: no such peer for that row"]
+    if load:
+        parts = ["ms, p90: quantcore's median and 90th percentile over single calls with another "
+                 "process spinning on one core; 1t: quantcore's median on 1 thread, timed just "
+                 "before without that process; p90/1t: the first over the second; a peer's cell: "
+                 "its median/p90 under the same load; -: no such peer for that row"]
+    else:
+        parts = ["Nx: peer time / quantcore time, same input, same run (above 1x: quantcore is "
+                 "faster); -: no such peer for that row"]
+    if any(t.case.peer_ms for t in tables) and not load:
+        parts.append("'<peer> ms': the peer's median time")
+    if any(t.unavailable for t in tables):
+        parts.append("n/a: quantcore cannot run that row (the footnote says why); its peers are "
+                     "timed all the same")
+    if any(t.case.mweights for t in tables):
+        parts.append("Mw/s: million weights quantized per second")
     if used:
         parts.append("; ".join(f"{PEERS[p].label} = {PEERS[p].description}" for p in used))
-    if any(t.case.show_bw for t in tables):
+    if any(t.case.show_bw for t in tables) and not load:
         parts.append("%bw: GB/s against a read of the same bytes by quantcore's threads, "
                      "through the same number of copies, timed the same way")
     for t in tables:
-        if t.exact:
+        if t.exact == "ggml":
+            parts.append("ggml=: quantcore's K-quant bytes equal ggml_quantize_chunk's")
+        elif t.exact:
             parts.append(f"{PEERS[t.exact].label}=: dequantize(quantize(w)) is bit-identical to "
                          f"{PEERS[t.exact].label}'s")
     ops = {t.case.op for t in tables}
@@ -145,16 +244,26 @@ def legend(tables: Sequence[Table], threads: int, blas_pinned: bool) -> str:
     if "linear" in ops:
         parts.append(f"linear: every peer at {thr}, like quantcore" +
                      ("" if blas_pinned else " (NumPy's BLAS not pinned: threadpoolctl "
-                                             "is not installed)"))
+                                             "is not installed)") +
+                     ("; naive is not timed under --load" if load else ""))
+    if "kquant" in ops:
+        parts.append(f"kquant: ggml at {thr} on its own thread pool, the same weight bytes "
+                     f"(from ggml_quantize_chunk when ggml is installed)")
+    if "kquantize" in ops:
+        parts.append("kquantize: quantcore and ggml on one thread")
     missing: Dict[str, List[str]] = {}
     for t in tables:
         for p in t.case.peers:
-            if p not in t.peers and PEERS[p].label not in missing.setdefault(PEERS[p].install, []):
+            if (p not in t.peers and PEERS[p].install and
+                    PEERS[p].label not in missing.setdefault(PEERS[p].install, [])):
                 missing[PEERS[p].install].append(PEERS[p].label)
+    missing = {hint: labels for hint, labels in missing.items() if labels}
     if missing:
+        extra = any(PEERS[p].in_bench_extra for t in tables for p in t.case.peers
+                    if p not in t.peers and PEERS[p].install)
         parts.append("not measured: " + "; ".join(f"{', '.join(labels)} ({hint})"
                                                   for hint, labels in missing.items()) +
-                     "; or pip install 'quantcore[bench]'")
+                     ("; or pip install 'quantcore[bench]'" if extra else ""))
     out: List[str] = []
     for p in parts:
         out += textwrap.wrap(p, WIDTH, subsequent_indent="  ")
@@ -167,17 +276,21 @@ def present_peers(ops: Sequence[str]) -> Set[str]:
 
 
 def format_tables(results: Sequence[Result]) -> str:
-    """The report tables of `results`, one per op, as text (with the legend)."""
+    """The report tables of `results`, one per op, as text (with the legend);
+    rows measured under ``--load`` get the load tables."""
     parts, tables = [], []
     ops = [op for op in CASES if any(r.op == op for r in results)]
     peers = present_peers(ops)
+    load = any(r.load for r in results)
+    if load:  # peers left out under load (naive) get no column
+        peers = {p for p in peers if any(p in r.peers for r in results)}
     for op in ops:
-        t = Table(CASES[op], sorted(peers))
+        t = (LoadTable if load else Table)(CASES[op], sorted(peers))
         tables.append(t)
         rows = [t.row(r) for r in results if r.op == op]
         parts.append("\n".join([t.header()] + rows))
     threads = results[0].threads if results else 1
-    return "\n\n".join(parts + [legend(tables, threads, True)])
+    return "\n\n".join(parts + [legend(tables, threads, True, load=load)])
 
 
 def to_json(results: Sequence[Result], settings: Optional[dict] = None,

@@ -1,6 +1,12 @@
 """Running ``quantcore bench``: :func:`run` measures the rows of the selected
 cases, :func:`bench` is the command (header, tables as rows arrive, legend,
-notes, JSON and plot)."""
+notes, JSON and plot).
+
+``--load`` (``bench(load=True)``) times the linear rows with one core kept busy by
+another process (:func:`.machine.busy_core`, started before and stopped after
+each row's loaded timings): quantcore's median on one thread with the machine
+quiet first, then quantcore and each peer at the run's thread count under load,
+one call per sample, for a median and a 90th percentile."""
 
 from __future__ import annotations
 
@@ -17,18 +23,26 @@ import numpy as np
 from .. import _io
 from .._version import __version__
 from ..runtime import get_num_threads, info, set_num_threads
-from . import CASES, BenchContext, BenchError, Case, Result, clear_weights
+from . import CASES, BenchContext, BenchError, Case, Prepared, Result, clear_weights
 from . import quantize  # noqa: F401,I001  (the cases register themselves, in report order)
 from . import linear  # noqa: F401
-from .machine import cache_sizes, cpu_name, load_average
+from . import kquant  # noqa: F401
+from .machine import BusyCoreError, busy_core, cache_sizes, cpu_name, load_average
 from .peers import blas_threads, have_threadpoolctl
 from .quantize import CONFIGS, default_shapes, quick_shapes
-from .report import WIDTH, Table, legend, plot_speedups, present_peers, to_json
-from .timing import DEFAULT_REPEATS, PEER_BUDGET_S, QC_BUDGET_S, QUICK_REPEATS, Timing, measure
+from .report import WIDTH, LoadTable, Table, legend, plot_speedups, present_peers, to_json
+from .timing import (DEFAULT_REPEATS, LOAD_BUDGET_S, LOAD_REPEATS, PEER_BUDGET_S, QC_BUDGET_S,
+                     MIN_SAMPLE_S, QUICK_REPEATS, Timing, measure)
 
-__all__ = ["run", "bench", "DEFAULT_OPS"]
+__all__ = ["run", "bench", "DEFAULT_OPS", "LOAD_OPS", "LOAD_SKIPPED_PEERS"]
 
-DEFAULT_OPS = ("quantize", "dequantize", "linear")
+DEFAULT_OPS = ("quantize", "dequantize", "linear", "kquant", "kquantize")
+# Report order whatever order the case modules were first imported in (a caller may
+# import one of them before this module).
+for _op in DEFAULT_OPS:
+    CASES[_op] = CASES.pop(_op)
+LOAD_OPS = ("linear",)            # what --load runs unless --ops names others
+LOAD_SKIPPED_PEERS = ("naive",)   # not timed under --load (a strawman, and the table's width)
 
 
 def _check_names(ops: Sequence[str], configs: Sequence[str]) -> None:
@@ -42,19 +56,13 @@ def _check_names(ops: Sequence[str], configs: Sequence[str]) -> None:
                          f"{', '.join(CONFIGS)}")
 
 
-def _run_case(ctx: BenchContext, case: Case, config: str, shape: Tuple[int, ...]
-              ) -> Optional[Result]:
-    try:
-        prep = case.prepare(ctx, config, shape)
-    except NotImplementedError as e:
-        ctx.note(f"{case.op} {config} {'x'.join(map(str, shape))} skipped: {e}")
-        return None
-    timing, out = measure(prep.fn, ctx.repeats, ctx.warmup, budget_s=QC_BUDGET_S)
-    if prep.keep_key is not None:
-        ctx.kept[prep.keep_key] = out
+def _time_peers(ctx: BenchContext, prep: Prepared) -> Tuple[Dict[str, dict], Dict[str, Any]]:
     peers: Dict[str, dict] = {}
     peer_out: Dict[str, Any] = {}
+    budget, min_sample = (LOAD_BUDGET_S, 0.0) if ctx.load else (ctx.peer_budget_s, MIN_SAMPLE_S)
     for p in prep.peers:
+        if ctx.load and p.name in LOAD_SKIPPED_PEERS:
+            continue
         if p.fn is None:
             peers[p.name] = {"timing": None, "note": p.note}
             if p.note and p.note != "not installed":
@@ -63,18 +71,65 @@ def _run_case(ctx: BenchContext, case: Case, config: str, shape: Tuple[int, ...]
         if p.key is not None and p.key in ctx.peer_timings:
             peers[p.name] = {"timing": ctx.peer_timings[p.key], "note": p.note}
             continue
-        t, pout = measure(p.fn, ctx.repeats, ctx.warmup, budget_s=ctx.peer_budget_s)
+        t, pout = measure(p.fn, ctx.repeats, ctx.warmup, budget_s=budget,
+                          min_sample_s=min_sample)
         peers[p.name] = {"timing": t, "note": p.note}
         peer_out[p.name] = pout
         if p.key is not None:
             ctx.peer_timings[p.key] = t
             if p.keep:
                 ctx.kept[p.key] = pout
+    return peers, peer_out
+
+
+def _run_case(ctx: BenchContext, case: Case, config: str, shape: Tuple[int, ...]
+              ) -> Optional[Result]:
+    try:
+        prep = case.prepare(ctx, config, shape)
+    except NotImplementedError as e:
+        ctx.note(f"{case.op} {config} {'x'.join(map(str, shape))} skipped: {e}")
+        return None
+    if ctx.load:
+        return _run_loaded(ctx, case, config, shape, prep)
+    timing: Optional[Timing] = None
+    out: Any = None
+    if prep.fn is not None:
+        timing, out = measure(prep.fn, ctx.repeats, ctx.warmup, budget_s=QC_BUDGET_S)
+    if prep.keep_key is not None and prep.fn is not None:
+        ctx.kept[prep.keep_key] = out
+    peers, peer_out = _time_peers(ctx, prep)
     checks = prep.check(out, peer_out) if prep.check is not None else {}
     del out, peer_out
-    ceiling: Optional[Timing] = prep.ceiling() if prep.ceiling is not None else None
+    ceiling: Optional[Timing] = None
+    if prep.ceiling is not None and prep.fn is not None:
+        ceiling = prep.ceiling()
     return Result(case.op, config, tuple(shape), ctx.threads, timing, prep.nbytes, prep.flops,
-                  peers, checks, ceiling)
+                  peers, checks, ceiling, unavailable=prep.unavailable)
+
+
+def _run_loaded(ctx: BenchContext, case: Case, config: str, shape: Tuple[int, ...],
+                prep: Prepared) -> Result:
+    """One row under ``--load``: quantcore alone on one thread with the machine
+    quiet, then quantcore and its peers with one core kept busy."""
+    quiet: Optional[Timing] = None
+    if prep.fn is not None:
+        set_num_threads(1)
+        try:
+            quiet, _ = measure(prep.fn, ctx.repeats, ctx.warmup, budget_s=LOAD_BUDGET_S,
+                               min_sample_s=0.0)
+        finally:
+            set_num_threads(ctx.threads)
+    timing: Optional[Timing] = None
+    out: Any = None
+    with busy_core():
+        if prep.fn is not None:
+            timing, out = measure(prep.fn, ctx.repeats, ctx.warmup, budget_s=LOAD_BUDGET_S,
+                                  min_sample_s=0.0)
+        peers, peer_out = _time_peers(ctx, prep)
+    checks = prep.check(out, peer_out) if prep.check is not None else {}
+    del out, peer_out
+    return Result(case.op, config, tuple(shape), ctx.threads, timing, prep.nbytes, prep.flops,
+                  peers, checks, None, unavailable=prep.unavailable, quiet_1t=quiet, load=True)
 
 
 def run(ops: Sequence[str] = ("quantize", "dequantize"), configs: Sequence[str] = tuple(CONFIGS),
@@ -128,9 +183,11 @@ def bench(*, shapes: Optional[Sequence[Tuple[int, ...]]] = None,
           configs: Optional[Sequence[str]] = None, ops: Optional[Sequence[str]] = None,
           threads: Any = None, repeats: Any = None, quick: bool = False,
           json_path: Optional[str] = None, plot_path: Optional[str] = None,
-          stream: TextIO = sys.stdout) -> dict:
+          load: bool = False, stream: TextIO = sys.stdout) -> dict:
     """Run the benchmark, print the report to `stream`, write the JSON and the
-    plot when asked; returns the JSON dict.  What ``quantcore bench`` calls."""
+    plot when asked; returns the JSON dict.  What ``quantcore bench`` calls.
+    `load`: time the linear rows with one core kept busy by another process
+    (``--load``; see the module's docstring)."""
     for flag, value in (("--threads", threads), ("--repeats", repeats)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or
                                   value < 1):
@@ -145,12 +202,18 @@ def bench(*, shapes: Optional[Sequence[Tuple[int, ...]]] = None,
     custom_shapes = bool(shapes)
     shapes = list(shapes) if shapes else (quick_shapes() if quick else default_shapes())
     configs = list(configs) if configs else list(CONFIGS)
-    ops = list(ops) if ops else list(DEFAULT_OPS)
+    ops = list(ops) if ops else list(LOAD_OPS if load else DEFAULT_OPS)
     _check_names(ops, configs)
-    repeats = repeats or (QUICK_REPEATS if quick else DEFAULT_REPEATS)
+    if load:
+        bad = [op for op in ops if not CASES[op].loadable]
+        if bad:
+            raise BenchError(f"--load runs the linear rows only ("
+                             f"{', '.join(op for op in CASES if CASES[op].loadable)}), got --ops "
+                             f"{', '.join(bad)}")
+    repeats = repeats or (LOAD_REPEATS if load else QUICK_REPEATS if quick else DEFAULT_REPEATS)
     nthreads = threads or get_num_threads()
     ctx = BenchContext(shapes, configs, nthreads, repeats, 1, quick=quick,
-                       custom_shapes=custom_shapes)
+                       custom_shapes=custom_shapes, load=load)
 
     def say(text: str = "") -> None:
         print(text, file=stream, flush=True)
@@ -162,18 +225,26 @@ def bench(*, shapes: Optional[Sequence[Tuple[int, ...]]] = None,
     caches = cache_sizes()
     say_wrapped(f"quantcore {__version__} bench: isa {inf['isa']}, {nthreads} thread"
                 f"{'s' if nthreads != 1 else ''} (pool {inf['thread_pool']}), "
-                f"numpy {np.__version__}, median of {repeats} after a warmup")
+                f"numpy {np.__version__}, median of {repeats} after a warmup" +
+                (" (one call per sample, stopping after "
+                 f"{LOAD_BUDGET_S:g} s)" if load else ""))
     ncpu = os.cpu_count() or 1
     say_wrapped(f"{cpu_name()}, {ncpu} cores; {caches.describe()}")
-    load = load_average()
-    if load is not None and load >= 0.5 * ncpu:
-        say_wrapped(f"load average {load:.2f} on {ncpu} cores: other work is running, timings "
-                    f"will be noisy")
+    load_avg = load_average()
+    if load_avg is not None and load_avg >= 0.5 * ncpu:
+        say_wrapped(f"load average {load_avg:.2f} on {ncpu} cores: other work is running, "
+                    f"timings will be noisy")
+    if load:
+        say_wrapped("--load: each row times quantcore alone on 1 thread without a busy process, "
+                    "then quantcore and its peers with another process spinning on one core, "
+                    "started before and stopped after the row's loaded timings")
     peers = present_peers(ops)
+    if load:
+        peers -= set(LOAD_SKIPPED_PEERS)
     tables: Dict[str, Table] = {}
 
     def start(case: Case) -> None:
-        tables[case.op] = Table(case, sorted(peers))
+        tables[case.op] = (LoadTable if load else Table)(case, sorted(peers))
         say("")
         say(tables[case.op].header())
 
@@ -186,6 +257,8 @@ def bench(*, shapes: Optional[Sequence[Tuple[int, ...]]] = None,
         with blas_threads(nthreads):
             results, ctx = run(ops, configs, shapes, threads, repeats, on_result=row,
                                on_case_start=start, ctx=ctx)
+    except BusyCoreError as e:
+        raise BenchError(f"--load: {e}") from None
     finally:
         clear_weights()
     say("")
@@ -193,13 +266,15 @@ def bench(*, shapes: Optional[Sequence[Tuple[int, ...]]] = None,
         note = t.footnote(caches.last_level)
         if note:
             say(note)
-    say(legend(list(tables.values()), nthreads, have_threadpoolctl()))
+    say(legend(list(tables.values()), nthreads, have_threadpoolctl(), load=load))
     for n in ctx.notes:
         say_wrapped(f"note: {n}")
     say(f"({time.perf_counter() - t0:.1f} s)")
     settings = {"ops": ops, "configs": configs, "shapes": [list(s) for s in shapes],
                 "threads": ctx.threads, "repeats": repeats, "warmup": 1, "quick": quick,
-                "peer_budget_s": PEER_BUDGET_S, "load_average_at_start": load}
+                "peer_budget_s": LOAD_BUDGET_S if load else PEER_BUDGET_S,
+                "load_average_at_start": load_avg, "load": load,
+                **({"load_skipped_peers": list(LOAD_SKIPPED_PEERS)} if load else {})}
     doc = to_json(results, settings, ctx.notes)
     if json_path is not None:
         try:

@@ -1,7 +1,9 @@
 """How ``quantcore bench`` times a call: a warmup, then the median of repeats.
 
 quantcore's calls, its peers' calls and the read probe all go through
-:func:`measure`, so their figures are comparable within one run.
+:func:`measure`, so their figures are comparable within one run.  Each timing
+also keeps the 90th percentile of its samples: with one call per sample
+(``min_sample_s=0``, as ``--load`` times) that is the tail of single calls.
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, List, Optional, Tuple
 
-__all__ = ["Timing", "measure", "rotating", "DEFAULT_REPEATS", "QUICK_REPEATS", "PEER_BUDGET_S",
-           "QC_BUDGET_S"]
+__all__ = ["Timing", "measure", "rotating", "percentile", "DEFAULT_REPEATS", "QUICK_REPEATS",
+           "PEER_BUDGET_S", "QC_BUDGET_S", "LOAD_REPEATS", "LOAD_BUDGET_S"]
 
 DEFAULT_REPEATS = 5
 QUICK_REPEATS = 3
@@ -22,21 +24,31 @@ PEER_BUDGET_S = 0.5       # a slow peer stops sampling after this much time (>= 
 QC_BUDGET_S = 2.0         # the same for quantcore (matters for QUANTCORE_ISA=scalar)
 MIN_SAMPLE_S = 1e-3       # shorter calls are repeated inside one sample
 SETTLE_S = 0.03           # pause before each measurement (see measure)
+LOAD_REPEATS = 40         # --load: single-call samples per measurement (for a p90) ...
+LOAD_BUDGET_S = 2.0       # ... stopping after this much time (quantcore and peers alike)
 
 
 @dataclass
 class Timing:
-    """Seconds per call over `samples` samples of `number` calls each."""
+    """Seconds per call over `samples` samples of `number` calls each; `p90` is
+    the samples' 90th percentile (nearest rank; None where not recorded)."""
     median: float
     min: float
     max: float
     samples: int
     number: int
+    p90: Optional[float] = None
 
     def to_dict(self) -> dict:
         """The timing as plain JSON values."""
         return {"median_s": self.median, "min_s": self.min, "max_s": self.max,
-                "samples": self.samples, "calls_per_sample": self.number}
+                "p90_s": self.p90, "samples": self.samples, "calls_per_sample": self.number}
+
+
+def percentile(samples: List[float], q: float) -> float:
+    """The nearest-rank `q`-th percentile (0 < q <= 100) of a non-empty list."""
+    ordered = sorted(samples)
+    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
 
 
 def measure(fn: Callable[[], Any], repeats: int = DEFAULT_REPEATS, warmup: int = 1,
@@ -76,7 +88,8 @@ def measure(fn: Callable[[], Any], repeats: int = DEFAULT_REPEATS, warmup: int =
     finally:
         if gc_on:
             gc.enable()
-    return Timing(statistics.median(samples), min(samples), max(samples), len(samples), number), out
+    return (Timing(statistics.median(samples), min(samples), max(samples), len(samples), number,
+                   percentile(samples, 90)), out)
 
 
 def rotating(fns: List[Callable[[], Any]]) -> Callable[[], Any]:
