@@ -327,7 +327,7 @@ def test_command_line(tiny, tmp_path):
     model = L.Llama(path, compute="float32")
     total, count = model.nll(model.tokenize(txt.read_text()), 16)
     assert ppl == pytest.approx(math.exp(total / count), rel=1e-4)
-    assert 1 < ppl < 10 * VOCAB
+    assert ppl > 1  # random weights: far from uniform, so no upper bound
     r = subprocess.run([sys.executable, str(EXAMPLE), str(tmp_path / "missing.gguf")],
                        capture_output=True, text=True, env=_env(), timeout=120)
     assert r.returncode == 2 and "missing.gguf" in r.stderr
