@@ -204,6 +204,9 @@ class Llama:
         self._v: List[np.ndarray] = []
         self.n_past = 0
         self._tokenizer = None
+        #: a quantcore.calibrate.StatsCollector fed the inputs of every linear layer
+        #: (names in LINEAR_NAMES) while set; None: no statistics kept
+        self.collector: Any = None
 
     # -- state -----------------------------------------------------------------------------
     def reset(self) -> None:
@@ -297,8 +300,11 @@ class Llama:
         rot = self._rot[start:start + t]
         nq, nkv = c.n_head * c.head_dim, c.n_head_kv * c.head_dim
         x = self.embed(ids)
+        obs = self.collector
         for li, L in enumerate(self.layers):
             h = self._norm(x, L.attn_norm)
+            if obs is not None:
+                obs.observe(f"blk.{li}.attn_qkv", h)
             qkv = L.qkv(h)
             self._rope(qkv[:, :nq + nkv].reshape(t, c.n_head + c.n_head_kv, c.head_dim), rot)
             q = qkv[:, :nq].reshape(t, c.n_head, c.head_dim)
@@ -306,8 +312,13 @@ class Llama:
             self._k[li][:, start:start + t] = k.transpose(1, 0, 2)
             self._v[li][:, start:start + t] = qkv[:, nq + nkv:].reshape(
                 t, c.n_head_kv, c.head_dim).transpose(1, 0, 2)
-            x += L.wo(self._attend(q, li, start, t))
+            att = self._attend(q, li, start, t)
+            if obs is not None:
+                obs.observe(f"blk.{li}.attn_output", att)
+            x += L.wo(att)
             h = self._norm(x, L.ffn_norm)
+            if obs is not None:
+                obs.observe(f"blk.{li}.ffn_gate_up", h)
             gu = L.gate_up(h)
             g, u = gu[:, :c.n_ff], gu[:, c.n_ff:]
             # SiLU(g) * u: g / (1 + exp(-g)) * u
@@ -316,11 +327,16 @@ class Llama:
             a += 1.0
             np.divide(g, a, out=a)
             a *= u
+            if obs is not None:
+                obs.observe(f"blk.{li}.ffn_down", a)
             x += L.wdown(a)
         self.n_past = start + t
         if last_only:
             x = x[-1:]
-        return self.output(self._norm(x, self.output_norm))
+        h = self._norm(x, self.output_norm)
+        if obs is not None:
+            obs.observe("output", h)
+        return self.output(h)
 
     # -- text ------------------------------------------------------------------------------
     @property
@@ -444,6 +460,18 @@ def chat_prompt(meta: Dict[str, Any], user: str, system: Optional[str] = None) -
     return text + f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
 
 
+def single_threaded_blas() -> bool:
+    """Keep NumPy's BLAS (OpenBLAS) on one thread, where threadpoolctl is installed:
+    the attention products it runs are tiny, and its worker threads would only
+    contend with quantcore's pool for the same cores.  Returns whether it could."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return False
+    threadpool_limits(1, user_api="blas")
+    return True
+
+
 # ---- speed against llama.cpp -------------------------------------------------------------
 
 def bench(model: Llama, n_prompt: int = 256, n_decode: int = 32, repeat: int = 5,
@@ -509,10 +537,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     a = ap.parse_args(argv)
     if a.n < 1:
         ap.error(f"-n must be >= 1, got {a.n}")
+    if a.repeat < 1:
+        ap.error(f"--repeat must be >= 1, got {a.repeat}")
     if a.ctx < 2:
         ap.error(f"--ctx must be >= 2, got {a.ctx}")
     if a.threads is not None:
         qc.set_num_threads(a.threads)
+    single_threaded_blas()
     try:
         path = Path(a.model) if a.model else default_model()
         model = Llama(path, compute=a.compute)

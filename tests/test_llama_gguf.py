@@ -345,6 +345,28 @@ def test_perplexity_is_reference_perplexity(tiny):
     assert total == pytest.approx(ref, rel=1e-4)
 
 
+def test_collector_sees_every_linear_input(tiny):
+    from quantcore.calibrate import StatsCollector
+    path, _ = tiny
+    model = L.Llama(path, compute="float32")
+    model.collector = StatsCollector(hessian=False)
+    model.forward(IDS[:7])
+    model.forward(IDS[7:9])
+    stats = dict(model.collector)
+    names = {f"blk.{i}.{n}" for i in range(LAYERS)
+             for n in ("attn_qkv", "attn_output", "ffn_gate_up", "ffn_down")} | {"output"}
+    assert set(stats) == names
+    assert all(st.count == 9 for st in stats.values())
+    assert stats["blk.1.ffn_down"].in_features == FF
+
+
+def test_bench_runs_without_the_peer(tiny, threads):
+    path, _ = tiny
+    res = L.bench(L.Llama(path), n_prompt=8, n_decode=3, repeat=2, threads=1, peer=False)
+    assert list(res) == ["quantcore"]
+    assert res["quantcore"]["prefill"] > 0 and res["quantcore"]["decode"] > 0
+
+
 # ---- the real model, and llama.cpp -------------------------------------------------------
 
 def _smollm2():
