@@ -367,6 +367,40 @@ def test_bench_runs_without_the_peer(tiny, threads):
     assert res["quantcore"]["prefill"] > 0 and res["quantcore"]["decode"] > 0
 
 
+def test_requantize_recipes(tiny):
+    spec = importlib.util.spec_from_file_location("llama_requant", ROOT / "examples" / "llama_requant.py")
+    R = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(R)
+    from quantcore.calibrate import StatsCollector
+    path, _ = tiny
+    model = L.Llama(path, compute="float32")
+    original = R.originals(model)
+    wins = R.windows(IDS * 3, 12)
+    ref = R.log_probs(model, wins)
+    model.collector = StatsCollector()
+    for w in wins:
+        model.reset()
+        model.forward(w)
+    stats, model.collector = dict(model.collector), None
+    # Q4_1 weights rounded again to Q4_1 are the same weights (layer 1's Q8_0 v is not)
+    n = R.requantize(model, original, R.RECIPES["q4_1"])
+    for (name, attr), before in original.items():
+        after = getattr(model.layers[int(name.split(".")[1])], attr)
+        if before.config.format == "q4_1":
+            np.testing.assert_array_equal(after.dequantized_weight(), before.dequantized_weight())
+        assert after.config.format == "q4_1"
+    assert n == sum(getattr(lay, a).weight_quantized.nbytes for _, lay, a in R.layer_slots(model))
+    ppl, kl = R.scores(R.log_probs(model, wins), ref, wins)
+    assert 0 < kl < 0.1 and ppl > 1
+    # another format changes them a little; GPTQ runs on the collected statistics;
+    # K-quants need 256-wide rows, which this model lacks: all take the fallback
+    for name in ("q4_0", "q4_0_gptq", "q4_k"):
+        R.requantize(model, original, R.RECIPES[name], stats if name in R.CALIBRATED else None)
+        _, kl = R.scores(R.log_probs(model, wins), ref, wins)
+        assert 0 < kl < 1, (name, kl)
+        assert all(isinstance(getattr(lay, a), qc.QuantizedLinear) for _, lay, a in R.layer_slots(model))
+
+
 # ---- the real model, and llama.cpp -------------------------------------------------------
 
 def _smollm2():
