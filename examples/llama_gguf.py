@@ -185,13 +185,18 @@ class Llama:
         self.meta = qgguf.load_metadata(self.path)
         self.cfg = cfg = LlamaConfig(self.meta, self.path)
         t = qgguf.load(self.path, compute=compute)
+        if "token_embd.weight" not in t:
+            raise ValueError(f"{self.path}: tensor 'token_embd.weight' is missing")
         emb = t["token_embd.weight"]
         if not isinstance(emb, QuantizedTensor):  # a float embedding table stays an array
             emb = np.asarray(emb, np.float32)
         self.tok_embd = emb
         self.n_vocab = emb.shape[0]
-        self.layers = [Layer(t, i, cfg) for i in range(cfg.n_layer)]
-        self.output_norm = np.asarray(t["output_norm.weight"], np.float32)
+        try:
+            self.layers = [Layer(t, i, cfg) for i in range(cfg.n_layer)]
+            self.output_norm = np.asarray(t["output_norm.weight"], np.float32)
+        except KeyError as e:
+            raise ValueError(f"{self.path}: tensor {e.args[0]} is missing") from None
         out = t.get("output.weight", emb)
         self.output = _linear(out, "output.weight" if "output.weight" in t else
                               "token_embd.weight (tied output)")

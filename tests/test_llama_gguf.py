@@ -294,6 +294,14 @@ def test_bad_inputs(tiny, tmp_path):
     qc.gguf.save(other, {"w": np.zeros((2, 32), np.float32)}, arch="bert")
     with pytest.raises(ValueError, match="architecture"):
         L.Llama(other)
+    # a llama file without its layers
+    meta = {k: v for k, v in qc.gguf.load_metadata(path).items()
+            if k.startswith("llama.")}
+    broken = tmp_path / "broken.gguf"
+    qc.gguf.save(broken, {"token_embd.weight": qc.QuantizedTensor.quantize(
+        np.ones((VOCAB, D), np.float32), qc.QuantConfig.q8_0())}, metadata=meta, arch="llama")
+    with pytest.raises(ValueError, match="blk.0.*missing"):
+        L.Llama(broken)
 
 
 def test_tokenizer_from_metadata(tiny):
