@@ -460,9 +460,11 @@ def smol():
 
 
 def _llama_cpp(**kw):
+    # one thread: llama.cpp's OpenMP threads spin at every barrier, which on a busy
+    # machine slows it down by 10x and more; its results do not depend on the count
     import llama_cpp
-    return llama_cpp.Llama(model_path=str(SMOLLM2), logits_all=True, n_threads=2, n_ctx=512,
-                           n_batch=512, seed=0, verbose=False, **kw)
+    return llama_cpp.Llama(model_path=str(SMOLLM2), logits_all=True, n_threads=1,
+                           n_threads_batch=1, n_ctx=512, n_batch=512, seed=0, verbose=False, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -552,11 +554,9 @@ def test_smollm2_greedy_tokens_match_llama_cpp(smol, peer):
 
 @needs_smollm2
 @needs_llama_cpp
-def test_smollm2_perplexity_matches_llama_cpp(smol, text_logits):
+def test_smollm2_perplexity_matches_llama_cpp(text_logits):
+    # (Llama.nll gives the perplexity of these logits: test_perplexity_is_reference_perplexity)
     ids, ours, theirs, theirs_flash = text_logits
     ppl, ppl_ref = _ppl(ours, ids), _ppl(theirs, ids)
-    # the example's own perplexity is the one of these logits
-    total, count = smol.nll(ids, n_ctx=len(ids))
-    assert math.exp(total / count) == pytest.approx(ppl, rel=1e-6)
     # llama.cpp's two attention kernels differ by ~0.5-1.5% on texts of this length
     assert abs(ppl / ppl_ref - 1) < 0.01, (ppl, ppl_ref, _ppl(theirs_flash, ids))
