@@ -11,8 +11,10 @@
 static qc_kq_fit45_fn fit45_for_isa(void) {
 #if defined(QC_HAVE_X86)
     qc_isa isa = qc_current_isa();
-    if (isa == QC_ISA_AVX2 || isa == QC_ISA_AVX512)
-        return qc_kq_fit_block_k45_avx2;
+    if (isa == QC_ISA_AVX512)
+        return qc_kq_fit_blocks_k45_avx512;
+    if (isa == QC_ISA_AVX2)
+        return qc_kq_fit_blocks_k45_avx2;
 #endif
     return NULL; /* the scalar reference */
 }

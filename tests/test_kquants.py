@@ -198,16 +198,34 @@ def test_bytes_equal_ggml_minilm(ggml_quantize, minilm_matrices, fmt, imp_kind, 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_same_bytes_on_every_isa(fmt, isa, rng):
     """Every kernel set gives the scalar reference's bytes (the SIMD sub-block fits
-    sum in the reference's order), over the awkward inputs, with and without importance."""
-    for case in CASES:
-        x = awkward(case, rng, 3, 512)
+    sum in the reference's order), over the awkward inputs, with and without importance;
+    rows of 1 to 5 super-blocks (the AVX-512 fits take them two at a time, a last odd one
+    alone)."""
+    for k, case in enumerate(CASES):
+        x = awkward(case, rng, 3, (512, 256, 768, 1280)[k % 4])
         for imp_kind in IMPORTANCE:
-            imp = importance_for(imp_kind, rng, 512)
+            imp = importance_for(imp_kind, rng, x.shape[1])
             quantcore.set_isa(isa)
             got = quantcore.quantize(x, config(fmt), importance=imp)
             quantcore.set_isa("scalar")
             want = quantcore.quantize(x, config(fmt), importance=imp)
             assert_same_bytes(got.data, want.data, f"{fmt} {case} importance={imp_kind} on {isa}")
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_same_bytes_on_every_isa_real_weights(fmt, isa, minilm_matrices, rng):
+    """Real weight rows (and the same rows scaled into denormals and up by 1e4) on every
+    kernel set against the scalar reference, with and without importance."""
+    for name, x in minilm_matrices.items():
+        x = x[:48]
+        for scaled in (x, x * np.float32(1e-38), x * np.float32(1e4)):
+            for imp_kind in IMPORTANCE:
+                imp = importance_for(imp_kind, rng, x.shape[1])
+                quantcore.set_isa(isa)
+                got = quantcore.quantize(scaled, config(fmt), importance=imp)
+                quantcore.set_isa("scalar")
+                want = quantcore.quantize(scaled, config(fmt), importance=imp)
+                assert_same_bytes(got.data, want.data, f"{fmt} {name} importance={imp_kind} on {isa}")
 
 
 # ---- dequantize, scales, zero points ------------------------------------------------

@@ -108,8 +108,8 @@ AVX2 static void fit8(int nmax, const __m256 *x, const __m256 *w, uint8_t *L, fl
     _mm256_storeu_ps(neg_min_out, _mm256_xor_ps(lo, _mm256_set1_ps(-0.0f))); /* -lo, as C negates */
 }
 
-AVX2 void qc_kq_fit_block_k45_avx2(const float *x, const float *qw, int nmax, float *scales,
-                                   float *mins, float *sw, uint8_t *L) {
+AVX2 static void fit_block(const float *x, const float *qw, int nmax, float *scales, float *mins,
+                           float *sw, uint8_t *L) {
     float rmin, rdelta;
     int nstep;
     qc_kq_fit_params(nmax, qw != NULL, &rmin, &rdelta, &nstep);
@@ -150,6 +150,13 @@ AVX2 void qc_kq_fit_block_k45_avx2(const float *x, const float *qw, int nmax, fl
             wt[i] = _mm256_add_ps(av_x, _mm256_and_ps(xt[i], absmask));
     }
     fit8(nmax, xt, wt, L, scales, mins, rmin, rdelta, nstep);
+}
+
+AVX2 void qc_kq_fit_blocks_k45_avx2(const float *x, const float *qw, int nb, int nmax,
+                                    float *scales, float *mins, float *sw, uint8_t *L) {
+    for (int b = 0; b < nb; b++)
+        fit_block(x + QC_QK_K * b, qw ? qw + QC_QK_K * b : NULL, nmax, scales + 8 * b, mins + 8 * b,
+                  sw + 8 * b, L + QC_QK_K * b);
 }
 
 #endif /* QC_HAVE_X86 */
