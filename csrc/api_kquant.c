@@ -19,6 +19,17 @@ static qc_kq_fit45_fn fit45_for_isa(void) {
     return NULL; /* the scalar reference */
 }
 
+static qc_kq_fit6_fn fit6_for_isa(void) {
+#if defined(QC_HAVE_X86)
+    qc_isa isa = qc_current_isa();
+    if (isa == QC_ISA_AVX512)
+        return qc_kq_fit_block_q6_avx512;
+    if (isa == QC_ISA_AVX2)
+        return qc_kq_fit_block_q6_avx2;
+#endif
+    return NULL; /* the scalar reference */
+}
+
 static const int64_t KQ_BLOCK_BYTES[QC_NUM_KTYPES] = {
     [QC_KTYPE_Q4_K] = (int64_t)sizeof(qc_block_q4_k),
     [QC_KTYPE_Q5_K] = (int64_t)sizeof(qc_block_q5_k),
@@ -69,6 +80,7 @@ qc_status qc_quantize_kquant(qc_ktype type, const float *src, int64_t rows, int6
         }
     }
     const qc_kq_fit45_fn fit = fit45_for_isa();
+    const qc_kq_fit6_fn fit6 = fit6_for_isa();
     for (int64_t r = 0; r < rows; r++) {
         const float *x = src + r * src_row_stride;
         uint8_t *y = dst + r * rb;
@@ -84,7 +96,8 @@ qc_status qc_quantize_kquant(qc_ktype type, const float *src, int64_t rows, int6
                        : qc_kq_quantize_row_q5_k(x, cols, importance, (qc_block_q5_k *)y, &bad);
             break;
         default:
-            over = qc_kq_quantize_row_q6_k(x, cols, importance, (qc_block_q6_k *)y, &bad);
+            over = fit6 ? qc_kq_quantize_row_q6(x, cols, importance, (qc_block_q6_k *)y, fit6, &bad)
+                        : qc_kq_quantize_row_q6_k(x, cols, importance, (qc_block_q6_k *)y, &bad);
             break;
         }
         if (over) {

@@ -33,7 +33,16 @@ void qc_kq_fit_params(int nmax, int with_importance, float *rmin, float *rdelta,
 /* A row of Q4_K (nmax 15) or Q5_K (nmax 31) blocks with the sub-block fits of `fit`. */
 int qc_kq_quantize_row_k45(const float *x, int64_t n, const float *importance, uint8_t *y, int nmax,
                            qc_kq_fit45_fn fit, int64_t *bad_block);
+/* The expensive part of a Q6_K super-block: for x[256] (and importance qw[256] or
+ * NULL) the sixteen sub-block fits -- scales[16] and the codes L[256] (0..63, the
+ * signed code + 32) -- exactly as the scalar reference computes them. */
+typedef void (*qc_kq_fit6_fn)(const float *x, const float *qw, float *scales, int8_t *L);
+/* A row of Q6_K blocks with the sub-block fits of `fit`. */
+int qc_kq_quantize_row_q6(const float *x, int64_t n, const float *importance, qc_block_q6_k *y,
+                          qc_kq_fit6_fn fit, int64_t *bad_block);
 #if defined(__x86_64__) || defined(_M_X64)
+void qc_kq_fit_block_q6_avx2(const float *x, const float *qw, float *scales, int8_t *L);
+void qc_kq_fit_block_q6_avx512(const float *x, const float *qw, float *scales, int8_t *L);
 void qc_kq_fit_blocks_k45_avx2(const float *x, const float *qw, int nb, int nmax, float *scales,
                                float *mins, float *sw, uint8_t *L);
 void qc_kq_fit_blocks_k45_avx512(const float *x, const float *qw, int nb, int nmax, float *scales,

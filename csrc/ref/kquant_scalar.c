@@ -427,8 +427,19 @@ int qc_kq_quantize_row_q5_k(const float *x, int64_t n, const float *importance, 
                                   bad_block);
 }
 
+/* The sixteen sub-block fits of one Q6_K super-block, one after another. */
+static void fit_block_q6_scalar(const float *x, const float *qw, float *scales, int8_t *L) {
+    for (int s = 0; s < 16; s++)
+        scales[s] = fit_codes_signed(16, 32, x + 16 * s, L + 16 * s, qw ? qw + 16 * s : NULL);
+}
+
 int qc_kq_quantize_row_q6_k(const float *x, int64_t n, const float *importance, qc_block_q6_k *y,
                             int64_t *bad_block) {
+    return qc_kq_quantize_row_q6(x, n, importance, y, fit_block_q6_scalar, bad_block);
+}
+
+int qc_kq_quantize_row_q6(const float *x, int64_t n, const float *importance, qc_block_q6_k *y,
+                          qc_kq_fit6_fn fit, int64_t *bad_block) {
     int8_t L[QC_QK_K];
     float scales[16];
     int bad = 0;
@@ -436,9 +447,8 @@ int qc_kq_quantize_row_q6_k(const float *x, int64_t n, const float *importance, 
         const float *xb = x + b * QC_QK_K;
         qc_block_q6_k *blk = &y[b];
         float max_scale = 0, max_abs = 0;
+        fit(xb, importance ? importance + b * QC_QK_K : NULL, scales, L);
         for (int s = 0; s < 16; s++) {
-            const float *qw = importance ? importance + b * QC_QK_K + 16 * s : NULL;
-            scales[s] = fit_codes_signed(16, 32, xb + 16 * s, L + 16 * s, qw);
             float a = fabsf(scales[s]);
             if (a > max_abs) {
                 max_abs = a;

@@ -159,4 +159,78 @@ AVX2 void qc_kq_fit_blocks_k45_avx2(const float *x, const float *qw, int nb, int
                   sw + 8 * b, L + QC_QK_K * b);
 }
 
+/*
+ * Q6_K: fit_codes_signed of the scalar reference (nmax 32) for eight sub-blocks of
+ * 16 values, sub-block s in lane s.  A lane whose largest magnitude is at least
+ * 1e-15 has |iscale * x| <= 33, so _mm256_round_ps (ties to even) gives the
+ * reference's integers there; the other lanes are zeroed at the end.
+ */
+AVX2 static void fit8_q6(const float *x, const float *qw, float *scales, int8_t *L) {
+    const __m256 lo_code = _mm256_set1_ps(-32.0f), hi_code = _mm256_set1_ps(31.0f);
+    const __m256 zero = _mm256_setzero_ps();
+    const int rnd = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+    __m256 xt[16], wt[16], wx[16];
+    const __m256i idx = _mm256_setr_epi32(0, 16, 32, 48, 64, 80, 96, 112);
+    for (int i = 0; i < 16; i++) {
+        xt[i] = _mm256_i32gather_ps(x + i, idx, 4);
+        wt[i] = qw ? _mm256_i32gather_ps(qw + i, idx, 4) : _mm256_mul_ps(xt[i], xt[i]);
+        wx[i] = _mm256_mul_ps(wt[i], xt[i]);
+    }
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    __m256 amax = zero, mx = zero;
+    for (int i = 0; i < 16; i++) {
+        __m256 ax = _mm256_and_ps(xt[i], absmask);
+        __m256 gt = _mm256_cmp_ps(ax, amax, _CMP_GT_OQ);
+        amax = sel(amax, ax, gt);
+        mx = sel(mx, xt[i], gt);
+    }
+    const __m256 live = _mm256_cmp_ps(amax, _mm256_set1_ps(1e-15f), _CMP_GE_OQ);
+    __m256 iscale = _mm256_div_ps(_mm256_set1_ps(-32.0f), mx);
+    __m256 best_iscale = iscale;
+    __m256 sumlx = zero, suml2 = zero;
+    for (int i = 0; i < 16; i++) {
+        __m256 r = _mm256_round_ps(_mm256_mul_ps(iscale, xt[i]), rnd);
+        __m256 l = _mm256_min_ps(_mm256_max_ps(r, lo_code), hi_code);
+        sumlx = _mm256_add_ps(sumlx, _mm256_mul_ps(wx[i], l));
+        suml2 = _mm256_add_ps(suml2, _mm256_mul_ps(_mm256_mul_ps(wt[i], l), l));
+    }
+    __m256 scale = _mm256_and_ps(_mm256_cmp_ps(suml2, zero, _CMP_NEQ_UQ), _mm256_div_ps(sumlx, suml2));
+    __m256 best = _mm256_mul_ps(scale, sumlx);
+    for (int is = -9; is <= 9; is++) {
+        if (is == 0)
+            continue;
+        iscale = _mm256_div_ps(_mm256_set1_ps(-(32.0f + 0.1f * (float)is)), mx);
+        sumlx = suml2 = zero;
+        for (int i = 0; i < 16; i++) {
+            __m256 r = _mm256_round_ps(_mm256_mul_ps(iscale, xt[i]), rnd);
+            __m256 l = _mm256_min_ps(_mm256_max_ps(r, lo_code), hi_code);
+            sumlx = _mm256_add_ps(sumlx, _mm256_mul_ps(wx[i], l));
+            suml2 = _mm256_add_ps(suml2, _mm256_mul_ps(_mm256_mul_ps(wt[i], l), l));
+        }
+        __m256 better = _mm256_and_ps(_mm256_cmp_ps(suml2, zero, _CMP_GT_OQ),
+                                      _mm256_cmp_ps(_mm256_mul_ps(sumlx, sumlx),
+                                                    _mm256_mul_ps(best, suml2), _CMP_GT_OQ));
+        if (_mm256_movemask_ps(better) == 0)
+            continue;
+        best_iscale = sel(best_iscale, iscale, better);
+        scale = sel(scale, _mm256_div_ps(sumlx, suml2), better);
+        best = sel(best, _mm256_mul_ps(scale, sumlx), better);
+    }
+    _mm256_storeu_ps(scales, _mm256_and_ps(live, scale));
+    int32_t c[16][8];
+    for (int i = 0; i < 16; i++) {
+        __m256 r = _mm256_round_ps(_mm256_mul_ps(best_iscale, xt[i]), rnd);
+        __m256 l = _mm256_add_ps(_mm256_min_ps(_mm256_max_ps(r, lo_code), hi_code), _mm256_set1_ps(32.0f));
+        _mm256_storeu_si256((__m256i *)c[i], _mm256_cvtps_epi32(_mm256_and_ps(live, l)));
+    }
+    for (int s = 0; s < 8; s++)
+        for (int i = 0; i < 16; i++)
+            L[16 * s + i] = (int8_t)c[i][s];
+}
+
+AVX2 void qc_kq_fit_block_q6_avx2(const float *x, const float *qw, float *scales, int8_t *L) {
+    fit8_q6(x, qw, scales, L);
+    fit8_q6(x + 128, qw ? qw + 128 : NULL, scales + 8, L + 128);
+}
+
 #endif /* QC_HAVE_X86 */

@@ -208,4 +208,77 @@ AVX512 void qc_kq_fit_blocks_k45_avx512(const float *x, const float *qw, int nb,
     memcpy(L, codes, (size_t)(QC_QK_K * nb));
 }
 
+/*
+ * Q6_K: fit_codes_signed of the scalar reference (nmax 32) for the sixteen
+ * sub-blocks of one super-block, sub-block s in lane s.  A lane whose largest
+ * magnitude is at least 1e-15 has |iscale * x| <= 33, so roundscale gives the
+ * reference's integers there; the other lanes are zeroed at the end.
+ */
+AVX512 void qc_kq_fit_block_q6_avx512(const float *x, const float *qw, float *scales, int8_t *L) {
+    const __m512 lo_code = _mm512_set1_ps(-32.0f), hi_code = _mm512_set1_ps(31.0f);
+    const __m512 zero = _mm512_setzero_ps();
+    __m512 xt[16], wt[16], wx[16];
+    {
+        const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11,
+                                                                 12, 13, 14, 15),
+                                               _mm512_set1_epi32(16));
+        for (int i = 0; i < 16; i++) {
+            xt[i] = _mm512_i32gather_ps(idx, x + i, 4);
+            wt[i] = qw ? _mm512_i32gather_ps(idx, qw + i, 4) : _mm512_mul_ps(xt[i], xt[i]);
+            wx[i] = _mm512_mul_ps(wt[i], xt[i]);
+        }
+    }
+    __m512 amax = zero, mx = zero;
+    for (int i = 0; i < 16; i++) {
+        __m512 ax = _mm512_abs_ps(xt[i]);
+        __mmask16 gt = _mm512_cmp_ps_mask(ax, amax, _CMP_GT_OQ);
+        amax = _mm512_mask_mov_ps(amax, gt, ax);
+        mx = _mm512_mask_mov_ps(mx, gt, xt[i]);
+    }
+    const __mmask16 live = _mm512_cmp_ps_mask(amax, _mm512_set1_ps(1e-15f), _CMP_GE_OQ);
+    __m512 iscale = _mm512_div_ps(_mm512_set1_ps(-32.0f), mx);
+    __m512 best_iscale = iscale;
+    __m512 sumlx = zero, suml2 = zero;
+    for (int i = 0; i < 16; i++) {
+        __m512 r = _mm512_roundscale_ps(_mm512_mul_ps(iscale, xt[i]), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        __m512 l = _mm512_min_ps(_mm512_max_ps(r, lo_code), hi_code);
+        sumlx = _mm512_add_ps(sumlx, _mm512_mul_ps(wx[i], l));
+        suml2 = _mm512_add_ps(suml2, _mm512_mul_ps(_mm512_mul_ps(wt[i], l), l));
+    }
+    __m512 scale = _mm512_maskz_div_ps(_mm512_cmp_ps_mask(suml2, zero, _CMP_NEQ_UQ), sumlx, suml2);
+    __m512 best = _mm512_mul_ps(scale, sumlx);
+    for (int is = -9; is <= 9; is++) {
+        if (is == 0)
+            continue;
+        iscale = _mm512_div_ps(_mm512_set1_ps(-(32.0f + 0.1f * (float)is)), mx);
+        sumlx = suml2 = zero;
+        for (int i = 0; i < 16; i++) {
+            __m512 r = _mm512_roundscale_ps(_mm512_mul_ps(iscale, xt[i]),
+                                            _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            __m512 l = _mm512_min_ps(_mm512_max_ps(r, lo_code), hi_code);
+            sumlx = _mm512_add_ps(sumlx, _mm512_mul_ps(wx[i], l));
+            suml2 = _mm512_add_ps(suml2, _mm512_mul_ps(_mm512_mul_ps(wt[i], l), l));
+        }
+        __mmask16 better = _mm512_cmp_ps_mask(suml2, zero, _CMP_GT_OQ) &
+                           _mm512_cmp_ps_mask(_mm512_mul_ps(sumlx, sumlx), _mm512_mul_ps(best, suml2),
+                                              _CMP_GT_OQ);
+        if (better == 0)
+            continue;
+        best_iscale = _mm512_mask_mov_ps(best_iscale, better, iscale);
+        scale = _mm512_mask_div_ps(scale, better, sumlx, suml2);
+        best = _mm512_mask_mov_ps(best, better, _mm512_mul_ps(scale, sumlx));
+    }
+    _mm512_storeu_ps(scales, _mm512_maskz_mov_ps(live, scale));
+    int8_t c[16][16];
+    for (int i = 0; i < 16; i++) {
+        __m512 r = _mm512_roundscale_ps(_mm512_mul_ps(best_iscale, xt[i]), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        __m512i l = _mm512_cvtps_epi32(_mm512_add_ps(_mm512_min_ps(_mm512_max_ps(r, lo_code), hi_code),
+                                                     _mm512_set1_ps(32.0f)));
+        _mm_storeu_si128((__m128i *)c[i], _mm512_cvtepi32_epi8(_mm512_maskz_mov_epi32(live, l)));
+    }
+    for (int s = 0; s < 16; s++)
+        for (int i = 0; i < 16; i++)
+            L[16 * s + i] = c[i][s];
+}
+
 #endif /* QC_HAVE_X86 */
