@@ -228,6 +228,34 @@ def test_same_bytes_on_every_isa_real_weights(fmt, isa, minilm_matrices, rng):
                 assert_same_bytes(got.data, want.data, f"{fmt} {name} importance={imp_kind} on {isa}")
 
 
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_same_bytes_for_any_thread_count(fmt, threads, rng):
+    """Rows are split between threads: 1, 2 and 3 threads give the same bytes (and report
+    the same first overflowing super-block), with and without importance, on every row count
+    around the chunking."""
+    for rows in (1, 7, 64, 129):
+        x = awkward(("heavy", "normal", "mixed_blocks", "one_outlier")[rows % 4], rng, rows, 768)
+        for imp_kind in IMPORTANCE:
+            imp = importance_for(imp_kind, rng, 768)
+            threads(1)
+            want = quantcore.quantize(x, config(fmt), importance=imp)
+            for nt in (2, 3):
+                threads(nt)
+                got = quantcore.quantize(x, config(fmt), importance=imp)
+                assert_same_bytes(got.data, want.data, f"{fmt} {rows} rows importance={imp_kind}, "
+                                  f"{nt} threads")
+    big = awkward("normal", rng, 100, 512)
+    big[70, 300] = 3e38
+    big[90, 10] = 3e38
+    messages = set()
+    for nt in (1, 2, 3):
+        threads(nt)
+        with pytest.raises(ValueError, match="too large") as e:
+            quantcore.quantize(big, config(fmt))
+        messages.add(str(e.value))
+    assert len(messages) == 1 and "row 70, columns 256..511" in messages.pop()
+
+
 # ---- dequantize, scales, zero points ------------------------------------------------
 
 def _random_blocks(fmt, rng, rows, nblocks):
