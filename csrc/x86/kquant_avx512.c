@@ -1,5 +1,5 @@
 /*
- * kquant_avx512.c -- AVX-512 sub-block fits of the Q4_K / Q5_K quantizer.
+ * kquant_avx512.c -- AVX-512 sub-block fits of the Q4_K / Q5_K / Q6_K quantizers.
  *
  * Layout: two super-blocks per call, their sixteen sub-blocks in the sixteen
  * lanes of a zmm register (value i of every sub-block in one register), so that
@@ -9,7 +9,8 @@
  * |iscale * (x - min)| shows every lane below 2^22 (there the 1.5 * 2^23 trick of
  * the reference gives the same integers); otherwise with the trick itself.  The
  * winning trial's codes are recomputed once at the end from its saved scale and
- * min.  No FMA (-ffp-contract=off, no fma intrinsics).
+ * min.  Q6_K: one super-block per call, sub-block s (16 values) in lane s.
+ * No FMA (-ffp-contract=off, no fma intrinsics).
  * Exactness: bit for bit the scalar reference (ref/kquant_scalar.c), hence ggml.
  * Every function carries the AVX-512 target attribute; the file needs no -mavx512f.
  */
