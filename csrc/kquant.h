@@ -28,6 +28,8 @@ int qc_kq_quantize_row_q6_k(const float *x, int64_t n, const float *importance, 
  * sub-block's weights -- exactly as the scalar reference computes them. */
 typedef void (*qc_kq_fit45_fn)(const float *x, const float *qw, int nb, int nmax, float *scales,
                                float *mins, float *sw, uint8_t *L);
+void qc_kq_fit_blocks_k45_scalar(const float *x, const float *qw, int nb, int nmax, float *scales,
+                                 float *mins, float *sw, uint8_t *L);
 /* ggml's search parameters (rmin, rdelta, nstep) with and without importance. */
 void qc_kq_fit_params(int nmax, int with_importance, float *rmin, float *rdelta, int *nstep);
 /* A row of Q4_K (nmax 15) or Q5_K (nmax 31) blocks with the sub-block fits of `fit`. */
@@ -40,6 +42,7 @@ typedef void (*qc_kq_fit6_fn)(const float *x, const float *qw, float *scales, in
 /* A row of Q6_K blocks with the sub-block fits of `fit`. */
 int qc_kq_quantize_row_q6(const float *x, int64_t n, const float *importance, qc_block_q6_k *y,
                           qc_kq_fit6_fn fit, int64_t *bad_block);
+void qc_kq_fit_block_q6_scalar(const float *x, const float *qw, float *scales, int8_t *L);
 #if defined(__x86_64__) || defined(_M_X64)
 void qc_kq_fit_block_q6_avx2(const float *x, const float *qw, float *scales, int8_t *L);
 void qc_kq_fit_block_q6_avx512(const float *x, const float *qw, float *scales, int8_t *L);

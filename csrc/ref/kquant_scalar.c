@@ -297,8 +297,8 @@ static void fit_block_k45_scalar(const float *x, const float *qw, int nmax, floa
 }
 
 /* The sub-block fits of nb consecutive super-blocks. */
-static void fit_blocks_k45_scalar(const float *x, const float *qw, int nb, int nmax, float *scales,
-                                  float *mins, float *sw, uint8_t *L) {
+void qc_kq_fit_blocks_k45_scalar(const float *x, const float *qw, int nb, int nmax, float *scales,
+                                 float *mins, float *sw, uint8_t *L) {
     for (int b = 0; b < nb; b++)
         fit_block_k45_scalar(x + QC_QK_K * b, qw ? qw + QC_QK_K * b : NULL, nmax, scales + 8 * b,
                              mins + 8 * b, sw + 8 * b, L + QC_QK_K * b);
@@ -417,25 +417,25 @@ int qc_kq_quantize_row_k45(const float *x, int64_t n, const float *importance, u
 
 int qc_kq_quantize_row_q4_k(const float *x, int64_t n, const float *importance, qc_block_q4_k *y,
                             int64_t *bad_block) {
-    return qc_kq_quantize_row_k45(x, n, importance, (uint8_t *)y, 15, fit_blocks_k45_scalar,
+    return qc_kq_quantize_row_k45(x, n, importance, (uint8_t *)y, 15, qc_kq_fit_blocks_k45_scalar,
                                   bad_block);
 }
 
 int qc_kq_quantize_row_q5_k(const float *x, int64_t n, const float *importance, qc_block_q5_k *y,
                             int64_t *bad_block) {
-    return qc_kq_quantize_row_k45(x, n, importance, (uint8_t *)y, 31, fit_blocks_k45_scalar,
+    return qc_kq_quantize_row_k45(x, n, importance, (uint8_t *)y, 31, qc_kq_fit_blocks_k45_scalar,
                                   bad_block);
 }
 
 /* The sixteen sub-block fits of one Q6_K super-block, one after another. */
-static void fit_block_q6_scalar(const float *x, const float *qw, float *scales, int8_t *L) {
+void qc_kq_fit_block_q6_scalar(const float *x, const float *qw, float *scales, int8_t *L) {
     for (int s = 0; s < 16; s++)
         scales[s] = fit_codes_signed(16, 32, x + 16 * s, L + 16 * s, qw ? qw + 16 * s : NULL);
 }
 
 int qc_kq_quantize_row_q6_k(const float *x, int64_t n, const float *importance, qc_block_q6_k *y,
                             int64_t *bad_block) {
-    return qc_kq_quantize_row_q6(x, n, importance, y, fit_block_q6_scalar, bad_block);
+    return qc_kq_quantize_row_q6(x, n, importance, y, qc_kq_fit_block_q6_scalar, bad_block);
 }
 
 int qc_kq_quantize_row_q6(const float *x, int64_t n, const float *importance, qc_block_q6_k *y,
