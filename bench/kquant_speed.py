@@ -6,10 +6,10 @@ quantizers (ggml-python) in the same run.
 
 Input: a (rows, cols) float32 matrix, N(0, 0.02) with one value in a thousand 20x larger
 (weight-like outliers); with --importance also a random importance vector. Each cell is
-the median of --repeat calls in million weights per second, as wall time and as CPU time
-of the calling thread (on a shared machine the wall time includes waiting for a core; the
-thread's CPU time is what an idle core would take). ggml's call runs on the calling
-thread. Every kernel set's bytes are checked against the scalar reference's (and ggml's).
+the median of --repeat rounds (each round calls every variant once, in turn) in million
+weights per second, as wall time and, on one thread, as CPU time of the calling thread (on
+a shared machine the wall time includes waiting for a core; the thread's CPU time is what
+an idle core would take). ggml's call runs on the calling thread. Every kernel set's bytes are checked against the scalar reference's (and ggml's).
 """
 
 from __future__ import annotations
@@ -35,15 +35,21 @@ def _ggml():
     return ggml
 
 
-def median_rates(fn, n: int, repeat: int) -> tuple[float, float]:
-    """(wall, thread CPU) million weights per second, medians over `repeat` calls."""
-    wall, cpu = [], []
+def time_rounds(variants: dict, n: int, repeat: int) -> dict:
+    """{name: (wall, thread CPU) million weights per second}: medians over `repeat` rounds,
+    every round calling each variant once, in turn (so that a change of load on a shared
+    machine hits all of them alike)."""
+    wall: dict = {k: [] for k in variants}
+    cpu: dict = {k: [] for k in variants}
     for _ in range(repeat):
-        t0, c0 = time.perf_counter(), time.thread_time()
-        fn()
-        cpu.append(time.thread_time() - c0)
-        wall.append(time.perf_counter() - t0)
-    return n / np.median(wall) / 1e6, n / max(np.median(cpu), 1e-9) / 1e6
+        for name, (setup, fn) in variants.items():
+            setup()
+            t0, c0 = time.perf_counter(), time.thread_time()
+            fn()
+            cpu[name].append(time.thread_time() - c0)
+            wall[name].append(time.perf_counter() - t0)
+    return {k: (n / np.median(wall[k]) / 1e6, n / max(np.median(cpu[k]), 1e-9) / 1e6)
+            for k in variants}
 
 
 def main() -> None:
@@ -68,18 +74,19 @@ def main() -> None:
           f"M weights/s, wall / thread CPU, median of {args.repeat}")
     try:
         for fmt, kt in KTYPES.items():
-            cells = []
             quantcore.set_num_threads(1)
             quantcore.set_isa("scalar")
             want = _ext.quantize_kquant(x, kt, imp)
+            variants, notes = {}, {}
             for isa in isas:
                 quantcore.set_isa(isa)
-                got = _ext.quantize_kquant(x, kt, imp)
-                same = "" if np.array_equal(got, want) else " (BYTES DIFFER)"
+                if not np.array_equal(_ext.quantize_kquant(x, kt, imp), want):
+                    notes[isa] = " (BYTES DIFFER)"
                 for nt in threads if isa == isas[-1] else [1]:
-                    quantcore.set_num_threads(nt)
-                    w, c = median_rates(lambda: _ext.quantize_kquant(x, kt, imp), n, args.repeat)
-                    cells.append(f"{isa}/{nt}t {w:.1f} / {c:.1f}{same}")
+                    def setup(isa=isa, nt=nt):
+                        quantcore.set_isa(isa)
+                        quantcore.set_num_threads(nt)
+                    variants[f"{isa}/{nt}t"] = (setup, lambda: _ext.quantize_kquant(x, kt, imp))
             if ggml is not None:
                 t = getattr(ggml, f"GGML_TYPE_{fmt.upper()}")
                 rb = ggml.ggml_row_size(t, args.cols)
@@ -87,13 +94,18 @@ def main() -> None:
                 fptr = ctypes.POINTER(ctypes.c_float)
                 ip = None if imp is None else imp.ctypes.data_as(fptr)
 
-                def run_ggml():
+                def run_ggml(t=t, out=out, ip=ip):
                     ggml.ggml_quantize_chunk(t, x.ctypes.data_as(fptr), out.ctypes.data, 0,
                                              args.rows, args.cols, ip)
                 run_ggml()
-                same = "" if np.array_equal(out.reshape(want.shape), want) else " (BYTES DIFFER)"
-                w, c = median_rates(run_ggml, n, args.repeat)
-                cells.append(f"ggml {w:.1f} / {c:.1f}{same}")
+                if not np.array_equal(out.reshape(want.shape), want):
+                    notes["ggml"] = " (BYTES DIFFER)"
+                variants["ggml"] = (lambda: None, run_ggml)
+            rates = time_rounds(variants, n, args.repeat)
+            cells = []
+            for name, (w, c) in rates.items():
+                cpu = "" if name.endswith("t") and not name.endswith("/1t") else f" / {c:.1f}"
+                cells.append(f"{name} {w:.1f}{cpu}{notes.get(name.split('/')[0], '')}")
             print(f"{fmt}: " + "; ".join(cells))
     finally:
         quantcore.set_isa(before_isa)
