@@ -1,18 +1,36 @@
 /*
  * api_kquant.c -- the K-quant entry points of quantcore.h (GGUF Q4_K, Q5_K, Q6_K):
  * argument checks and the loop over rows; the arithmetic is in ref/kquant_scalar.c
- * (and, for the Q4_K / Q5_K sub-block fits, x86/kquant_avx2.c where the kernel set
- * in use has AVX2; both give the same bytes).  One thread: every row is
- * independent, so callers may split rows between threads.
+ * (and the sub-block fits of x86/kquant_avx2.c or x86/kquant_avx512.c where the
+ * kernel set in use has them; every one gives the same bytes).  Quantize splits the
+ * rows between the pool's threads; every row is independent, so the bytes do not
+ * depend on the thread count.
  */
-#include "kquant.h"
+#include <stdlib.h>
+
+#include "internal.h"
 #include "kernels.h"
+#include "kquant.h"
+#include "pool.h"
 
 static qc_kq_fit45_fn fit45_for_isa(void) {
 #if defined(QC_HAVE_X86)
     qc_isa isa = qc_current_isa();
-    if (isa == QC_ISA_AVX2 || isa == QC_ISA_AVX512)
-        return qc_kq_fit_block_k45_avx2;
+    if (isa == QC_ISA_AVX512)
+        return qc_kq_fit_blocks_k45_avx512;
+    if (isa == QC_ISA_AVX2)
+        return qc_kq_fit_blocks_k45_avx2;
+#endif
+    return NULL; /* the scalar reference */
+}
+
+static qc_kq_fit6_fn fit6_for_isa(void) {
+#if defined(QC_HAVE_X86)
+    qc_isa isa = qc_current_isa();
+    if (isa == QC_ISA_AVX512)
+        return qc_kq_fit_block_q6_avx512;
+    if (isa == QC_ISA_AVX2)
+        return qc_kq_fit_block_q6_avx2;
 #endif
     return NULL; /* the scalar reference */
 }
@@ -42,6 +60,50 @@ static void set_err(qc_error *err, int64_t row, int64_t col) {
     }
 }
 
+/* One quantize call split into chunks of rows; a chunk stops at its first row that
+ * overflows and records it (the call reports the first such row of all). */
+typedef struct {
+    qc_ktype type;
+    const float *src;
+    int64_t rows, cols, stride, rb, chunk;
+    const float *importance;
+    uint8_t *dst;
+    qc_kq_fit45_fn fit;
+    qc_kq_fit6_fn fit6;
+    int64_t *bad; /* per chunk: -1, or row * cols + column of the first overflowing block */
+} kq_job;
+
+static int quantize_row(const kq_job *j, int64_t r, int64_t *bad) {
+    const float *x = j->src + r * j->stride;
+    uint8_t *y = j->dst + r * j->rb;
+    switch (j->type) {
+    case QC_KTYPE_Q4_K:
+        return j->fit ? qc_kq_quantize_row_k45(x, j->cols, j->importance, y, 15, j->fit, bad)
+                      : qc_kq_quantize_row_q4_k(x, j->cols, j->importance, (qc_block_q4_k *)y, bad);
+    case QC_KTYPE_Q5_K:
+        return j->fit ? qc_kq_quantize_row_k45(x, j->cols, j->importance, y, 31, j->fit, bad)
+                      : qc_kq_quantize_row_q5_k(x, j->cols, j->importance, (qc_block_q5_k *)y, bad);
+    default:
+        return j->fit6 ? qc_kq_quantize_row_q6(x, j->cols, j->importance, (qc_block_q6_k *)y,
+                                               j->fit6, bad)
+                       : qc_kq_quantize_row_q6_k(x, j->cols, j->importance, (qc_block_q6_k *)y, bad);
+    }
+}
+
+static void quantize_chunk(void *ctx, int64_t c, int slot) {
+    (void)slot;
+    const kq_job *j = (const kq_job *)ctx;
+    const int64_t r0 = c * j->chunk, r1 = r0 + j->chunk < j->rows ? r0 + j->chunk : j->rows;
+    j->bad[c] = -1;
+    for (int64_t r = r0; r < r1; r++) {
+        int64_t bad = 0;
+        if (quantize_row(j, r, &bad)) {
+            j->bad[c] = r * j->cols + bad * QC_QK_K;
+            return;
+        }
+    }
+}
+
 qc_status qc_quantize_kquant(qc_ktype type, const float *src, int64_t rows, int64_t cols,
                              int64_t src_row_stride, const float *importance, uint8_t *dst,
                              qc_error *err) {
@@ -66,31 +128,30 @@ qc_status qc_quantize_kquant(qc_ktype type, const float *src, int64_t rows, int6
             }
         }
     }
-    const qc_kq_fit45_fn fit = fit45_for_isa();
-    for (int64_t r = 0; r < rows; r++) {
-        const float *x = src + r * src_row_stride;
-        uint8_t *y = dst + r * rb;
-        int64_t bad = 0;
-        int over;
-        switch (type) {
-        case QC_KTYPE_Q4_K:
-            over = fit ? qc_kq_quantize_row_k45(x, cols, importance, y, 15, fit, &bad)
-                       : qc_kq_quantize_row_q4_k(x, cols, importance, (qc_block_q4_k *)y, &bad);
+    if (rows == 0)
+        return QC_OK;
+    /* a K-quant search costs ~20x a plain quantizer per element: threads pay off sooner */
+    int nt = qc_threads_for(rows * cols * 16);
+    kq_job j = {type, src, rows, cols, src_row_stride, rb, 0, importance, dst, fit45_for_isa(),
+                fit6_for_isa(), NULL};
+    j.chunk = qc_pool_chunk_len(rows, nt, 8, (4096 + cols - 1) / cols, 1);
+    const int64_t nchunks = qc_pool_nchunks(rows, j.chunk);
+    if (nt > nchunks)
+        nt = (int)nchunks;
+    j.bad = (int64_t *)malloc((size_t)nchunks * sizeof(int64_t));
+    if (!j.bad)
+        return QC_ERR_NOMEM;
+    qc_pool_run(nt, nchunks, quantize_chunk, &j);
+    qc_status st = QC_OK;
+    for (int64_t c = 0; c < nchunks; c++) {
+        if (j.bad[c] >= 0) {
+            set_err(err, j.bad[c] / cols, j.bad[c] % cols);
+            st = QC_ERR_OVERFLOW;
             break;
-        case QC_KTYPE_Q5_K:
-            over = fit ? qc_kq_quantize_row_k45(x, cols, importance, y, 31, fit, &bad)
-                       : qc_kq_quantize_row_q5_k(x, cols, importance, (qc_block_q5_k *)y, &bad);
-            break;
-        default:
-            over = qc_kq_quantize_row_q6_k(x, cols, importance, (qc_block_q6_k *)y, &bad);
-            break;
-        }
-        if (over) {
-            set_err(err, r, bad * QC_QK_K);
-            return QC_ERR_OVERFLOW;
         }
     }
-    return QC_OK;
+    free(j.bad);
+    return st;
 }
 
 qc_status qc_dequantize_kquant(qc_ktype type, const uint8_t *src, int64_t rows, int64_t cols,

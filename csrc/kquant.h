@@ -21,21 +21,35 @@ int qc_kq_quantize_row_q5_k(const float *x, int64_t n, const float *importance, 
 int qc_kq_quantize_row_q6_k(const float *x, int64_t n, const float *importance, qc_block_q6_k *y,
                             int64_t *bad_block);
 
-/* The expensive part of a Q4_K / Q5_K super-block (nmax 15 / 31), which every
- * ISA may provide: for x[256] (and importance qw[256] or NULL) the eight
- * sub-block fits -- scales[8], mins[8] (as -min), the codes L[256] and, with
- * importance, sw[8] the sums of each sub-block's weights -- exactly as the
- * scalar reference computes them. */
-typedef void (*qc_kq_fit45_fn)(const float *x, const float *qw, int nmax, float *scales,
+/* The expensive part of Q4_K / Q5_K super-blocks (nmax 15 / 31), which every
+ * ISA may provide: for nb (1 or 2) consecutive super-blocks x[256 * nb] (and
+ * importance qw[256 * nb] or NULL) the 8 * nb sub-block fits -- scales, mins (as
+ * -min), the codes L[256 * nb] and, with importance, sw the sums of each
+ * sub-block's weights -- exactly as the scalar reference computes them. */
+typedef void (*qc_kq_fit45_fn)(const float *x, const float *qw, int nb, int nmax, float *scales,
                                float *mins, float *sw, uint8_t *L);
+void qc_kq_fit_blocks_k45_scalar(const float *x, const float *qw, int nb, int nmax, float *scales,
+                                 float *mins, float *sw, uint8_t *L);
 /* ggml's search parameters (rmin, rdelta, nstep) with and without importance. */
 void qc_kq_fit_params(int nmax, int with_importance, float *rmin, float *rdelta, int *nstep);
 /* A row of Q4_K (nmax 15) or Q5_K (nmax 31) blocks with the sub-block fits of `fit`. */
 int qc_kq_quantize_row_k45(const float *x, int64_t n, const float *importance, uint8_t *y, int nmax,
                            qc_kq_fit45_fn fit, int64_t *bad_block);
+/* The expensive part of a Q6_K super-block: for x[256] (and importance qw[256] or
+ * NULL) the sixteen sub-block fits -- scales[16] and the codes L[256] (0..63, the
+ * signed code + 32) -- exactly as the scalar reference computes them. */
+typedef void (*qc_kq_fit6_fn)(const float *x, const float *qw, float *scales, int8_t *L);
+/* A row of Q6_K blocks with the sub-block fits of `fit`. */
+int qc_kq_quantize_row_q6(const float *x, int64_t n, const float *importance, qc_block_q6_k *y,
+                          qc_kq_fit6_fn fit, int64_t *bad_block);
+void qc_kq_fit_block_q6_scalar(const float *x, const float *qw, float *scales, int8_t *L);
 #if defined(__x86_64__) || defined(_M_X64)
-void qc_kq_fit_block_k45_avx2(const float *x, const float *qw, int nmax, float *scales, float *mins,
-                              float *sw, uint8_t *L);
+void qc_kq_fit_block_q6_avx2(const float *x, const float *qw, float *scales, int8_t *L);
+void qc_kq_fit_block_q6_avx512(const float *x, const float *qw, float *scales, int8_t *L);
+void qc_kq_fit_blocks_k45_avx2(const float *x, const float *qw, int nb, int nmax, float *scales,
+                               float *mins, float *sw, uint8_t *L);
+void qc_kq_fit_blocks_k45_avx512(const float *x, const float *qw, int nb, int nmax, float *scales,
+                                 float *mins, float *sw, uint8_t *L);
 #endif
 
 void qc_kq_dequantize_row_q4_k(const qc_block_q4_k *b, int64_t n, float *y);

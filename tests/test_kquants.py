@@ -116,6 +116,15 @@ def awkward(name: str, rng: np.random.Generator, rows: int, cols: int) -> np.nda
         x[:, :32] = 0.0
         x[:, 64:96] *= 1e-30
         x[:, 128:144] = 7.0
+    elif name == "half_steps":  # trial scales of exactly 2 or 1/2: codes halfway, ties to even decide
+        x = rng.integers(-31, 32, size=shape) * 2.0
+        odd = rng.random(shape) < 0.15
+        x[odd] += 1.0
+        x[:, ::16] = -65.0  # Q6_K's trial -(32 + 0.5) / -65 is exactly 1/2
+        x[1::2] = rng.integers(0, 16, size=x[1::2].shape) * 2.0  # Q4_K: range 30, iscale 15/30
+        x[1::2, ::32] = 0.0
+        x[1::2, 1::32] = 30.0
+        x[1::2][rng.random(x[1::2].shape) < 0.15] += 1.0
     elif name == "normal":
         x = rng.standard_normal(shape) * rng.uniform(1e-3, 1e2)
     else:
@@ -124,7 +133,8 @@ def awkward(name: str, rng: np.random.Generator, rows: int, cols: int) -> np.nda
 
 
 CASES = ("zeros", "one_outlier", "lone_value", "denormals", "tiny", "fp16_max", "large", "ties",
-         "constant_rows", "positive", "negative", "sparse", "heavy", "mixed_blocks", "normal")
+         "constant_rows", "positive", "negative", "sparse", "heavy", "mixed_blocks", "normal",
+         "half_steps")
 IMPORTANCE = ("none", "random", "with_zeros")
 
 
@@ -198,16 +208,132 @@ def test_bytes_equal_ggml_minilm(ggml_quantize, minilm_matrices, fmt, imp_kind, 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_same_bytes_on_every_isa(fmt, isa, rng):
     """Every kernel set gives the scalar reference's bytes (the SIMD sub-block fits
-    sum in the reference's order), over the awkward inputs, with and without importance."""
-    for case in CASES:
-        x = awkward(case, rng, 3, 512)
+    sum in the reference's order), over the awkward inputs, with and without importance;
+    rows of 1 to 5 super-blocks (the AVX-512 fits take them two at a time, a last odd one
+    alone)."""
+    for k, case in enumerate(CASES):
+        x = awkward(case, rng, 3, (512, 256, 768, 1280)[k % 4])
         for imp_kind in IMPORTANCE:
-            imp = importance_for(imp_kind, rng, 512)
+            imp = importance_for(imp_kind, rng, x.shape[1])
             quantcore.set_isa(isa)
             got = quantcore.quantize(x, config(fmt), importance=imp)
             quantcore.set_isa("scalar")
             want = quantcore.quantize(x, config(fmt), importance=imp)
             assert_same_bytes(got.data, want.data, f"{fmt} {case} importance={imp_kind} on {isa}")
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_same_bytes_on_every_isa_real_weights(fmt, isa, minilm_matrices, rng):
+    """Real weight rows (and the same rows scaled into denormals and up by 1e4) on every
+    kernel set against the scalar reference, with and without importance."""
+    for name, x in minilm_matrices.items():
+        x = x[:48]
+        for scaled in (x, x * np.float32(1e-38), x * np.float32(1e4)):
+            for imp_kind in IMPORTANCE:
+                imp = importance_for(imp_kind, rng, x.shape[1])
+                quantcore.set_isa(isa)
+                got = quantcore.quantize(scaled, config(fmt), importance=imp)
+                quantcore.set_isa("scalar")
+                want = quantcore.quantize(scaled, config(fmt), importance=imp)
+                assert_same_bytes(got.data, want.data, f"{fmt} {name} importance={imp_kind} on {isa}")
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_same_bytes_for_any_thread_count(fmt, threads, rng):
+    """Rows are split between threads: 1, 2 and 3 threads give the same bytes (and report
+    the same first overflowing super-block), with and without importance, on every row count
+    around the chunking."""
+    for rows in (1, 7, 64, 129):
+        x = awkward(("heavy", "normal", "mixed_blocks", "one_outlier")[rows % 4], rng, rows, 768)
+        for imp_kind in IMPORTANCE:
+            imp = importance_for(imp_kind, rng, 768)
+            threads(1)
+            want = quantcore.quantize(x, config(fmt), importance=imp)
+            for nt in (2, 3):
+                threads(nt)
+                got = quantcore.quantize(x, config(fmt), importance=imp)
+                assert_same_bytes(got.data, want.data, f"{fmt} {rows} rows importance={imp_kind}, "
+                                  f"{nt} threads")
+    big = awkward("normal", rng, 100, 512)
+    big[70, 300] = 3e38
+    big[90, 10] = 3e38
+    messages = set()
+    for nt in (1, 2, 3):
+        threads(nt)
+        with pytest.raises(ValueError, match="too large") as e:
+            quantcore.quantize(big, config(fmt))
+        messages.add(str(e.value))
+    assert len(messages) == 1 and "row 70, columns 256..511" in messages.pop()
+
+
+def _fit_kernels():
+    """The sub-block fit kernels of the extension (C symbols, through ctypes): scalar and
+    every x86 kernel set this CPU runs. Their float outputs are compared bit for bit, which
+    catches a one-ulp difference that the 6-bit and float16 codings of a block may hide."""
+    try:
+        lib = ctypes.CDLL(_ext.__file__)
+        k45 = {"scalar": lib.qc_kq_fit_blocks_k45_scalar}
+        q6 = {"scalar": lib.qc_kq_fit_block_q6_scalar}
+    except (OSError, AttributeError) as e:
+        pytest.skip(f"the extension does not export its K-quant fit kernels here ({e})")
+    for isa in ("avx2", "avx512"):
+        if isa in quantcore.available_isas():
+            k45[isa] = getattr(lib, f"qc_kq_fit_blocks_k45_{isa}")
+            q6[isa] = getattr(lib, f"qc_kq_fit_block_q6_{isa}")
+    if len(k45) == 1:
+        pytest.skip("this CPU runs no SIMD K-quant fit kernels (x86 AVX2 / AVX-512 only)")
+    return k45, q6
+
+
+def _ptr(a):
+    return ctypes.c_void_p(a.ctypes.data) if a is not None else None
+
+
+def _same_floats(got, want):
+    """bit for bit, NaN matching any NaN (its payload is not part of the contract)"""
+    g, w = got.view(np.uint32), want.view(np.uint32)
+    return bool(np.all((g == w) | (np.isnan(got) & np.isnan(want))))
+
+
+def test_fit_kernels_bit_for_bit(minilm_matrices, rng):
+    """The Q4_K / Q5_K fits (one or two super-blocks per call) and the Q6_K fit of every
+    SIMD kernel set return the scalar reference's scales, mins, weight sums and codes bit
+    for bit, on the awkward inputs and real weights, with and without importance."""
+    k45, q6 = _fit_kernels()
+    rows = [awkward(case, rng, 2, 512) for case in CASES]
+    rows += [m[:2, :512] for m in minilm_matrices.values()]
+    for x2 in rows:
+        for x in x2:
+            x = np.ascontiguousarray(x, dtype=np.float32)
+            for imp_kind in IMPORTANCE:
+                imp = importance_for(imp_kind, rng, 512)
+                for nmax in (15, 31):
+                    for nb in (1, 2):
+                        outs = {}
+                        for isa, fn in k45.items():
+                            sc, mn, sw = (np.full(16, 7.0, np.float32) for _ in range(3))
+                            L = np.full(512, 99, np.uint8)
+                            fn(_ptr(x), _ptr(imp), ctypes.c_int(nb), ctypes.c_int(nmax), _ptr(sc),
+                               _ptr(mn), _ptr(sw), _ptr(L))
+                            outs[isa] = (sc, mn, sw, L)
+                        want = outs["scalar"]
+                        for isa, got in outs.items():
+                            what = f"{isa} nmax={nmax} nb={nb} importance={imp_kind}"
+                            for k, name in enumerate(("scales", "mins", "sums of weights")):
+                                assert _same_floats(got[k], want[k]), f"{what}: {name} differ"
+                            assert np.array_equal(got[3], want[3]), f"{what}: codes differ"
+                for b in range(2):
+                    outs = {}
+                    for isa, fn in q6.items():
+                        sc, L = np.full(16, 7.0, np.float32), np.full(256, 99, np.int8)
+                        xb = x[256 * b:256 * (b + 1)]
+                        ib = None if imp is None else imp[256 * b:256 * (b + 1)]
+                        fn(_ptr(xb), _ptr(ib), _ptr(sc), _ptr(L))
+                        outs[isa] = (sc, L)
+                    for isa, (sc, L) in outs.items():
+                        what = f"Q6_K {isa} importance={imp_kind}"
+                        assert _same_floats(sc, outs["scalar"][0]), f"{what}: scales differ"
+                        assert np.array_equal(L, outs["scalar"][1]), f"{what}: codes differ"
 
 
 # ---- dequantize, scales, zero points ------------------------------------------------

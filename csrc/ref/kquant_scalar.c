@@ -296,6 +296,14 @@ static void fit_block_k45_scalar(const float *x, const float *qw, int nmax, floa
     }
 }
 
+/* The sub-block fits of nb consecutive super-blocks. */
+void qc_kq_fit_blocks_k45_scalar(const float *x, const float *qw, int nb, int nmax, float *scales,
+                                 float *mins, float *sw, uint8_t *L) {
+    for (int b = 0; b < nb; b++)
+        fit_block_k45_scalar(x + QC_QK_K * b, qw ? qw + QC_QK_K * b : NULL, nmax, scales + 8 * b,
+                             mins + 8 * b, sw + 8 * b, L + QC_QK_K * b);
+}
+
 /*
  * From the sub-block fits (scales, mins, codes L of one Q4_K / Q5_K super-block,
  * nmax 15 or 31; with importance qw, sw holds each sub-block's sum of weights): the 6-bit scale and min codes, d and dmin, and the final codes
@@ -358,15 +366,21 @@ static int finish_block_k45(const float *x, const float *qw, int nmax, const flo
 int qc_kq_quantize_row_k45(const float *x, int64_t n, const float *importance, uint8_t *y, int nmax,
                            qc_kq_fit45_fn fit, int64_t *bad_block) {
     const size_t bs = nmax == 15 ? sizeof(qc_block_q4_k) : sizeof(qc_block_q5_k);
-    uint8_t L[QC_QK_K];
-    float scales[8], mins[8], sw[8];
+    uint8_t LL[2 * QC_QK_K];
+    float scales2[16], mins2[16], sw2[16];
     int bad = 0;
-    for (int64_t b = 0; b < n / QC_QK_K; b++) {
+    const int64_t nblocks = n / QC_QK_K;
+    for (int64_t b = 0; b < nblocks; b++) {
         const float *xb = x + b * QC_QK_K;
         const float *qw = importance ? importance + b * QC_QK_K : NULL;
         uint8_t *blk = y + b * bs;
         uint16_t d, dmin;
-        fit(xb, qw, nmax, scales, mins, sw, L);
+        const int second = (int)(b & 1); /* fits run two super-blocks at a time */
+        if (!second)
+            fit(xb, qw, nblocks - b >= 2 ? 2 : 1, nmax, scales2, mins2, sw2, LL);
+        uint8_t *L = LL + QC_QK_K * second;
+        const float *scales = scales2 + 8 * second, *mins = mins2 + 8 * second;
+        const float *sw = sw2 + 8 * second;
         if (finish_block_k45(xb, qw, nmax, scales, mins, sw, &d, &dmin, blk + 4, L) && !bad) {
             bad = 1;
             *bad_block = b;
@@ -403,18 +417,29 @@ int qc_kq_quantize_row_k45(const float *x, int64_t n, const float *importance, u
 
 int qc_kq_quantize_row_q4_k(const float *x, int64_t n, const float *importance, qc_block_q4_k *y,
                             int64_t *bad_block) {
-    return qc_kq_quantize_row_k45(x, n, importance, (uint8_t *)y, 15, fit_block_k45_scalar,
+    return qc_kq_quantize_row_k45(x, n, importance, (uint8_t *)y, 15, qc_kq_fit_blocks_k45_scalar,
                                   bad_block);
 }
 
 int qc_kq_quantize_row_q5_k(const float *x, int64_t n, const float *importance, qc_block_q5_k *y,
                             int64_t *bad_block) {
-    return qc_kq_quantize_row_k45(x, n, importance, (uint8_t *)y, 31, fit_block_k45_scalar,
+    return qc_kq_quantize_row_k45(x, n, importance, (uint8_t *)y, 31, qc_kq_fit_blocks_k45_scalar,
                                   bad_block);
+}
+
+/* The sixteen sub-block fits of one Q6_K super-block, one after another. */
+void qc_kq_fit_block_q6_scalar(const float *x, const float *qw, float *scales, int8_t *L) {
+    for (int s = 0; s < 16; s++)
+        scales[s] = fit_codes_signed(16, 32, x + 16 * s, L + 16 * s, qw ? qw + 16 * s : NULL);
 }
 
 int qc_kq_quantize_row_q6_k(const float *x, int64_t n, const float *importance, qc_block_q6_k *y,
                             int64_t *bad_block) {
+    return qc_kq_quantize_row_q6(x, n, importance, y, qc_kq_fit_block_q6_scalar, bad_block);
+}
+
+int qc_kq_quantize_row_q6(const float *x, int64_t n, const float *importance, qc_block_q6_k *y,
+                          qc_kq_fit6_fn fit, int64_t *bad_block) {
     int8_t L[QC_QK_K];
     float scales[16];
     int bad = 0;
@@ -422,9 +447,8 @@ int qc_kq_quantize_row_q6_k(const float *x, int64_t n, const float *importance, 
         const float *xb = x + b * QC_QK_K;
         qc_block_q6_k *blk = &y[b];
         float max_scale = 0, max_abs = 0;
+        fit(xb, importance ? importance + b * QC_QK_K : NULL, scales, L);
         for (int s = 0; s < 16; s++) {
-            const float *qw = importance ? importance + b * QC_QK_K + 16 * s : NULL;
-            scales[s] = fit_codes_signed(16, 32, xb + 16 * s, L + 16 * s, qw);
             float a = fabsf(scales[s]);
             if (a > max_abs) {
                 max_abs = a;

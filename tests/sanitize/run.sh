@@ -8,7 +8,7 @@
 #   SAN_BUILD_DIR  where the sanitized package is assembled (default build/sanitize)
 #   SANITIZE       sanitizers (default address,undefined)
 #   SAN_TESTS      test modules (default: quantize/dequantize/pack/linear/gemm, guard
-#                  pages, bad inputs, ISA identity, properties)
+#                  pages, bad inputs, ISA identity, properties, K-quants)
 #   SAN_K          pytest -k expression (default: leaves out two oracle-only sweeps)
 #   SAN_C_HARNESS=0  skip the C harness (tests/c) built with -fsanitize
 #   PYTHON         interpreter (default python3)
@@ -64,7 +64,8 @@ LD_PRELOAD="$LIBASAN" PYTHONPATH="$OUT/lib" "$PY" -c \
     "import quantcore, sys; f = quantcore.info()['build_flags']; print('  ', quantcore.__file__); sys.exit(0 if '-fsanitize=' in f else 'not a sanitized build: ' + f)"
 
 DEFAULT_TESTS="tests/test_quantize.py tests/test_pack.py tests/test_linear.py tests/test_gemm.py
-tests/test_guard_pages.py tests/test_bad_inputs.py tests/test_isa_identity.py tests/test_properties.py"
+tests/test_guard_pages.py tests/test_bad_inputs.py tests/test_isa_identity.py tests/test_properties.py
+tests/test_kquants.py"
 TESTS=${SAN_TESTS:-$DEFAULT_TESTS}
 existing=""
 for t in $TESTS; do [ -e "${t%%::*}" ] && existing="$existing $t"; done
