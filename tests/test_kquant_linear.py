@@ -192,6 +192,51 @@ def test_gguf_loaded_tensors_run_packed(fmt, tmp_path, rng):
         assert y.tobytes() == _layer(w, fmt, compute)(x).tobytes()
 
 
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_int8_agrees_with_ggml_mul_mat(fmt, rng):
+    """Optional cross-check against ggml's own K-quant x Q8_K product (ggml-python's
+    ggml_mul_mat on the same super-blocks).  ggml rounds the activations with one
+    scale per 256 values, quantcore with one per 32, so each is within its own
+    activation-rounding bound of x @ dequantize(W).T (plus float rounding) and the
+    two within the sum of both."""
+    try:
+        import ctypes
+        import ggml
+    except Exception as e:  # not installed, or its shared library failed to load
+        pytest.skip(f"ggml-python is not importable ({type(e).__name__}: {e})")
+    n, k, m = 13, 768, 3
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    x[1, :256] *= 20.0  # one loud super-block
+    qt = qc.quantize(w, getattr(QuantConfig, fmt)())
+    layer = QuantizedLinear(qt)
+    gtype = {"q4_k": ggml.GGML_TYPE_Q4_K, "q5_k": ggml.GGML_TYPE_Q5_K, "q6_k": ggml.GGML_TYPE_Q6_K}[fmt]
+    params = ggml.ggml_init_params(mem_size=16 << 20, mem_buffer=None, no_alloc=False)
+    ctx = ggml.ggml_init(params)
+    try:
+        a = ggml.ggml_new_tensor_2d(ctx, gtype, k, n)
+        data = np.ascontiguousarray(qt.data)
+        ctypes.memmove(ggml.ggml_get_data(a), data.ctypes.data, data.nbytes)
+        b = ggml.ggml_new_tensor_2d(ctx, ggml.GGML_TYPE_F32, k, m)
+        ctypes.memmove(ggml.ggml_get_data(b), x.ctypes.data, x.nbytes)
+        c = ggml.ggml_mul_mat(ctx, a, b)
+        gf = ggml.ggml_new_graph(ctx)
+        ggml.ggml_build_forward_expand(gf, c)
+        ggml.ggml_graph_compute_with_ctx(ctx, gf, 1)
+        ptr = ctypes.cast(ggml.ggml_get_data(c), ctypes.POINTER(ctypes.c_float))
+        yg = np.ctypeslib.as_array(ptr, shape=(m, n)).astype(np.float64)
+    finally:
+        ggml.ggml_free(ctx)
+    y = layer(x).astype(np.float64)
+    wd = qt.dequantize().astype(np.float64)
+    aw = np.abs(wd)
+    half256 = np.abs(x).reshape(m, -1, 256).max(-1) / 254.0  # ggml's Q8_K: d = amax / 127
+    bound_ggml = half256 @ aw.reshape(n, -1, 256).sum(-1).T
+    rounding = 2 * (k + 64) * 2.0 ** -24 * (np.abs(x).astype(np.float64) * 1.01) @ aw.T
+    tol = bound_ggml + layer.int8_error_bound(x) + rounding
+    assert np.all(np.abs(y - yg) <= tol), np.max(np.abs(y - yg) - tol)
+
+
 # ---- guard pages (tests/guard.py), in a child process ------------------------------
 GUARD_SHAPES = [(256, 1), (512, 3), (768, 17)]
 GUARD_ROWS = [1, 3, 5, 9, 17]

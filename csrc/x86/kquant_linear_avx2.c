@@ -11,6 +11,9 @@
 #include <immintrin.h>
 #include <stddef.h>
 #include <stdlib.h>
+#if defined(_WIN32)
+#include <malloc.h>
+#endif
 
 #define KQ_TARGET "avx2,fma,f16c"
 #define KQ_ISA avx2

@@ -1,7 +1,8 @@
 /*
  * kquant_linear_avx512.c -- AVX-512 VNNI linear kernels over K-quant weights.
  *
- * ISA: AVX-512 F + BW + VL + VNNI (256-bit vpdpbusd).  Layout, order and exactness:
+ * ISA: AVX-512 F + BW + VL + VNNI.  int8: two 32-blocks per 512-bit vpdpbusd, block dots
+ * reduced by permutes; float32: 256-bit FMAs.  Layout, order and exactness:
  * kquant_linear.inc (bit for bit the scalar reference, ref/kquant_linear_scalar.c).
  */
 #include "../kernels.h"
@@ -10,6 +11,9 @@
 #include <immintrin.h>
 #include <stddef.h>
 #include <stdlib.h>
+#if defined(_WIN32)
+#include <malloc.h>
+#endif
 
 #define KQ_TARGET "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni"
 #define KQ_ISA avx512
