@@ -11,8 +11,7 @@ groups of 32, ``q8_0``), GPTQ against the second moments of each layer's inputs
 collected on a calibration text (``*_gptq``), and ggml's K-quant ``q4_k`` (plain
 and importance-weighted from the same statistics) where a row is made of whole
 256-wide super-blocks (SmolLM2: ffn_down only; the 576-wide rows take Q4_1).
-QuantizedLinear does not run K-quant weights, so those matrices are evaluated
-through their dequantized float32 weights (quality only: no speed).
+Every recipe runs packed in QuantizedLinear, K-quants included.
 
     python examples/llama_requant.py --eval /usr/share/common-licenses/GPL-3 \\
         --calib /usr/share/common-licenses/Apache-2.0 --tokens 768 --threads 2
@@ -59,18 +58,6 @@ CALIBRATED = {"q4_0_gptq", "int4_g32_gptq", "q4_k_imp"}
 KQUANT_FALLBACK = QuantConfig.q4_1()
 
 
-class DequantizedLinear:
-    """x @ W.T over a K-quant tensor's dequantized float32 weight (for measuring
-    quality only: QuantizedLinear does not run K-quant weights)."""
-
-    def __init__(self, qt: QuantizedTensor):
-        self.qt = qt
-        self.w = qt.dequantize()
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        return np.asarray(x, np.float32) @ self.w.T
-
-
 def layer_slots(model: L.Llama):
     """(statistics name, layer object, attribute) of every decoder weight matrix (the
     separate q, k, v or gate, up matrices of a layer whose formats differ share
@@ -103,7 +90,7 @@ def requantize(model: L.Llama, original: Dict[str, Any], config: QuantConfig,
             cfg, st = KQUANT_FALLBACK, None  # rows not made of whole super-blocks
         qt = QuantizedTensor.quantize(w, cfg, calibration=st)
         total += qt.nbytes
-        setattr(lay, attr, DequantizedLinear(qt) if cfg.ktype is not None else QuantizedLinear(qt))
+        setattr(lay, attr, QuantizedLinear(qt))
     return total
 
 
@@ -186,9 +173,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         tq = time.perf_counter() - t0
         lp = ref if cfg is None else log_probs(model, wins)
         ppl, kl = scores(lp, ref, wins)
-        speed = "-"
-        if cfg is None or cfg.ktype is None:  # K-quant recipes run float32 matmuls here
-            speed = f"{L.bench(model, n_prompt=64, n_decode=32, repeat=3, threads=a.threads, peer=False)['quantcore']['decode']:.1f}"
+        speed = f"{L.bench(model, n_prompt=64, n_decode=32, repeat=3, threads=a.threads, peer=False)['quantcore']['decode']:.1f}"
         print(f"{r:14s} {ppl:8.3f} {kl:8.4f} {8 * nbytes / n_params:7.2f} {nbytes / 1e6:6.1f} "
               f"{speed:>12s} {tq:10.1f}", flush=True)
     return 0
