@@ -59,6 +59,7 @@ C_SOURCES = [
     "csrc/arm/quant_neon.c",
     "csrc/arm/mse_neon.c",
     "csrc/arm/linear_neon.c",
+    "csrc/arm/kquant_linear_neon.c",
 ]
 
 

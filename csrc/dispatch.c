@@ -141,6 +141,10 @@ static void fill(qc_isa isa) {
     else if (isa == QC_ISA_AVX512)
         kq = &qc_kq_linear_avx512;
 #endif
+#ifdef QC_HAVE_NEON
+    if (isa == QC_ISA_NEON)
+        kq = (qc_cpu_features() & QC_CPU_DOTPROD) ? &qc_kq_linear_neon_dot : &qc_kq_linear_neon;
+#endif
     l.kq = *kq;
     for (int i = 0; i < QC_NUM_KTYPES; i++) {
         if (!l.kq.gemv_f32[i])

@@ -184,11 +184,14 @@ typedef struct {
 typedef struct qc_kq_linear_kernels_s qc_kq_linear_kernels;
 
 /* The K-quant linear kernels of each ISA file (ref/kquant_linear_scalar.c,
- * x86/kquant_linear_avx2.c, x86/kquant_linear_avx512.c); see docs/kquants.md
- * for the order of float operations they all share. */
+ * x86/kquant_linear_avx2.c, x86/kquant_linear_avx512.c, arm/kquant_linear_neon.c);
+ * see docs/kquants.md for the order of float operations they all share. */
 extern const qc_kq_linear_kernels qc_kq_linear_scalar;
 #if defined(__x86_64__) || defined(_M_X64)
 extern const qc_kq_linear_kernels qc_kq_linear_avx2, qc_kq_linear_avx512;
+#endif
+#if defined(__aarch64__) /* arm/kquant_linear_neon.c: baseline, and with SDOT */
+extern const qc_kq_linear_kernels qc_kq_linear_neon, qc_kq_linear_neon_dot;
 #endif
 /* One K-quant weight row (k values) dequantized into w, as qc_dequantize_kquant. */
 void qc_kq_dequantize_row(int ktype, const uint8_t *row, int64_t k, float *w);
