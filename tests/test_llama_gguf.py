@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -23,27 +22,15 @@ gguf = pytest.importorskip("gguf", reason="the gguf package is not installed")
 pytest.importorskip("tokenizers", reason="the tokenizers package is not installed")
 
 import quantcore as qc  # noqa: E402
+from helpers import example_env, load_example  # noqa: E402
 from gguf import GGMLQuantizationType as QT  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "llama_gguf.py"
 
+L = load_example("llama_gguf")
 
-def _load_example():
-    spec = importlib.util.spec_from_file_location("llama_gguf", EXAMPLE)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["llama_gguf"] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-L = _load_example()
-
-
-def _env():
-    here = str(Path(qc.__file__).resolve().parents[1])
-    rest = os.environ.get("PYTHONPATH")
-    return dict(os.environ, PYTHONPATH=here + (os.pathsep + rest if rest else ""))
+_env = example_env
 
 
 # ---- a tiny Llama file ------------------------------------------------------------------------
@@ -376,9 +363,7 @@ def test_bench_runs_without_the_peer(tiny, threads):
 
 
 def test_requantize_recipes(tiny):
-    spec = importlib.util.spec_from_file_location("llama_requant", ROOT / "examples" / "llama_requant.py")
-    R = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(R)
+    R = load_example("llama_requant")
     from quantcore.calibrate import StatsCollector
     path, _ = tiny
     model = L.Llama(path, compute="float32")
