@@ -254,3 +254,50 @@ def example_env() -> dict:
     here = str(Path(quantcore.__file__).resolve().parents[1])
     rest = os.environ.get("PYTHONPATH")
     return dict(os.environ, PYTHONPATH=here + (os.pathsep + rest if rest else ""))
+
+
+# ---- Python threads calling quantcore at once -----------------------------------------------
+
+def run_jobs_concurrently(jobs, expected, key, n_threads, rounds, meddle=None, pause=0.0005):
+    """`n_threads` Python threads each run every (name, fn) of `jobs` `rounds` times in
+    their own order, comparing key(fn()) with expected[name]; meanwhile, when given,
+    meddle(i) is called every `pause` seconds from another thread.  Returns the
+    problems found (the first per thread), empty when every result matched."""
+    import threading
+    import time
+
+    problems, stop = [], threading.Event()
+    barrier = threading.Barrier(n_threads + (1 if meddle else 0))
+
+    def worker(t):
+        order = np.random.default_rng(t).permutation(len(jobs))
+        barrier.wait()
+        try:
+            for _ in range(rounds):
+                for j in order:
+                    name, fn = jobs[j]
+                    if key(fn()) != expected[name]:
+                        problems.append(f"thread {t}: {name} differs from the expected result")
+                        return
+        except Exception as e:  # pragma: no cover - reported by the caller's assert
+            problems.append(f"thread {t}: {type(e).__name__}: {e}")
+
+    def meddler():
+        barrier.wait()
+        i = 0
+        while not stop.is_set():
+            meddle(i)
+            i += 1
+            time.sleep(pause)
+
+    ts = [threading.Thread(target=worker, args=(t,)) for t in range(n_threads)]
+    mt = threading.Thread(target=meddler) if meddle else None
+    for t in ts + ([mt] if mt else []):
+        t.start()
+    for t in ts:
+        t.join(timeout=300)
+    stop.set()
+    if mt:
+        mt.join(timeout=60)
+    assert not any(t.is_alive() for t in ts), "a Python thread hung"
+    return problems

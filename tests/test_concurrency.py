@@ -16,6 +16,7 @@ import pytest
 
 import quantcore as qc
 from quantcore import QuantConfig, QuantizedLinear
+from helpers import run_jobs_concurrently
 
 N_THREADS = 8
 
@@ -59,46 +60,9 @@ def _key(result):
 
 def _run_concurrently(jobs, rounds, meddle=None):
     """Every thread runs every job `rounds` times in its own order; returns the
-    first mismatch or error, else None."""
+    problems found (empty: every result matched the one-thread one)."""
     expected = {name: _key(fn()) for name, fn in jobs}
-    barrier = threading.Barrier(N_THREADS + (1 if meddle else 0))
-    problems = []
-    stop = threading.Event()
-
-    def worker(t):
-        order = list(range(len(jobs)))
-        np.random.default_rng(t).shuffle(order)
-        barrier.wait()
-        try:
-            for _ in range(rounds):
-                for j in order:
-                    name, fn = jobs[j]
-                    got = _key(fn())
-                    if got != expected[name]:
-                        problems.append(f"thread {t}: {name} differs from the one-thread result")
-                        return
-        except Exception as e:  # pragma: no cover - reported by the assert
-            problems.append(f"thread {t}: {type(e).__name__}: {e}")
-
-    def meddler():
-        barrier.wait()
-        i = 0
-        while not stop.is_set():
-            meddle(i)
-            i += 1
-            time.sleep(0.0005)
-
-    ts = [threading.Thread(target=worker, args=(t,)) for t in range(N_THREADS)]
-    mt = threading.Thread(target=meddler) if meddle else None
-    for t in ts + ([mt] if mt else []):
-        t.start()
-    for t in ts:
-        t.join(timeout=300)
-    stop.set()
-    if mt:
-        mt.join(timeout=60)
-    assert not any(t.is_alive() for t in ts), "a worker thread hung"
-    return problems
+    return run_jobs_concurrently(jobs, expected, _key, N_THREADS, rounds, meddle)
 
 
 def test_many_python_threads_match_one_thread():

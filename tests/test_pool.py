@@ -28,6 +28,7 @@ import pytest
 
 import quantcore as qc
 from quantcore import QuantConfig, QuantizedLinear, _ext
+from helpers import run_jobs_concurrently
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -199,41 +200,7 @@ def _hammer(jobs, n_threads, rounds, meddle=None):
     qc.set_num_threads(1)
     expected = {name: _key(fn()) for name, fn in jobs}
     qc.set_num_threads(2)
-    problems, stop = [], threading.Event()
-    barrier = threading.Barrier(n_threads + (1 if meddle else 0))
-
-    def worker(t):
-        order = np.random.default_rng(t).permutation(len(jobs))
-        barrier.wait()
-        try:
-            for _ in range(rounds):
-                for j in order:
-                    name, fn = jobs[j]
-                    if _key(fn()) != expected[name]:
-                        problems.append(f"thread {t}: {name} differs")
-                        return
-        except Exception as e:  # pragma: no cover - reported by the assert
-            problems.append(f"thread {t}: {type(e).__name__}: {e}")
-
-    def meddler():
-        barrier.wait()
-        i = 0
-        while not stop.is_set():
-            meddle(i)
-            i += 1
-            time.sleep(0.0003)
-
-    ts = [threading.Thread(target=worker, args=(t,)) for t in range(n_threads)]
-    mt = threading.Thread(target=meddler) if meddle else None
-    for t in ts + ([mt] if mt else []):
-        t.start()
-    for t in ts:
-        t.join(timeout=300)
-    stop.set()
-    if mt:
-        mt.join(timeout=60)
-    assert not any(t.is_alive() for t in ts), "a Python thread hung"
-    return problems
+    return run_jobs_concurrently(jobs, expected, _key, n_threads, rounds, meddle, pause=0.0003)
 
 
 def test_python_threads_share_the_pool():
