@@ -73,6 +73,9 @@ typedef struct {
     const int8_t *xq;  /* I8: m x kp codes                                   */
     const float *xd;   /* I8: m x nb block scales da                         */
     const float *xs;   /* m x nb block sums: da * sum(aq) (I8), sum(x) (F32)  */
+    /* packed weights only (packed.h), I8: */
+    const int32_t *xsum; /* m x nb integer block sums sum(aq)                   */
+    const float *sx;     /* m: sum of the row's xs over b = 0, 1, ... in order */
 } qc_act;
 
 /* Offset in an activation row of element j of block b in the 4-bit GEMV order
@@ -171,6 +174,9 @@ typedef struct {
     /* Rows from which the GEMM path beats the GEMV one, [f32, i8][8-bit, 4-bit
      * weights] (0: QC_GEMM_MIN_M); measured per ISA, see its table. */
     int gemm_min_m[2][2];
+    /* Prepacked weights (packed.h), int8 compute, any m; n0 and n1 multiples of
+     * 32 within the panels.  NULL: the scalar reference's (dispatch.c). */
+    qc_linear_fn packed_i8[QC_NUM_KINDS];
     /* K-quant weights (kind QC_KIND_Q4_K + ktype), natural-order activations;
      * filled by dispatch.c from the ISA's qc_kq_linear_kernels. */
     struct qc_kq_linear_kernels_s {
