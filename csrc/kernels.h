@@ -64,6 +64,7 @@ typedef struct {
     int gshift;        /* log2(bpg) when groups are split, -1 for whole rows */
     int64_t nb;        /* 32-blocks per row                                  */
     int64_t kp;        /* k rounded up to 32                                 */
+    int64_t panels;    /* packed weights (packed.h): panels of 32 rows; 0: row layout */
 } qc_wview;
 
 typedef struct {
@@ -158,6 +159,21 @@ typedef struct {
      qc_quantize_row_mse_MIN4_##ISA}
 QC_DECLARE_ROW_MSE_ALL(scalar)
 
+/* The packed-weight kernels of an ISA file (ref/packed_scalar.c,
+ * x86/packed_<isa>.c): qc_packed_i8_<KIND>_<ISA>, contract in packed.h. */
+#define QC_DECLARE_PACKED(K, ISA)                                                               \
+    void qc_packed_i8_##K##_##ISA(const qc_wview *, const qc_act *, int64_t, int64_t, int64_t, \
+                                  int64_t, float *, int64_t);
+#define QC_DECLARE_PACKED_ALL(ISA)                                                              \
+    QC_DECLARE_PACKED(SYM8, ISA)                                                                \
+    QC_DECLARE_PACKED(ASYM8, ISA)                                                               \
+    QC_DECLARE_PACKED(SYM4, ISA)                                                                \
+    QC_DECLARE_PACKED(ASYM4, ISA)                                                               \
+    QC_DECLARE_PACKED(MIN4, ISA)
+#define QC_PACKED_TABLE(ISA)                                                                    \
+    {qc_packed_i8_SYM8_##ISA, qc_packed_i8_ASYM8_##ISA, qc_packed_i8_SYM4_##ISA,                \
+     qc_packed_i8_ASYM4_##ISA, qc_packed_i8_MIN4_##ISA}
+
 /* The linear-layer part of an ISA's table (linear_<isa>.c). */
 typedef struct {
     const char *name;
@@ -209,6 +225,7 @@ static inline float qc_kq_tree8(const float *a) {
 
 extern const qc_kernels qc_kernels_scalar;
 extern const qc_linear_kernels qc_linear_scalar;
+QC_DECLARE_PACKED_ALL(scalar)
 #if defined(__x86_64__) || defined(_M_X64)
 #define QC_HAVE_X86 1
 extern const qc_kernels qc_kernels_avx2;
@@ -231,6 +248,8 @@ extern const qc_linear_kernels qc_linear_avx2;
      qc_gemm_##MODE##_ASYM4_##ISA, qc_gemm_##MODE##_MIN4_##ISA}
 QC_DECLARE_GEMM_ALL(avx2)
 QC_DECLARE_GEMM_ALL(avx512)
+QC_DECLARE_PACKED_ALL(avx2)
+QC_DECLARE_PACKED_ALL(avx512)
 QC_DECLARE_ROW_MSE_ALL(avx2)
 /* AVX-512 F+BW+VL+VNNI: own linear kernels (x86/linear_avx512.c); its quantize
  * kernels are the AVX2 ones (dispatch.c), AVX-512 did not make them faster. */
