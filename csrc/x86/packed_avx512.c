@@ -23,26 +23,34 @@
 #endif
 
 #ifndef PK_MR
-#define PK_MR 6 /* activation rows per pass over a panel */
+#define PK_MR 6 /* activation rows per pass */
 #endif
 #ifndef PK_XTILE
 #define PK_XTILE (512 * 1024) /* bytes of activation codes per M tile */
 #endif
-#ifndef PK_PF
-#define PK_PF 0 /* bytes of codes prefetched ahead in the stream (0: none) */
+/* When a panel takes several passes, they share the prefetch of the next panel
+ * (1: into L1, 2: into L2, 0: none), for 8-bit and 4-bit codes */
+#ifndef PK_PF8
+#define PK_PF8 0
+#endif
+#ifndef PK_PF4
+#define PK_PF4 1
 #endif
 
-/* One panel's view for a row group. */
+/* One panel's view for a pass. */
 typedef struct {
     const uint8_t *codes; /* the panel's first block                         */
     const char *sc, *zr;  /* the panel's first scale / zero (as in packed.h) */
     float d_pt, c_pt;     /* per tensor: the scale and offset                */
-    int64_t nb, ng, bpg, kp;
-    int f16, per_tensor;
+    int64_t nb, kp;
+    int gshift, f16, per_tensor;
     const int8_t *xq;
     const float *xd, *xs, *sx;
     const int32_t *xsum;
     int64_t ldy;
+    const char *pf; /* bytes [0, npf) from here are this pass's to prefetch, */
+    int64_t npf;    /* pfstep of them with each block                         */
+    int64_t pfstep;
 } pk_args;
 
 /* 16 scale-dtype values at element i of p, as floats. */
@@ -71,7 +79,7 @@ AVX512 static PK_INLINE void load_dc(const int offs, const int zbytes, const pk_
     }
 }
 
-/* y[mr x 32] for activation rows r..r+mr-1 over the whole panel. */
+/* y[mr x 32] (rows ldy apart) for activation rows r..r+mr-1, over the panel. */
 AVX512 static PK_INLINE void pk_rows(const int mr, const int bits8, const int whole,
                                      const int offs, const int zbytes, const int comp,
                                      const pk_args *A, int64_t r, float *y) {
@@ -81,81 +89,83 @@ AVX512 static PK_INLINE void pk_rows(const int mr, const int bits8, const int wh
     const float *xd = A->xd + r * nb, *xs = A->xs + r * nb;
     const int32_t *xsum = A->xsum + r * nb;
     const __m512i m4 = _mm512_set1_epi8(0x0f);
-    const int64_t ng = whole ? 1 : A->ng, bpg = whole ? nb : A->bpg;
+    const int64_t gmask = whole ? 0 : ((int64_t)1 << A->gshift) - 1;
     const uint8_t *cb = A->codes;
-    __m512 f[PK_MR][2];
+    const int pfh = bits8 ? PK_PF8 : PK_PF4;
+    int64_t pfc = 0;
+    __m512 f[PK_MR][2], dg[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()}, cg[2] = {dg[0], dg[1]};
 #pragma GCC unroll 8
     for (int i = 0; i < mr; i++)
-        f[i][0] = f[i][1] = _mm512_setzero_ps();
-    for (int64_t g = 0; g < ng; g++) {
-        __m512 dg[2], cg[2];
-        if (!whole)
-            load_dc(offs, zbytes, A, g, dg, cg);
-        const int64_t b1 = (g + 1) * bpg < nb ? (g + 1) * bpg : nb;
-        for (int64_t b = g * bpg; b < b1; b++, cb += blk) {
-#if PK_PF
-            _mm_prefetch((const char *)cb + PK_PF, _MM_HINT_T0);
-            _mm_prefetch((const char *)cb + PK_PF + 64 * (blk / 128), _MM_HINT_T0);
-#endif
-            const int8_t *xb = x + b * QC_BLK;
-            __m512i s[PK_MR][2];
+        for (int h = 0; h < 2; h++)
+            f[i][h] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++, cb += blk) {
+        if (!whole && (b & gmask) == 0)
+            load_dc(offs, zbytes, A, b >> A->gshift, dg, cg);
+        if (pfh && pfc < A->npf) { /* this pass's share of the next panel */
+            for (const int64_t to = pfc + A->pfstep; pfc < to; pfc += 64) {
+                if (pfh == 1)
+                    _mm_prefetch(A->pf + pfc, _MM_HINT_T0);
+                else
+                    _mm_prefetch(A->pf + pfc, _MM_HINT_T1);
+            }
+        }
+        const int8_t *xb = x + b * QC_BLK;
+        __m512i s[PK_MR][2];
 #pragma GCC unroll 8
-            for (int i = 0; i < mr; i++)
-                s[i][0] = s[i][1] = comp ? _mm512_set1_epi32(-comp * xsum[i * nb + b])
-                                         : _mm512_setzero_si512();
-            if (bits8) {
+        for (int i = 0; i < mr; i++)
+            s[i][0] = s[i][1] = comp ? _mm512_set1_epi32(-comp * xsum[i * nb + b])
+                                     : _mm512_setzero_si512();
+        if (bits8) {
 #pragma GCC unroll 8
-                for (int st = 0; st < 8; st++) {
-                    const __m512i w0 = _mm512_loadu_si512((const __m512i *)(cb + st * 128));
-                    const __m512i w1 = _mm512_loadu_si512((const __m512i *)(cb + st * 128 + 64));
+            for (int st = 0; st < 8; st++) {
+                const __m512i w0 = _mm512_loadu_si512((const __m512i *)(cb + st * 128));
+                const __m512i w1 = _mm512_loadu_si512((const __m512i *)(cb + st * 128 + 64));
 #pragma GCC unroll 8
-                    for (int i = 0; i < mr; i++) {
-                        int32_t xv;
-                        memcpy(&xv, xb + i * kp + 4 * st, 4);
-                        const __m512i xa = _mm512_set1_epi32(xv);
-                        s[i][0] = _mm512_dpbusd_epi32(s[i][0], w0, xa);
-                        s[i][1] = _mm512_dpbusd_epi32(s[i][1], w1, xa);
-                    }
-                }
-            } else {
-#pragma GCC unroll 4
-                for (int st = 0; st < 4; st++) {
-                    const __m512i w0 = _mm512_loadu_si512((const __m512i *)(cb + st * 128));
-                    const __m512i w1 = _mm512_loadu_si512((const __m512i *)(cb + st * 128 + 64));
-                    const __m512i l0 = _mm512_and_si512(w0, m4), l1 = _mm512_and_si512(w1, m4);
-#pragma GCC unroll 8
-                    for (int i = 0; i < mr; i++) {
-                        int32_t xv;
-                        memcpy(&xv, xb + i * kp + 4 * st, 4);
-                        const __m512i xa = _mm512_set1_epi32(xv);
-                        s[i][0] = _mm512_dpbusd_epi32(s[i][0], l0, xa);
-                        s[i][1] = _mm512_dpbusd_epi32(s[i][1], l1, xa);
-                    }
-                    const __m512i h0 = _mm512_and_si512(_mm512_srli_epi16(w0, 4), m4);
-                    const __m512i h1 = _mm512_and_si512(_mm512_srli_epi16(w1, 4), m4);
-#pragma GCC unroll 8
-                    for (int i = 0; i < mr; i++) {
-                        int32_t xv;
-                        memcpy(&xv, xb + i * kp + 16 + 4 * st, 4);
-                        const __m512i xa = _mm512_set1_epi32(xv);
-                        s[i][0] = _mm512_dpbusd_epi32(s[i][0], h0, xa);
-                        s[i][1] = _mm512_dpbusd_epi32(s[i][1], h1, xa);
-                    }
+                for (int i = 0; i < mr; i++) {
+                    int32_t xv;
+                    memcpy(&xv, xb + i * kp + 4 * st, 4);
+                    const __m512i xa = _mm512_set1_epi32(xv);
+                    s[i][0] = _mm512_dpbusd_epi32(s[i][0], w0, xa);
+                    s[i][1] = _mm512_dpbusd_epi32(s[i][1], w1, xa);
                 }
             }
+        } else {
+#pragma GCC unroll 4
+            for (int st = 0; st < 4; st++) {
+                const __m512i w0 = _mm512_loadu_si512((const __m512i *)(cb + st * 128));
+                const __m512i w1 = _mm512_loadu_si512((const __m512i *)(cb + st * 128 + 64));
+                const __m512i l0 = _mm512_and_si512(w0, m4), l1 = _mm512_and_si512(w1, m4);
 #pragma GCC unroll 8
-            for (int i = 0; i < mr; i++) {
-                const __m512 da = _mm512_set1_ps(xd[i * nb + b]);
-                for (int h = 0; h < 2; h++) {
-                    const __m512 fi = _mm512_cvtepi32_ps(s[i][h]);
-                    if (whole) {
-                        f[i][h] = _mm512_fmadd_ps(fi, da, f[i][h]);
-                    } else {
-                        f[i][h] = _mm512_fmadd_ps(fi, _mm512_mul_ps(dg[h], da), f[i][h]);
-                        if (offs)
-                            f[i][h] = _mm512_fmadd_ps(cg[h], _mm512_set1_ps(xs[i * nb + b]),
-                                                      f[i][h]);
-                    }
+                for (int i = 0; i < mr; i++) {
+                    int32_t xv;
+                    memcpy(&xv, xb + i * kp + 4 * st, 4);
+                    const __m512i xa = _mm512_set1_epi32(xv);
+                    s[i][0] = _mm512_dpbusd_epi32(s[i][0], l0, xa);
+                    s[i][1] = _mm512_dpbusd_epi32(s[i][1], l1, xa);
+                }
+                const __m512i h0 = _mm512_and_si512(_mm512_srli_epi16(w0, 4), m4);
+                const __m512i h1 = _mm512_and_si512(_mm512_srli_epi16(w1, 4), m4);
+#pragma GCC unroll 8
+                for (int i = 0; i < mr; i++) {
+                    int32_t xv;
+                    memcpy(&xv, xb + i * kp + 16 + 4 * st, 4);
+                    const __m512i xa = _mm512_set1_epi32(xv);
+                    s[i][0] = _mm512_dpbusd_epi32(s[i][0], h0, xa);
+                    s[i][1] = _mm512_dpbusd_epi32(s[i][1], h1, xa);
+                }
+            }
+        }
+#pragma GCC unroll 8
+        for (int i = 0; i < mr; i++) {
+            const __m512 da = _mm512_set1_ps(xd[i * nb + b]);
+            for (int h = 0; h < 2; h++) {
+                const __m512 fi = _mm512_cvtepi32_ps(s[i][h]);
+                if (whole) {
+                    f[i][h] = _mm512_fmadd_ps(fi, da, f[i][h]);
+                } else {
+                    f[i][h] = _mm512_fmadd_ps(fi, _mm512_mul_ps(dg[h], da), f[i][h]);
+                    if (offs)
+                        f[i][h] = _mm512_fmadd_ps(cg[h], _mm512_set1_ps(xs[i * nb + b]), f[i][h]);
                 }
             }
         }
@@ -200,7 +210,7 @@ typedef void (*pk_rows_fn)(int mr, int whole, const pk_args *A, int64_t r, float
                 PK_CASE(4, 1, B8, OF, ZB, CP) PK_CASE(3, 1, B8, OF, ZB, CP)                     \
                 PK_CASE(2, 1, B8, OF, ZB, CP)                                                   \
             default:                                                                            \
-                pk_rows(1, B8, 1, OF, ZB, CP, A, r, y);                                         \
+                pk_rows(1, B8, 1, OF, ZB, CP, A, r, y);                                      \
                 break;                                                                          \
             }                                                                                   \
         } else {                                                                                \
@@ -210,7 +220,7 @@ typedef void (*pk_rows_fn)(int mr, int whole, const pk_args *A, int64_t r, float
                 PK_CASE(4, 0, B8, OF, ZB, CP) PK_CASE(3, 0, B8, OF, ZB, CP)                     \
                 PK_CASE(2, 0, B8, OF, ZB, CP)                                                   \
             default:                                                                            \
-                pk_rows(1, B8, 0, OF, ZB, CP, A, r, y);                                         \
+                pk_rows(1, B8, 0, OF, ZB, CP, A, r, y);                                      \
                 break;                                                                          \
             }                                                                                   \
         }                                                                                       \
@@ -240,10 +250,11 @@ AVX512 static void pk_run(pk_rows_fn fn, qc_kind kind, const qc_wview *v, const 
     const qc_qweight *w = v->w;
     const int f16 = w->scale_dtype == QC_F16, ssz = f16 ? 2 : 4;
     const int whole = w->per_tensor || v->gshift < 0;
+    const int64_t nb = v->nb, ng = whole ? 1 : v->ngroups;
+    const int64_t blk = QC_PANEL * qc_packed_bpb(kind), bpp = nb * blk; /* bytes per block, panel */
     pk_args A;
-    A.nb = v->nb;
-    A.ng = whole ? 1 : v->ngroups;
-    A.bpg = whole ? v->nb : v->bpg;
+    A.nb = nb;
+    A.gshift = whole ? 0 : v->gshift;
     A.kp = a->kp;
     A.f16 = f16;
     A.per_tensor = w->per_tensor;
@@ -266,18 +277,30 @@ AVX512 static void pk_run(pk_rows_fn fn, qc_kind kind, const qc_wview *v, const 
     int64_t mt = PK_XTILE / (a->kp > 0 ? a->kp : 1);
     mt = mt < PK_MR ? PK_MR : mt;
     const int64_t ntiles = (m1 - m0 + mt - 1) / mt;
-    mt = ntiles > 1 ? (m1 - m0 + ntiles - 1) / ntiles : mt;
-    const int64_t bpp = A.nb * QC_PANEL * qc_packed_bpb(kind); /* bytes per panel */
+    mt = (m1 - m0 + ntiles - 1) / ntiles;
+    const int pf = qc_packed_bpb(kind) == 32 ? PK_PF8 : PK_PF4;
+    const int64_t p0 = n0 / QC_PANEL, p1 = n1 / QC_PANEL;
     for (int64_t t0 = m0; t0 < m1; t0 += mt) {
         const int64_t t1 = t0 + mt < m1 ? t0 + mt : m1;
-        for (int64_t p = n0 / QC_PANEL; p < n1 / QC_PANEL; p++) {
-            const int64_t e0 = w->per_tensor ? 0 : p * A.ng * QC_PANEL; /* first scale entry */
+        int64_t passes = 0;
+        for (int64_t r = t0; r < t1; r += pk_next_mr(t1 - r))
+            passes++;
+        /* each pass prefetches 1 / passes of the next panel, pfstep bytes per block */
+        const int64_t share = (bpp / passes + 63) / 64 * 64;
+        A.pfstep = (share / nb + 63) / 64 * 64;
+        for (int64_t p = p0; p < p1; p++) {
+            const int64_t e0 = w->per_tensor ? 0 : p * ng * QC_PANEL; /* first scale entry */
             A.codes = w->data + p * bpp;
             A.sc = (const char *)w->scales + e0 * ssz;
             A.zr = w->zeros ? (const char *)w->zeros + e0 * zsz : NULL;
             float *yp = y + (p * QC_PANEL - n0);
-            for (int64_t r = t0; r < t1;) {
+            int64_t i = 0;
+            for (int64_t r = t0; r < t1; i++) {
                 const int mr = pk_next_mr(t1 - r);
+                const int64_t lo = i * share < bpp ? i * share : bpp;
+                const int64_t hi = lo + share < bpp ? lo + share : bpp;
+                A.pf = (const char *)A.codes + bpp + lo;
+                A.npf = pf && passes > 1 && p + 1 < p1 ? hi - lo : 0;
                 fn(mr, whole, &A, r, yp + (r - m0) * ldy);
                 r += mr;
             }
