@@ -28,13 +28,23 @@
 #ifndef PK_XTILE
 #define PK_XTILE (512 * 1024) /* bytes of activation codes per M tile */
 #endif
-/* When a panel takes several passes, they share the prefetch of the next panel
- * (1: into L1, 2: into L2, 0: none), for 8-bit and 4-bit codes */
-#ifndef PK_PF8
-#define PK_PF8 0
+/* When a panel takes several passes, they share the prefetch of the next panel:
+ * with 2..PK_FEW passes into L2 (PK_PF*_FEW = 2), L1 (1) or not at all (0), with
+ * more passes as PK_PF*_MANY says; 8-bit and 4-bit codes. */
+#ifndef PK_FEW
+#define PK_FEW 4
 #endif
-#ifndef PK_PF4
-#define PK_PF4 1
+#ifndef PK_PF8_FEW
+#define PK_PF8_FEW 2
+#endif
+#ifndef PK_PF8_MANY
+#define PK_PF8_MANY 1
+#endif
+#ifndef PK_PF4_FEW
+#define PK_PF4_FEW 1
+#endif
+#ifndef PK_PF4_MANY
+#define PK_PF4_MANY 1
 #endif
 
 /* One panel's view for a pass. */
@@ -49,8 +59,9 @@ typedef struct {
     const int32_t *xsum;
     int64_t ldy;
     const char *pf; /* bytes [0, npf) from here are this pass's to prefetch, */
-    int64_t npf;    /* pfstep of them with each block                         */
+    int64_t npf;    /* pfstep of them with each block, into L1 (pfl1) or L2    */
     int64_t pfstep;
+    int pfl1;
 } pk_args;
 
 /* 16 scale-dtype values at element i of p, as floats. */
@@ -91,7 +102,6 @@ AVX512 static PK_INLINE void pk_rows(const int mr, const int bits8, const int wh
     const __m512i m4 = _mm512_set1_epi8(0x0f);
     const int64_t gmask = whole ? 0 : ((int64_t)1 << A->gshift) - 1;
     const uint8_t *cb = A->codes;
-    const int pfh = bits8 ? PK_PF8 : PK_PF4;
     int64_t pfc = 0;
     __m512 f[PK_MR][2], dg[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()}, cg[2] = {dg[0], dg[1]};
 #pragma GCC unroll 8
@@ -101,9 +111,9 @@ AVX512 static PK_INLINE void pk_rows(const int mr, const int bits8, const int wh
     for (int64_t b = 0; b < nb; b++, cb += blk) {
         if (!whole && (b & gmask) == 0)
             load_dc(offs, zbytes, A, b >> A->gshift, dg, cg);
-        if (pfh && pfc < A->npf) { /* this pass's share of the next panel */
+        if (pfc < A->npf) { /* this pass's share of the next panel */
             for (const int64_t to = pfc + A->pfstep; pfc < to; pfc += 64) {
-                if (pfh == 1)
+                if (A->pfl1)
                     _mm_prefetch(A->pf + pfc, _MM_HINT_T0);
                 else
                     _mm_prefetch(A->pf + pfc, _MM_HINT_T1);
@@ -278,13 +288,16 @@ AVX512 static void pk_run(pk_rows_fn fn, qc_kind kind, const qc_wview *v, const 
     mt = mt < PK_MR ? PK_MR : mt;
     const int64_t ntiles = (m1 - m0 + mt - 1) / mt;
     mt = (m1 - m0 + ntiles - 1) / ntiles;
-    const int pf = qc_packed_bpb(kind) == 32 ? PK_PF8 : PK_PF4;
+    const int bits8 = qc_packed_bpb(kind) == 32;
     const int64_t p0 = n0 / QC_PANEL, p1 = n1 / QC_PANEL;
     for (int64_t t0 = m0; t0 < m1; t0 += mt) {
         const int64_t t1 = t0 + mt < m1 ? t0 + mt : m1;
         int64_t passes = 0;
         for (int64_t r = t0; r < t1; r += pk_next_mr(t1 - r))
             passes++;
+        const int pf = passes <= PK_FEW ? (bits8 ? PK_PF8_FEW : PK_PF4_FEW)
+                                        : (bits8 ? PK_PF8_MANY : PK_PF4_MANY);
+        A.pfl1 = pf == 1;
         /* each pass prefetches 1 / passes of the next panel, pfstep bytes per block */
         const int64_t share = (bpp / passes + 63) / 64 * 64;
         A.pfstep = (share / nb + 63) / 64 * 64;
