@@ -28,6 +28,9 @@
 #ifndef PK_XTILE
 #define PK_XTILE (512 * 1024) /* bytes of activation codes per M tile */
 #endif
+#ifndef PK_SPLIT
+#define PK_SPLIT 1 /* passes of up to this many rows run twice the integer chains */
+#endif
 /* When a panel takes several passes, they share the prefetch of the next panel:
  * with 2..PK_FEW passes into L2 (PK_PF*_FEW = 2), L1 (1) or not at all (0), with
  * more passes as PK_PF*_MANY says; 8-bit and 4-bit codes. */
@@ -101,6 +104,7 @@ AVX512 static PK_INLINE void pk_rows(const int mr, const int bits8, const int wh
     const int32_t *xsum = A->xsum + r * nb;
     const __m512i m4 = _mm512_set1_epi8(0x0f);
     const int64_t gmask = whole ? 0 : ((int64_t)1 << A->gshift) - 1;
+    const int split = mr <= PK_SPLIT;
     const uint8_t *cb = A->codes;
     int64_t pfc = 0;
     __m512 f[PK_MR][2], dg[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()}, cg[2] = {dg[0], dg[1]};
@@ -120,11 +124,15 @@ AVX512 static PK_INLINE void pk_rows(const int mr, const int bits8, const int wh
             }
         }
         const int8_t *xb = x + b * QC_BLK;
-        __m512i s[PK_MR][2];
+        /* integer chains: s, and with few rows (split) u for the odd steps (8-bit)
+         * or the high nibbles (4-bit), added at the end (exact) */
+        __m512i s[PK_MR][2], u[PK_MR][2];
 #pragma GCC unroll 8
-        for (int i = 0; i < mr; i++)
+        for (int i = 0; i < mr; i++) {
             s[i][0] = s[i][1] = comp ? _mm512_set1_epi32(-comp * xsum[i * nb + b])
                                      : _mm512_setzero_si512();
+            u[i][0] = u[i][1] = _mm512_setzero_si512();
+        }
         if (bits8) {
 #pragma GCC unroll 8
             for (int st = 0; st < 8; st++) {
@@ -135,8 +143,13 @@ AVX512 static PK_INLINE void pk_rows(const int mr, const int bits8, const int wh
                     int32_t xv;
                     memcpy(&xv, xb + i * kp + 4 * st, 4);
                     const __m512i xa = _mm512_set1_epi32(xv);
-                    s[i][0] = _mm512_dpbusd_epi32(s[i][0], w0, xa);
-                    s[i][1] = _mm512_dpbusd_epi32(s[i][1], w1, xa);
+                    if (split && (st & 1)) {
+                        u[i][0] = _mm512_dpbusd_epi32(u[i][0], w0, xa);
+                        u[i][1] = _mm512_dpbusd_epi32(u[i][1], w1, xa);
+                    } else {
+                        s[i][0] = _mm512_dpbusd_epi32(s[i][0], w0, xa);
+                        s[i][1] = _mm512_dpbusd_epi32(s[i][1], w1, xa);
+                    }
                 }
             }
         } else {
@@ -160,11 +173,22 @@ AVX512 static PK_INLINE void pk_rows(const int mr, const int bits8, const int wh
                     int32_t xv;
                     memcpy(&xv, xb + i * kp + 16 + 4 * st, 4);
                     const __m512i xa = _mm512_set1_epi32(xv);
-                    s[i][0] = _mm512_dpbusd_epi32(s[i][0], h0, xa);
-                    s[i][1] = _mm512_dpbusd_epi32(s[i][1], h1, xa);
+                    if (split) {
+                        u[i][0] = _mm512_dpbusd_epi32(u[i][0], h0, xa);
+                        u[i][1] = _mm512_dpbusd_epi32(u[i][1], h1, xa);
+                    } else {
+                        s[i][0] = _mm512_dpbusd_epi32(s[i][0], h0, xa);
+                        s[i][1] = _mm512_dpbusd_epi32(s[i][1], h1, xa);
+                    }
                 }
             }
         }
+        if (split)
+#pragma GCC unroll 8
+            for (int i = 0; i < mr; i++) {
+                s[i][0] = _mm512_add_epi32(s[i][0], u[i][0]);
+                s[i][1] = _mm512_add_epi32(s[i][1], u[i][1]);
+            }
 #pragma GCC unroll 8
         for (int i = 0; i < mr; i++) {
             const __m512 da = _mm512_set1_ps(xd[i * nb + b]);
