@@ -5,9 +5,10 @@
  * ISA: AVX-512 F, BW, VL and VNNI, plus F16C for float16 scales, by target
  * attribute.  Per panel, all of K in one sequential pass for up to PK_MR
  * activation rows (natural order, 4 bytes broadcast against a step's 32 lanes);
- * more rows loop over the panel again, in M tiles that keep the activations in L2.
- * Each block's dot is an exact int32 (vpdpbusd, started at -comp * xsum), then
- * the float steps of packed.h in its order: bit-identical to the scalar reference.
+ * more rows loop over the panel again (the passes prefetch the next panel), in
+ * M tiles that keep the activations in L2.  Each block's dot is an exact int32
+ * (vpdpbusd, started at -comp * xsum), then the float steps of packed.h in its
+ * order: bit-identical to the scalar reference for any m, rows and threads.
  */
 #include "../kernels.h"
 #include "../packed.h"
