@@ -15,6 +15,7 @@
 
 #if defined(QC_HAVE_X86)
 
+#include <stdlib.h>
 #include <string.h>
 
 #include "../packed.h"
@@ -42,22 +43,22 @@ AVX2 static PK_INLINE __m256i bcast4(const int8_t *p) {
 }
 
 /* Exact dots of one panel block for R rows of x (x: row 0 at the block's first
- * activation, rows kp apart; xsum: row 0's block sum, rows nb apart) and the Q
- * quarters of 8 panel rows from wb: dot[r][q] as packed.h's dot_b. */
+ * activation, rows xld bytes apart; xsum: row 0's block sum, rows sld apart) and
+ * the Q quarters of 8 panel rows from wb: dot[r][q] as packed.h's dot_b. */
 AVX2 static PK_INLINE void pk_dots(const qc_kind kind, const int R, const int Q,
-                                   const uint8_t *wb, const int8_t *x, int64_t kp,
-                                   const int32_t *xsum, int64_t nb, __m256i dot[PK_RMAX][4]) {
+                                   const uint8_t *wb, const int8_t *x, int64_t xld,
+                                   const int32_t *xsum, int64_t sld, __m256i dot[PK_RMAX][4]) {
     const __m256i ones = _mm256_set1_epi16(1);
     if (kind == QC_SYM8 || kind == QC_ASYM8) {
         const __m256i flip = _mm256_set1_epi8((char)0x80);
         for (int r = 0; r < R; r++)
             for (int q = 0; q < Q; q++)
-                dot[r][q] = kind == QC_ASYM8 ? _mm256_set1_epi32(128 * xsum[r * nb])
+                dot[r][q] = kind == QC_ASYM8 ? _mm256_set1_epi32(128 * xsum[r * sld])
                                              : _mm256_setzero_si256();
         for (int s = 0; s < 8; s++) {
             __m256i a[PK_RMAX];
             for (int r = 0; r < R; r++)
-                a[r] = bcast4(x + r * kp + 4 * s);
+                a[r] = bcast4(x + r * xld + 4 * s);
             for (int q = 0; q < Q; q++) {
                 __m256i w = _mm256_xor_si256(
                     _mm256_loadu_si256((const __m256i *)(wb + s * QC_PSTEP + 32 * q)), flip);
@@ -77,8 +78,8 @@ AVX2 static PK_INLINE void pk_dots(const qc_kind kind, const int R, const int Q,
         for (int s = 0; s < 4; s++) {
             __m256i lo[PK_RMAX], hi[PK_RMAX];
             for (int r = 0; r < R; r++) {
-                lo[r] = bcast4(x + r * kp + 4 * s);
-                hi[r] = bcast4(x + r * kp + 16 + 4 * s);
+                lo[r] = bcast4(x + r * xld + 4 * s);
+                hi[r] = bcast4(x + r * xld + 16 + 4 * s);
             }
             for (int q = 0; q < Q; q++) {
                 __m256i u = _mm256_loadu_si256((const __m256i *)(wb + s * QC_PSTEP + 32 * q));
@@ -94,34 +95,167 @@ AVX2 static PK_INLINE void pk_dots(const qc_kind kind, const int R, const int Q,
             for (int q = 0; q < Q; q++) {
                 dot[r][q] = _mm256_madd_epi16(acc[r][q], ones);
                 if (kind == QC_SYM4)
-                    dot[r][q] = _mm256_sub_epi32(dot[r][q], _mm256_set1_epi32(8 * xsum[r * nb]));
+                    dot[r][q] = _mm256_sub_epi32(dot[r][q], _mm256_set1_epi32(8 * xsum[r * sld]));
             }
     }
 }
 
-/* Block b of the panel for R rows of x (m: the first, as an activation row), all
- * 4 quarters, Q at a time: f[r * 32 + lane] += the block's float step. */
+#if defined(__GNUC__) && !defined(QC_NO_ASM)
+#define PK_ASM 1
+/* The same for Q = 2 and R = 1..4, in inline assembly (GCC's allocation of the
+ * intrinsics spills accumulators).  Accumulators come back in registers (int32
+ * for 8-bit, int16 for 4-bit: the caller finishes them); ymm8-15 are scratch.
+ * 8-bit: ymm8 / ymm10 = w of the two quarters, ymm9 / ymm11 = |w|, ymm14 = 1
+ * (int16), ymm15 = 0x80 bytes.  4-bit: ymm8 / ymm10 low nibbles, ymm9 / ymm11
+ * high nibbles, ymm15 = 0x0f bytes. */
+#define PK8_ROW(S, XA, A0, A1)                                                                  \
+    "vpbroadcastd " #S "*4" XA ", %%ymm12\n\t"                                                  \
+    "vpsignb %%ymm8, %%ymm12, %%ymm13\n\t"                                                      \
+    "vpmaddubsw %%ymm13, %%ymm9, %%ymm13\n\t"                                                   \
+    "vpmaddwd %%ymm14, %%ymm13, %%ymm13\n\t"                                                    \
+    "vpaddd %%ymm13, %" A0 ", %" A0 "\n\t"                                                      \
+    "vpsignb %%ymm10, %%ymm12, %%ymm12\n\t"                                                     \
+    "vpmaddubsw %%ymm12, %%ymm11, %%ymm12\n\t"                                                  \
+    "vpmaddwd %%ymm14, %%ymm12, %%ymm12\n\t"                                                    \
+    "vpaddd %%ymm12, %" A1 ", %" A1 "\n\t"
+#define PK8_HEAD(S)                                                                             \
+    "vpxor " #S "*128(%[w]), %%ymm15, %%ymm8\n\t"                                               \
+    "vpabsb %%ymm8, %%ymm9\n\t"                                                                 \
+    "vpxor " #S "*128+32(%[w]), %%ymm15, %%ymm10\n\t"                                           \
+    "vpabsb %%ymm10, %%ymm11\n\t"
+#define PK4_ROW(S, XA, A0, A1)                                                                  \
+    "vpbroadcastd " #S "*4" XA ", %%ymm12\n\t"                                                  \
+    "vpbroadcastd 16+" #S "*4" XA ", %%ymm13\n\t"                                               \
+    "vpmaddubsw %%ymm12, %%ymm8, %%ymm14\n\t"                                                   \
+    "vpaddw %%ymm14, %" A0 ", %" A0 "\n\t"                                                      \
+    "vpmaddubsw %%ymm13, %%ymm9, %%ymm14\n\t"                                                   \
+    "vpaddw %%ymm14, %" A0 ", %" A0 "\n\t"                                                      \
+    "vpmaddubsw %%ymm12, %%ymm10, %%ymm14\n\t"                                                  \
+    "vpaddw %%ymm14, %" A1 ", %" A1 "\n\t"                                                      \
+    "vpmaddubsw %%ymm13, %%ymm11, %%ymm12\n\t"                                                  \
+    "vpaddw %%ymm12, %" A1 ", %" A1 "\n\t"
+#define PK4_HEAD(S)                                                                             \
+    "vpand " #S "*128(%[w]), %%ymm15, %%ymm8\n\t"                                               \
+    "vpandn " #S "*128(%[w]), %%ymm15, %%ymm9\n\t"                                              \
+    "vpsrlw $4, %%ymm9, %%ymm9\n\t"                                                             \
+    "vpand " #S "*128+32(%[w]), %%ymm15, %%ymm10\n\t"                                           \
+    "vpandn " #S "*128+32(%[w]), %%ymm15, %%ymm11\n\t"                                          \
+    "vpsrlw $4, %%ymm11, %%ymm11\n\t"
+#define PK_X0 "(%[x])"
+#define PK_X1 "(%[x],%[ld],1)"
+#define PK_X2 "(%[x],%[ld],2)"
+#define PK_X3 "(%[x3])"
+#define PK_ROWS1(R, S) R(S, PK_X0, "[a0]", "[a1]")
+#define PK_ROWS2(R, S) PK_ROWS1(R, S) R(S, PK_X1, "[a2]", "[a3]")
+#define PK_ROWS3(R, S) PK_ROWS2(R, S) R(S, PK_X2, "[a4]", "[a5]")
+#define PK_ROWS4(R, S) PK_ROWS3(R, S) R(S, PK_X3, "[a6]", "[a7]")
+#define PK8_STEP(N, S) PK8_HEAD(S) PK_ROWS##N(PK8_ROW, S)
+#define PK4_STEP(N, S) PK4_HEAD(S) PK_ROWS##N(PK4_ROW, S)
+#define PK_ZERO(A) "vpxor %" A ", %" A ", %" A "\n\t"
+#define PK_ZERO1 PK_ZERO("[a0]") PK_ZERO("[a1]")
+#define PK_ZERO2 PK_ZERO1 PK_ZERO("[a2]") PK_ZERO("[a3]")
+#define PK_ZERO3 PK_ZERO2 PK_ZERO("[a4]") PK_ZERO("[a5]")
+#define PK_ZERO4 PK_ZERO3 PK_ZERO("[a6]") PK_ZERO("[a7]")
+#define PK8_BODY(N)                                                                             \
+    PK_ZERO##N "vmovdqu %[c1], %%ymm14\n\t" "vmovdqu %[c2], %%ymm15\n\t"                        \
+    PK8_STEP(N, 0) PK8_STEP(N, 1) PK8_STEP(N, 2) PK8_STEP(N, 3)                                 \
+    PK8_STEP(N, 4) PK8_STEP(N, 5) PK8_STEP(N, 6) PK8_STEP(N, 7)
+#define PK4_BODY(N)                                                                             \
+    PK_ZERO##N "vmovdqu %[c2], %%ymm15\n\t"                                                     \
+    PK4_STEP(N, 0) PK4_STEP(N, 1) PK4_STEP(N, 2) PK4_STEP(N, 3)
+#define PK_OUT                                                                                  \
+    [a0] "=&x"(acc[0][0]), [a1] "=&x"(acc[0][1]), [a2] "=&x"(acc[1][0]), [a3] "=&x"(acc[1][1]), \
+    [a4] "=&x"(acc[2][0]), [a5] "=&x"(acc[2][1]), [a6] "=&x"(acc[3][0]), [a7] "=&x"(acc[3][1])
+#define PK_IN                                                                                   \
+    [w] "r"(wb), [x] "r"(x), [ld] "r"(xld), [x3] "r"(x + 3 * xld), [c1] "m"(*(const __m256i *)c1), \
+    [c2] "m"(*(const __m256i *)c2)
+#define PK_CLOBBER "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "memory"
+
+static const uint16_t pk_ones16[16] PK_ALIGNED(32) = {1, 1, 1, 1, 1, 1, 1, 1,
+                                                      1, 1, 1, 1, 1, 1, 1, 1};
+static const uint8_t pk_flip8[32] PK_ALIGNED(32) = {
+    0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80,
+    0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80};
+static const uint8_t pk_low4[32] PK_ALIGNED(32) = {
+    15, 15, 15, 15, 15, 15, 15, 15, 15, 15, 15, 15, 15, 15, 15, 15,
+    15, 15, 15, 15, 15, 15, 15, 15, 15, 15, 15, 15, 15, 15, 15, 15};
+
+/* pk_dots for Q = 2 (wb: the first of the two quarters). */
+AVX2 static PK_INLINE void pk_dots_asm(const qc_kind kind, const int R, const uint8_t *wb,
+                                       const int8_t *x, int64_t xld, const int32_t *xsum,
+                                       int64_t sld, __m256i dot[PK_RMAX][4]) {
+    __m256i acc[4][2];
+    const int bits8 = kind == QC_SYM8 || kind == QC_ASYM8;
+    const void *c1 = pk_ones16, *c2 = bits8 ? (const void *)pk_flip8 : (const void *)pk_low4;
+    if (bits8) {
+        switch (R) {
+        case 4: __asm__(PK8_BODY(4) : PK_OUT : PK_IN : PK_CLOBBER); break;
+        case 3: __asm__(PK8_BODY(3) : PK_OUT : PK_IN : PK_CLOBBER); break;
+        case 2: __asm__(PK8_BODY(2) : PK_OUT : PK_IN : PK_CLOBBER); break;
+        default: __asm__(PK8_BODY(1) : PK_OUT : PK_IN : PK_CLOBBER); break;
+        }
+    } else {
+        switch (R) {
+        case 4: __asm__(PK4_BODY(4) : PK_OUT : PK_IN : PK_CLOBBER); break;
+        case 3: __asm__(PK4_BODY(3) : PK_OUT : PK_IN : PK_CLOBBER); break;
+        case 2: __asm__(PK4_BODY(2) : PK_OUT : PK_IN : PK_CLOBBER); break;
+        default: __asm__(PK4_BODY(1) : PK_OUT : PK_IN : PK_CLOBBER); break;
+        }
+    }
+    const __m256i ones = _mm256_set1_epi16(1);
+    for (int r = 0; r < R; r++)
+        for (int q = 0; q < 2; q++) {
+            __m256i d = acc[r][q];
+            if (kind == QC_ASYM8)
+                d = _mm256_add_epi32(d, _mm256_set1_epi32(128 * xsum[r * sld]));
+            if (!bits8)
+                d = _mm256_madd_epi16(d, ones);
+            if (kind == QC_SYM4)
+                d = _mm256_sub_epi32(d, _mm256_set1_epi32(8 * xsum[r * sld]));
+            dot[r][q] = d;
+        }
+}
+#else
+#define PK_ASM 0
+#endif
+
+/* The activations of a chunk of rows: x[r * xld + b * xbs] is block b of row r;
+ * xd, xs, xsum at [r * sld + b * sbs]; sx[r]. */
+typedef struct {
+    const int8_t *x;
+    const float *xd, *xs, *sx;
+    const int32_t *xsum;
+    int64_t xld, xbs, sld, sbs;
+} pk_chunk;
+
+/* Block b of the panel (wb) for R rows of the chunk from row r, all 4 quarters,
+ * Q at a time: f[r * 32 + lane] += the block's float step. */
 AVX2 static PK_INLINE void pk_rows(const qc_kind kind, const int R, const int Q, const int groups,
-                                   const uint8_t *wb, const qc_act *a, int64_t m, int64_t b,
+                                   const uint8_t *wb, const pk_chunk *c, int64_t r, int64_t b,
                                    const __m256 dg[4], const __m256 cg[4], float *f) {
     const int offs = kind == QC_ASYM8 || kind == QC_ASYM4 || kind == QC_MIN4;
-    const int64_t kp = a->kp, nb = a->nb;
+    const int8_t *x = c->x + r * c->xld + b * c->xbs;
+    const int64_t si = r * c->sld + b * c->sbs, sld = c->sld;
     for (int q0 = 0; q0 < 4; q0 += Q) {
         __m256i dot[PK_RMAX][4];
-        pk_dots(kind, R, Q, wb + 32 * q0, a->xq + m * kp + b * QC_BLK, kp,
-                a->xsum + m * nb + b, nb, dot);
-        for (int r = 0; r < R; r++) {
-            const __m256 xd = _mm256_set1_ps(a->xd[(m + r) * nb + b]);
+#if PK_ASM
+        if (Q == 2)
+            pk_dots_asm(kind, R, wb + 32 * q0, x, c->xld, c->xsum + si, sld, dot);
+        else
+#endif
+            pk_dots(kind, R, Q, wb + 32 * q0, x, c->xld, c->xsum + si, sld, dot);
+        for (int i = 0; i < R; i++) {
+            const __m256 xd = _mm256_set1_ps(c->xd[si + i * sld]);
             for (int q = 0; q < Q; q++) {
-                float *fp = f + r * 32 + 8 * (q0 + q);
-                __m256 acc = _mm256_load_ps(fp), fd = _mm256_cvtepi32_ps(dot[r][q]);
+                float *fp = f + i * 32 + 8 * (q0 + q);
+                __m256 acc = _mm256_load_ps(fp), fd = _mm256_cvtepi32_ps(dot[i][q]);
                 if (!groups) {
                     acc = _mm256_fmadd_ps(fd, xd, acc);
                 } else {
                     acc = _mm256_fmadd_ps(fd, _mm256_mul_ps(dg[q0 + q], xd), acc);
                     if (offs)
-                        acc = _mm256_fmadd_ps(cg[q0 + q],
-                                              _mm256_set1_ps(a->xs[(m + r) * nb + b]), acc);
+                        acc = _mm256_fmadd_ps(cg[q0 + q], _mm256_set1_ps(c->xs[si + i * sld]),
+                                              acc);
                 }
                 _mm256_store_ps(fp, acc);
             }
@@ -154,6 +288,46 @@ AVX2 static PK_INLINE void pk_params(const qc_kind kind, const qc_qweight *w, in
     }
 }
 
+/* Rows [m0, m0 + nm) of the activations as a chunk: in place for a few rows,
+ * else copied to buf block-major (a block's rows side by side: rows kp apart
+ * would share L1 sets). */
+static void pk_chunk_at(const qc_act *a, int64_t m0, int64_t nm, int8_t *buf, pk_chunk *c) {
+    const int64_t kp = a->kp, nb = a->nb;
+    c->sx = a->sx + m0;
+    if (!buf || nm <= PK_RMAX) {
+        c->x = a->xq + m0 * kp;
+        c->xd = a->xd + m0 * nb;
+        c->xs = a->xs + m0 * nb;
+        c->xsum = a->xsum + m0 * nb;
+        c->xld = kp;
+        c->xbs = QC_BLK;
+        c->sld = nb;
+        c->sbs = 1;
+        return;
+    }
+    float *xd = (float *)(buf + PK_MC * kp), *xs = xd + PK_MC * nb;
+    int32_t *xsum = (int32_t *)(xs + PK_MC * nb);
+    for (int64_t r = 0; r < nm; r++) {
+        const int64_t m = m0 + r;
+        for (int64_t b = 0; b < nb; b++) {
+            memcpy(buf + (b * nm + r) * QC_BLK, a->xq + m * kp + b * QC_BLK, QC_BLK);
+            xd[b * nm + r] = a->xd[m * nb + b];
+            xs[b * nm + r] = a->xs[m * nb + b];
+            xsum[b * nm + r] = a->xsum[m * nb + b];
+        }
+    }
+    c->x = buf;
+    c->xd = xd;
+    c->xs = xs;
+    c->xsum = xsum;
+    c->xld = QC_BLK;
+    c->xbs = nm * QC_BLK;
+    c->sld = 1;
+    c->sbs = nm;
+}
+
+/* Panels [n0, n1) / 32 for chunks of PK_MC rows: per chunk all panels, each
+ * streamed once (its K in order), the chunk's float accumulators in f. */
 AVX2 static PK_INLINE void pk_kernel(const qc_kind kind, const qc_wview *v, const qc_act *a,
                                      int64_t m0, int64_t m1, int64_t n0, int64_t n1, float *y,
                                      int64_t ldy) {
@@ -162,51 +336,60 @@ AVX2 static PK_INLINE void pk_kernel(const qc_kind kind, const qc_wview *v, cons
     const int groups = !w->per_tensor && v->gshift >= 0;
     const int64_t nb = v->nb, ng = v->ngroups, gmask = groups ? ((int64_t)1 << v->gshift) - 1 : 0;
     const int64_t pbytes = QC_PANEL * qc_packed_bpb(kind); /* one panel block */
+    /* 4-bit streams fewer bytes per instruction: fetch 2 KiB ahead */
+    const int64_t pf = kind == QC_SYM8 || kind == QC_ASYM8 ? 0 : 4 * pbytes;
     PK_ALIGNED(32) float f[PK_MC * 32];
     __m256 d[4], c[4], dg[4], cg[4];
     for (int q = 0; q < 4; q++)
         d[q] = c[q] = dg[q] = cg[q] = _mm256_setzero_ps();
-    for (int64_t p = n0 / QC_PANEL; p < n1 / QC_PANEL; p++) {
-        const uint8_t *pw = w->data + qc_packed_block_off(kind, nb, p, 0);
-        if (w->per_tensor) {
-            float d0, c0;
-            qc_group_dc(v, 0, &d0, &c0);
-            for (int q = 0; q < 4; q++) {
-                d[q] = _mm256_set1_ps(d0);
-                c[q] = _mm256_set1_ps(c0);
+    /* NULL (few rows, or no memory): the chunk is read in place */
+    int8_t *buf = m1 - m0 > PK_RMAX ? malloc((size_t)(PK_MC * (a->kp + 12 * nb))) : NULL;
+    for (int64_t mc = m0; mc < m1; mc += PK_MC) {
+        const int64_t nm = m1 - mc < PK_MC ? m1 - mc : PK_MC;
+        pk_chunk ch;
+        pk_chunk_at(a, mc, nm, buf, &ch);
+        for (int64_t p = n0 / QC_PANEL; p < n1 / QC_PANEL; p++) {
+            const uint8_t *pw = w->data + qc_packed_block_off(kind, nb, p, 0);
+            if (w->per_tensor) {
+                float d0, c0;
+                qc_group_dc(v, 0, &d0, &c0);
+                for (int q = 0; q < 4; q++) {
+                    d[q] = _mm256_set1_ps(d0);
+                    c[q] = _mm256_set1_ps(c0);
+                }
+            } else if (!groups) {
+                pk_params(kind, w, p * ng * QC_PANEL, d, c);
             }
-        } else if (!groups) {
-            pk_params(kind, w, p * ng * QC_PANEL, d, c);
-        }
-        for (int64_t mc = m0; mc < m1; mc += PK_MC) {
-            const int64_t nm = m1 - mc < PK_MC ? m1 - mc : PK_MC;
             for (int64_t i = 0; i < nm * 32; i += 8)
                 _mm256_store_ps(f + i, _mm256_setzero_ps());
             for (int64_t b = 0; b < nb; b++) {
                 const uint8_t *wb = pw + b * pbytes;
+                if (pf) /* past the last panel: a prefetch does not fault */
+                    for (int64_t i = 0; i < pbytes; i += 64)
+                        _mm_prefetch((const char *)(wb + pf + i), _MM_HINT_T0);
                 if (groups && (b & gmask) == 0)
                     pk_params(kind, w, (p * ng + (b >> v->gshift)) * QC_PANEL, dg, cg);
                 for (int64_t r = 0; r < nm;) {
                     const int64_t left = nm - r;
                     float *fr = f + r * 32;
                     if (left >= 4) {
-                        pk_rows(kind, 4, 2, groups, wb, a, mc + r, b, dg, cg, fr);
+                        pk_rows(kind, 4, 2, groups, wb, &ch, r, b, dg, cg, fr);
                         r += 4;
                     } else if (left == 3) {
-                        pk_rows(kind, 3, 2, groups, wb, a, mc + r, b, dg, cg, fr);
+                        pk_rows(kind, 3, 2, groups, wb, &ch, r, b, dg, cg, fr);
                         r += 3;
                     } else if (left == 2) {
-                        pk_rows(kind, 2, 4, groups, wb, a, mc + r, b, dg, cg, fr);
+                        pk_rows(kind, 2, PK_ASM ? 2 : 4, groups, wb, &ch, r, b, dg, cg, fr);
                         r += 2;
                     } else {
-                        pk_rows(kind, 1, 4, groups, wb, a, mc + r, b, dg, cg, fr);
+                        pk_rows(kind, 1, PK_ASM ? 2 : 4, groups, wb, &ch, r, b, dg, cg, fr);
                         r += 1;
                     }
                 }
             }
             for (int64_t r = 0; r < nm; r++) {
                 float *yr = y + (mc + r - m0) * ldy + (p * QC_PANEL - n0);
-                const __m256 sx = _mm256_set1_ps(offs && !groups ? a->sx[mc + r] : 0.0f);
+                const __m256 sx = _mm256_set1_ps(offs && !groups ? ch.sx[r] : 0.0f);
                 for (int q = 0; q < 4; q++) {
                     __m256 acc = _mm256_load_ps(f + r * 32 + 8 * q);
                     if (!groups) {
@@ -219,6 +402,7 @@ AVX2 static PK_INLINE void pk_kernel(const qc_kind kind, const qc_wview *v, cons
             }
         }
     }
+    free(buf);
 }
 
 #define PK_ENTRY(K)                                                                             \
