@@ -22,6 +22,7 @@
 
 #include "internal.h"
 #include "kernels.h"
+#include "packed.h"
 #include "pool.h"
 
 /* K-quant weights: kind QC_KIND_Q4_K + ktype; -1 for the other kinds. */
@@ -31,6 +32,7 @@ static int ktype_of(qc_kind kind) {
 
 static void make_view(const qc_qweight *w, qc_wview *v) {
     v->w = w;
+    v->panels = 0;
     if (ktype_of(w->kind) >= 0) { /* super-blocks: 32-blocks in natural order, no groups */
         v->row_bytes = qc_kquant_row_bytes((qc_ktype)ktype_of(w->kind), w->k);
         v->ngroups = v->srow = v->bpg = 0;
@@ -53,6 +55,11 @@ static void make_view(const qc_qweight *w, qc_wview *v) {
 }
 
 static int valid(const qc_qweight *w, qc_compute mode) {
+    if (w && qc_is_packed_kind(w->kind)) { /* packed.h: int8 compute only */
+        qc_qweight base = *w;
+        base.kind = (qc_kind)(w->kind - QC_KIND_PACKED);
+        return mode == QC_COMPUTE_I8 && qc_packed_bytes(&base) > 0;
+    }
     if (w && ktype_of(w->kind) >= 0)
         return w->n >= 1 && qc_kquant_row_bytes((qc_ktype)ktype_of(w->kind), w->k) > 0 &&
                w->data && (mode == QC_COMPUTE_F32 || mode == QC_COMPUTE_I8);
@@ -93,8 +100,8 @@ static qc_linear_fn pick(const qc_linear_kernels *l, qc_kind kind, int64_t m, qc
 }
 
 int qc_linear_uses_gemm(const qc_qweight *w, int64_t m, qc_compute mode) {
-    if (!valid(w, mode))
-        return 0;
+    if (!valid(w, mode) || qc_is_packed_kind(w->kind))
+        return 0; /* packed weights: one kernel for every m */
     int gemm;
     pick(qc_active_linear(), w->kind, m, mode, &gemm);
     return gemm;
@@ -246,12 +253,22 @@ static qc_status exact_row(const qc_wview *v, const float *x, const float *bias,
     const int64_t ssize = w->scale_dtype == QC_F16 ? 2 : 4;
     const int64_t zsize = QC_KINDS[w->kind].has_zero == 2 ? ssize : 1;
     qc_qdesc desc = {w->kind, w->group, w->per_tensor, w->scale_dtype};
+    /* packed weights: each row rebuilt in the row layout first (room after wrow) */
+    uint8_t *prow = (uint8_t *)(wrow + w->k);
+    uint8_t *psc = prow + v->row_bytes + 8, *pzp = psc + v->ngroups * 4 + 8;
+    qc_qweight pw = *w;
+    pw.kind = (qc_kind)(QC_KIND_PACKED + w->kind);
     for (int64_t j = 0; j < w->n; j++) {
         const int64_t gi = j * v->srow;
+        const uint8_t *row = w->data + j * v->row_bytes, *sc = (const uint8_t *)w->scales + gi * ssize;
         const void *zp = w->zeros ? (const uint8_t *)w->zeros + gi * zsize : NULL;
-        qc_status st = qc_dequantize(&desc, w->data + j * v->row_bytes,
-                                     (const uint8_t *)w->scales + gi * ssize, zp, 1, w->k,
-                                     wrow, w->k, NULL);
+        if (v->panels) {
+            qc_status su = qc_unpack_rows(&pw, j, j + 1, prow, psc, pzp);
+            if (su != QC_OK)
+                return su;
+            row = prow, sc = psc, zp = w->zeros ? pzp : NULL;
+        }
+        qc_status st = qc_dequantize(&desc, row, sc, zp, 1, w->k, wrow, w->k, NULL);
         if (st != QC_OK)
             return st;
         double acc = 0.0;
@@ -265,7 +282,9 @@ static qc_status exact_row(const qc_wview *v, const float *x, const float *bias,
 /* Redo the rows flagged in bad[] with exact_row. */
 static qc_status redo_exact(const qc_wview *v, const float *x, int64_t m, int64_t ldx,
                             const uint8_t *bad, const float *bias, float *y, int64_t ldy) {
-    float *wrow = (float *)malloc((size_t)v->w->k * sizeof(float));
+    /* k floats, and for packed weights one row-layout row (exact_row) */
+    float *wrow = (float *)malloc((size_t)v->w->k * sizeof(float) + (size_t)v->row_bytes +
+                                  (size_t)v->ngroups * 8 + 64);
     if (!wrow)
         return QC_ERR_NOMEM;
     qc_status st = QC_OK;
@@ -290,14 +309,25 @@ typedef struct {
     float *y;
     int64_t ldy, chunk;
     uint8_t *flags;
+    /* packed weights: fn covers the panels' features [0, npk) in chunks
+     * [0, pchunks); the last chunk runs tfn over the tail rows (view tv) */
+    qc_linear_fn tfn;
+    const qc_wview *tv;
+    int64_t npk, pchunks;
 } split_job;
 
 static void split_chunk(void *ctx, int64_t c, int slot) {
     const split_job *j = (const split_job *)ctx;
     (void)slot;
     const int64_t n = j->v->w->n, mr = j->m1 - j->m0;
-    int64_t n0 = c * j->chunk, n1 = n0 + j->chunk < n ? n0 + j->chunk : n;
-    j->fn(j->v, j->a, j->m0, j->m1, n0, n1, j->y + n0, j->ldy);
+    const int64_t end = j->tfn ? j->npk : n;
+    int64_t n0 = c * j->chunk, n1 = n0 + j->chunk < end ? n0 + j->chunk : end;
+    if (j->tfn && c >= j->pchunks) {
+        n0 = j->npk, n1 = n;
+        j->tfn(j->tv, j->a, j->m0, j->m1, 0, n1 - n0, j->y + n0, j->ldy);
+    } else {
+        j->fn(j->v, j->a, j->m0, j->m1, n0, n1, j->y + n0, j->ldy);
+    }
     for (int64_t r = 0; r < mr; r++) {
         float *yr = j->y + r * j->ldy;
         const int s = j->rs ? j->rs[j->m0 + r] : 0;
@@ -324,20 +354,31 @@ static void split_chunk(void *ctx, int64_t c, int slot) {
  * held inf or NaN before the scaling back. */
 static qc_status run_split(qc_linear_fn fn, const qc_wview *v, const qc_act *a, int64_t m0,
                            int64_t m1, const int *rs, const float *bias, float *y, int64_t ldy,
-                           int nt, int gemm, uint8_t *ovf) {
+                           int nt, int gemm, uint8_t *ovf, qc_linear_fn tfn,
+                           const qc_wview *tv) {
     const int64_t n = v->w->n, mr = m1 - m0, row_work = mr * v->kp;
     const int64_t min_gemv = ((int64_t)1 << 16) / (row_work > 0 ? row_work : 1);
     int64_t chunk = gemm ? qc_pool_chunk_len(n, nt, 4, 64, 64)
                          : qc_pool_chunk_len(n, nt, 32, min_gemv > 16 ? min_gemv : 16, 16);
     if (gemm && chunk > 256)
         chunk = 256;
-    if (nt <= 1)
-        chunk = n; /* one thread: one call */
-    const int64_t nchunks = qc_pool_nchunks(n, chunk);
+    int64_t npk = 0, nchunks;
+    if (v->panels) { /* whole panels, about 16 chunks per thread; the tail: one more */
+        npk = v->panels * QC_PANEL;
+        chunk = qc_pool_chunk_len(npk, nt, 16, min_gemv, QC_PANEL);
+        if (nt <= 1)
+            chunk = npk;
+        nchunks = qc_pool_nchunks(npk, chunk) + (n > npk);
+    } else {
+        if (nt <= 1)
+            chunk = n; /* one thread: one call */
+        nchunks = qc_pool_nchunks(n, chunk);
+    }
     uint8_t *flags = (uint8_t *)calloc((size_t)(nchunks * mr), 1);
     if (!flags)
         return QC_ERR_NOMEM;
-    split_job j = {fn, v, a, m0, m1, rs, bias, y, ldy, chunk, flags};
+    split_job j = {fn, v, a, m0, m1, rs, bias, y, ldy, chunk, flags,
+                   v->panels ? tfn : NULL, tv, npk, v->panels ? qc_pool_nchunks(npk, chunk) : 0};
     qc_pool_run(nt, nchunks, split_chunk, &j);
     for (int64_t r = 0; r < mr; r++) {
         ovf[r] = 0;
@@ -360,12 +401,37 @@ static qc_status linear_pass(const qc_wview *v, const qc_linear_kernels *l, qc_c
                              const float *bias, float *y, int64_t ldy) {
     const qc_qweight *w = v->w;
     int gemm;
-    qc_linear_fn fn = pick(l, w->kind, mpath, mode, &gemm);
-    const int deint = !gemm && ktype_of(w->kind) < 0 && QC_KINDS[w->kind].bits == 4 ? l->act_span4 : 0;
+    qc_linear_fn fn = pick(l, w->kind, mpath, mode, &gemm), tfn = NULL;
+    /* packed weights (int8 compute): the packed kernel over the panels, and the
+     * tail rows (row layout) through a kernel taking natural-order activations */
+    qc_qweight tail;
+    qc_wview tv;
+    if (v->panels) {
+        const int64_t npk = v->panels * QC_PANEL, ssz = w->scale_dtype == QC_F16 ? 2 : 4;
+        const int64_t zsz = QC_KINDS[w->kind].has_zero == 2 ? ssz : 1;
+        fn = l->packed_i8[w->kind];
+        gemm = 0;
+        tail = *w;
+        tail.n = w->n - npk;
+        tail.data = w->data + npk * v->row_bytes;
+        if (!w->per_tensor) {
+            tail.scales = (const uint8_t *)w->scales + npk * v->ngroups * ssz;
+            if (w->zeros)
+                tail.zeros = (const uint8_t *)w->zeros + npk * v->ngroups * zsz;
+        }
+        make_view(&tail, &tv);
+        tfn = l->gemm_i8[w->kind];
+        if (!tfn)
+            tfn = QC_KINDS[w->kind].bits == 8 ? l->gemv_i8[w->kind] : qc_linear_scalar.gemv_i8[w->kind];
+    }
+    const int deint = !gemm && !v->panels && ktype_of(w->kind) < 0 && QC_KINDS[w->kind].bits == 4
+                          ? l->act_span4 : 0;
     const int64_t kp = v->kp, nb = v->nb, k = w->k;
     const int nt = qc_threads_for(m * w->n * k);
 
-    qc_act a = {m, kp, nb, deint, NULL, NULL, NULL, NULL};
+    qc_act a = {m, kp, nb, deint, NULL, NULL, NULL, NULL, NULL, NULL};
+    int32_t *xsum = NULL;
+    float *sx = NULL;
     float *xf = NULL, *xd = NULL, *tmp = NULL, *xs = (float *)malloc((size_t)(m * nb) * sizeof(float));
     int8_t *xq = NULL;
     int scaled = 0;
@@ -431,10 +497,34 @@ static qc_status linear_pass(const qc_wview *v, const qc_linear_kernels *l, qc_c
                 }
         a.xq = xq;
         a.xd = xd;
+        if (v->panels) { /* the packed kernels' integer block sums and row offsets */
+            xsum = (int32_t *)malloc((size_t)(m * nb) * sizeof(int32_t));
+            sx = (float *)malloc((size_t)m * sizeof(float));
+            if (!xsum || !sx) {
+                st = QC_ERR_NOMEM;
+                goto done;
+            }
+            for (int64_t r = 0; r < m; r++) {
+                float t = 0.0f;
+                for (int64_t b = 0; b < nb; b++) {
+                    const int8_t *q = xq + r * kp + b * QC_BLK;
+                    int32_t sum = 0;
+                    for (int e = 0; e < QC_BLK; e++)
+                        sum += q[e];
+                    xsum[r * nb + b] = sum;
+                    t += xs[r * nb + b];
+                }
+                sx[r] = t;
+            }
+            a.xsum = xsum;
+            a.sx = sx;
+        }
     }
     a.xs = xs;
-    st = run_split(fn, v, &a, 0, m, scaled ? rs : NULL, bias, y, ldy, nt, gemm, ovf);
+    st = run_split(fn, v, &a, 0, m, scaled ? rs : NULL, bias, y, ldy, nt, gemm, ovf, tfn, &tv);
 done:
+    free(xsum);
+    free(sx);
     free(xf);
     free(xd);
     free(xs);
@@ -458,7 +548,16 @@ qc_status qc_linear(const qc_qweight *w, const float *x, int64_t m, int64_t x_ro
     if (m == 0)
         return QC_OK;
     qc_wview v;
-    make_view(w, &v);
+    qc_qweight base;
+    if (qc_is_packed_kind(w->kind)) { /* the kernels see the base kind; v.panels marks it */
+        base = *w;
+        base.kind = (qc_kind)(w->kind - QC_KIND_PACKED);
+        w = &base;
+        make_view(w, &v);
+        v.panels = w->n / QC_PANEL;
+    } else {
+        make_view(w, &v);
+    }
     const qc_linear_kernels *l = qc_active_linear();
     const int64_t k = w->k, n = w->n;
     float *xc = NULL, *xb = NULL, *yb = NULL;

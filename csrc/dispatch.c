@@ -132,6 +132,7 @@ static void fill(qc_isa isa) {
     for (int i = 0; i < QC_NUM_KINDS; i++) {
         QC_FILL_FROM(l, ls, gemv_f32[i])
         QC_FILL_FROM(l, ls, gemv_i8[i])
+        QC_FILL_FROM(l, ls, packed_i8[i])
     }
     /* K-quant weights: the ISA's own kernels, NULL GEMV entries from the scalar ones */
     const qc_kq_linear_kernels *kq = &qc_kq_linear_scalar;

@@ -28,4 +28,18 @@ int qc_threads_for(int64_t work);
  * return a checksum: the benchmark's probe of the memory bandwidth. */
 uint64_t qc_read_probe(const void *p, size_t bytes);
 
+/* Prepacked linear-layer weights (packed.h; x86 builds, int8 compute).
+ * qc_packed_bytes: bytes of w in the packed layout (the same as in the row
+ * layout), 0 when w is not packable on this build.  qc_pack_weight packs the
+ * row-layout w into dst (exactly that many bytes) and fills pw, a qc_qweight
+ * for qc_linear (kind QC_KIND_PACKED + w's kind) pointing into dst.
+ * qc_unpack_rows writes rows [j0, j1) of a packed weight back in the row
+ * layout (data: (j1 - j0) rows; scales / zeros: their per-row groups, or the
+ * one value of a per-tensor weight); qc_unpack_weight all of them. */
+int64_t qc_packed_bytes(const qc_qweight *w);
+qc_status qc_pack_weight(const qc_qweight *w, uint8_t *dst, int64_t dst_bytes, qc_qweight *pw);
+qc_status qc_unpack_rows(const qc_qweight *pw, int64_t j0, int64_t j1, uint8_t *data,
+                         void *scales, void *zeros);
+qc_status qc_unpack_weight(const qc_qweight *pw, uint8_t *data, void *scales, void *zeros);
+
 #endif /* QC_INTERNAL_H */

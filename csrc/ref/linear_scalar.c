@@ -111,4 +111,5 @@ const qc_linear_kernels qc_linear_scalar = {
                  gemv_f32_ASYM4_scalar, gemv_f32_MIN4_scalar},
     .gemv_i8 = {gemv_i8_SYM8_scalar, gemv_i8_ASYM8_scalar, gemv_i8_SYM4_scalar,
                 gemv_i8_ASYM4_scalar, gemv_i8_MIN4_scalar},
+    .packed_i8 = QC_PACKED_TABLE(scalar),
 };

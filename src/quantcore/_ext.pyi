@@ -61,8 +61,11 @@ def kquant_params(
 class QWeight:
     def __init__(
         self, data: NDArray[Any], scales: Optional[NDArray[Any]], zeros: Optional[NDArray[Any]],
-        kind: int, n: int, k: int, group: int, per_tensor: bool,
+        kind: int, n: int, k: int, group: int, per_tensor: bool, pack: bool = ...,
     ) -> None: ...
+    packed: bool
+    nbytes: int
+    def unpack(self) -> Tuple[NDArray[Any], Optional[NDArray[Any]], Optional[NDArray[Any]]]: ...
     def uses_gemm(self, m: int, mode: int) -> bool: ...
     def forward(
         self, x: NDArray[np.float32], bias: Optional[NDArray[np.float32]],

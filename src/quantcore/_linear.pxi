@@ -7,6 +7,11 @@ KIND_Q4_K = <int>QC_KIND_Q4_K
 KIND_Q5_K = <int>QC_KIND_Q5_K
 KIND_Q6_K = <int>QC_KIND_Q6_K
 
+cdef extern from "internal.h" nogil:
+    int64_t qc_packed_bytes(const qc_qweight *w)
+    qc_status qc_pack_weight(const qc_qweight *w, uint8_t *dst, int64_t dst_bytes, qc_qweight *pw)
+    qc_status qc_unpack_weight(const qc_qweight *pw, uint8_t *data, void *scales, void *zeros)
+
 
 cdef class QWeight:
     """A quantized (n, k) weight as the linear kernels see it (no copy).
@@ -16,9 +21,17 @@ cdef class QWeight:
     """
     cdef qc_qweight w
     cdef object _keep
+    cdef readonly bint packed
+    cdef readonly int64_t nbytes
+    cdef object _shapes
 
     def __init__(self, data, scales, zeros, int kind, int64_t n, int64_t k, int64_t group,
-                 bint per_tensor):
+                 bint per_tensor, bint pack=False):
+        """pack=True: hold the weight in the packed kernels' layout (a copy of the
+        same bytes, rearranged) where this build packs it (see ``packed``), and
+        drop the references to the row-layout arrays; ``unpack()`` rebuilds them."""
+        self.packed = False
+        self._shapes = None
         if n < 1 or k < 1:
             raise ValueError(f"n and k must be positive, got {n}, {k}")
         if kind in (KIND_Q4_K, KIND_Q5_K, KIND_Q6_K):  # super-blocks only: scales, zeros unused
@@ -36,6 +49,7 @@ cdef class QWeight:
             self.w.data = <const uint8_t *>cnp.PyArray_DATA(data)
             self.w.scales = NULL
             self.w.zeros = NULL
+            self.nbytes = data.nbytes
             return
         _check_kind(kind)
         ng = 1 if per_tensor else qc_num_groups(k, group)
@@ -61,6 +75,36 @@ cdef class QWeight:
         self.w.data = <const uint8_t *>cnp.PyArray_DATA(data)
         self.w.scales = cnp.PyArray_DATA(scales)
         self.w.zeros = NULL if zeros is None else cnp.PyArray_DATA(zeros)
+        self.nbytes = data.nbytes + scales.nbytes + (0 if zeros is None else zeros.nbytes)
+        cdef int64_t nb = qc_packed_bytes(&self.w) if pack else 0
+        cdef qc_qweight pw
+        if nb > 0:
+            buf = np.empty(nb, np.uint8)
+            if qc_pack_weight(&self.w, <uint8_t *>cnp.PyArray_DATA(buf), nb, &pw) != QC_OK:
+                raise RuntimeError("packing the weight failed")  # geometry checked above
+            self._shapes = (data.dtype, data.shape, scales.dtype, scales.shape,
+                            None if zeros is None else zeros.dtype)
+            self.w = pw
+            self._keep = (buf,)
+            self.packed = True
+            self.nbytes = nb
+
+    def unpack(self):
+        """The weight in the row layout: (data, scales, zeros) arrays (new ones
+        for a packed weight, the held ones otherwise; zeros None where the kind
+        has none)."""
+        if not self.packed:
+            return self._keep + (None,) * (3 - len(self._keep))
+        ddt, dshape, sdt, sshape, zdt = self._shapes
+        data = np.empty(dshape, ddt)
+        scales = np.empty(sshape, sdt)
+        zeros = None if zdt is None else np.empty(sshape, zdt)
+        cdef void *zp = NULL if zeros is None else cnp.PyArray_DATA(zeros)
+        cdef qc_status st = qc_unpack_weight(&self.w, <uint8_t *>cnp.PyArray_DATA(data),
+                                             cnp.PyArray_DATA(scales), zp)
+        if st != QC_OK:
+            raise RuntimeError("unpacking the weight failed")
+        return data, scales, zeros
 
     def uses_gemm(self, int64_t m, int mode):
         return bool(qc_linear_uses_gemm(&self.w, m, <qc_compute>mode))

@@ -62,9 +62,17 @@ class QuantizedLinear:
     are not trainable), ``train()`` / ``eval()`` set ``training``, which changes
     nothing in ``forward`` (the layer has no dropout or batch statistics).
 
-    Few rows (fewer than 8) take a GEMV path that streams the weights once per
-    call; more take a tiled GEMM path where the build has one.  ``kernel`` names
-    the kernel of the last call.  Threads: see ``quantcore.set_num_threads``;
+    Prepacked weights: with int8 compute on x86 builds the layer holds its
+    weight in the packed kernels' own layout (rows interleaved in panels of 32,
+    four codes per 32-bit lane, scales beside their panel: the same bytes,
+    rearranged, so ``nbytes`` is unchanged), packed once at construction; one
+    kernel then serves every batch size, reading the weights once per call.
+    ``weight_quantized``, pickling and the exporters rebuild the public row
+    layout on demand.  ``prepack=False`` keeps the row layout, as do float32
+    compute, K-quant weights, in_features not a multiple of 32, fewer than 32
+    out_features, and non-x86 builds: there few rows (fewer than 8) take a GEMV
+    path that streams the weights once per call, more a tiled GEMM path where
+    the build has one.  ``kernel`` names the kernel of the last call.  Threads: see ``quantcore.set_num_threads``;
     the GIL is released, and concurrent calls on one layer are safe.
 
     Exactness: quantize, dequantize and int4 packing give the same bits on every
@@ -81,10 +89,11 @@ class QuantizedLinear:
     is representable in float32 (weight scales up to 1e30 are accepted).
     """
 
-    __slots__ = ("_wq", "_bias", "_bias_ro", "_qw", "_mode", "_last_m", "training", "__weakref__")
+    __slots__ = ("_wq", "_wmeta", "_prepack", "_bias", "_bias_ro", "_qw", "_mode", "_last_m", "training",
+                 "__weakref__")
     training: bool
 
-    def __init__(self, weight_q: QuantizedTensor, bias: Any = None) -> None:
+    def __init__(self, weight_q: QuantizedTensor, bias: Any = None, *, prepack: bool = True) -> None:
         if not isinstance(weight_q, QuantizedTensor):
             raise TypeError(f"weight_q must be a QuantizedTensor, got {type(weight_q).__name__}")
         if weight_q.ndim != 2:
@@ -110,7 +119,11 @@ class QuantizedLinear:
                 if big > _MAX_SCALE:
                     raise ValueError(f"weight_q has {what} up to {big:.3g}; QuantizedLinear needs "
                                      f"|{what}| <= {_MAX_SCALE:g} (its kernels would overflow float32)")
-        self._wq = weight_q
+        if not isinstance(prepack, (bool, np.bool_)):
+            raise TypeError(f"prepack must be True or False, got {prepack!r}")
+        self._prepack = bool(prepack)
+        self._wq: Optional[QuantizedTensor] = weight_q  # None once packed: rebuilt on demand
+        self._wmeta = (weight_q.shape, weight_q.dtype, cfg, weight_q.size)
         self._bias: Optional[np.ndarray] = None   # the layer's own copy: parameters() hands it out
         self._bias_ro: Optional[np.ndarray] = None  # a read-only view of it: the `bias` attribute
         self.training = True
@@ -127,10 +140,13 @@ class QuantizedLinear:
         if cfg.ktype is not None:  # the super-blocks alone: scales and mins are inside
             self._qw = _ext.QWeight(stored.data, None, None, _ext.KIND_Q4_K + cfg.ktype, n, k,
                                     0, False)
-        else:
-            self._qw = _ext.QWeight(stored.data, stored.scales, stored.zero_points, cfg.kind, n,
-                                    k, group, cfg.granularity == "tensor")
         self._mode = _ext.COMPUTE_F32 if cfg.compute == "float32" else _ext.COMPUTE_I8
+        if cfg.ktype is None:
+            self._qw = _ext.QWeight(stored.data, stored.scales, stored.zero_points, cfg.kind, n,
+                                    k, group, cfg.granularity == "tensor",
+                                    bool(prepack) and self._mode == _ext.COMPUTE_I8)
+            if self._qw.packed:
+                self._wq = None
         self._last_m = 1
 
     @classmethod
@@ -156,17 +172,28 @@ class QuantizedLinear:
     @property
     def in_features(self) -> int:
         """Input features k (the weight's second dimension)."""
-        return self._wq.shape[1]
+        return self._wmeta[0][1]
 
     @property
     def out_features(self) -> int:
         """Output features n (the weight's first dimension)."""
-        return self._wq.shape[0]
+        return self._wmeta[0][0]
 
     @property
     def weight_quantized(self) -> QuantizedTensor:
-        """The quantized weight, shape (out_features, in_features), in the public row layout."""
-        return self._wq
+        """The quantized weight, shape (out_features, in_features), in the public row
+        layout (for a prepacked layer, rebuilt from the packed copy at each access:
+        keep the result rather than asking again in a loop)."""
+        if self._wq is not None:
+            return self._wq
+        shape, dtype, cfg, _ = self._wmeta
+        data, scales, zeros = self._qw.unpack()
+        return QuantizedTensor._make(data, scales, zeros, shape, dtype, cfg)
+
+    @property
+    def prepacked(self) -> bool:
+        """True when the layer holds its weight in the packed kernels' layout."""
+        return bool(self._qw.packed)
 
     @property
     def bias(self) -> Optional[np.ndarray]:
@@ -176,7 +203,7 @@ class QuantizedLinear:
     @property
     def config(self) -> QuantConfig:
         """The weight's QuantConfig."""
-        return self._wq.config
+        return self._wmeta[2]
 
     @property
     def compute(self) -> str:
@@ -185,7 +212,8 @@ class QuantizedLinear:
 
     def kernel_for(self, m: int) -> str:
         """Name of the kernel a forward with m rows runs, e.g. ``gemv_i8_int4_avx2``."""
-        path = "gemm" if self._qw.uses_gemm(int(m), self._mode) else "gemv"
+        path = "packed" if self._qw.packed else \
+            "gemm" if self._qw.uses_gemm(int(m), self._mode) else "gemv"
         comp = "i8" if self._mode == _ext.COMPUTE_I8 else "f32"
         c = self.config
         what = c.format if c.ktype is not None else _KIND_NAMES[c.kind]
@@ -199,19 +227,19 @@ class QuantizedLinear:
     @property
     def nbytes(self) -> int:
         """Bytes the layer holds: packed weight, scales, zero points and bias."""
-        return self._wq.nbytes + (0 if self._bias is None else self._bias.nbytes)
+        return self._qw.nbytes + (0 if self._bias is None else self._bias.nbytes)
 
     def num_parameters(self) -> int:
         """Weights plus bias elements (as the float layer would count them)."""
-        return self._wq.size + (0 if self._bias is None else self._bias.size)
+        return self._wmeta[3] + (0 if self._bias is None else self._bias.size)
 
     def memory_savings_bytes(self) -> int:
         """float32 weight bytes minus all quantized weight storage (scales and zero points included)."""
-        return 4 * self._wq.size - self._wq.nbytes
+        return 4 * self._wmeta[3] - self._qw.nbytes
 
     def dequantized_weight(self) -> np.ndarray:
         """The float32 weight the layer computes with (a new array each call)."""
-        return self._wq.dequantize()
+        return self.weight_quantized.dequantize()
 
     def metrics(self, reference: Any = None) -> Any:
         """CompressionMetrics of the weight (the bias is not counted):
@@ -219,7 +247,7 @@ class QuantizedLinear:
         weight (out_features, in_features) or None."""
         if reference is not None and not isinstance(reference, np.ndarray):
             reference = as_float_array(reference, "reference")
-        return self._wq.metrics(reference)
+        return self.weight_quantized.metrics(reference)
 
     def int8_error_bound(self, x: Any) -> np.ndarray:
         """Per-output bound of |int8-compute result - float32-compute result| due to
@@ -329,7 +357,8 @@ class QuantizedLinear:
 
     # ---- Python protocols ---------------------------------------------------------
     def __reduce__(self):
-        return (QuantizedLinear, (self._wq, self._bias), {"training": self.training})
+        args = (self.weight_quantized, self._bias) + (() if self._prepack else (False,))
+        return (_restore, args, {"training": self.training})
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
         if not isinstance(state, dict) or not isinstance(state.get("training", True), bool):
@@ -342,3 +371,8 @@ class QuantizedLinear:
         return (f"QuantizedLinear(in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self._bias is not None}, weight={what}, compute={self.compute!r}, "
                 f"kernel={self.kernel!r})")
+
+
+def _restore(weight_q: QuantizedTensor, bias: Optional[np.ndarray], prepack: bool = True) -> QuantizedLinear:
+    """Unpickling: the layer again from its row-layout weight (packed anew)."""
+    return QuantizedLinear(weight_q, bias, prepack=prepack)
