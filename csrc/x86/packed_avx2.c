@@ -10,6 +10,9 @@
  * high nibbles (<= 15) against 4 activation bytes each, a block's 8 results summed
  * in int16 (<= 30480) then vpmaddwd(.., 1), SYM4 subtracting 8 * xsum.  The float
  * steps are packed.h's, lane by lane: bit-identical to the scalar reference.
+ * Order: chunks of up to 64 rows of x (more than 4 copied block-major, one
+ * malloc per call), each panel's K streamed once per chunk; the dot loops are
+ * inline assembly (GCC/clang syntax; QC_NO_ASM selects the intrinsics).
  */
 #include "avx2_common.h"
 
@@ -289,9 +292,10 @@ AVX2 static PK_INLINE void pk_params(const qc_kind kind, const qc_qweight *w, in
 }
 
 /* Rows [m0, m0 + nm) of the activations as a chunk: in place for a few rows,
- * else copied to buf block-major (a block's rows side by side: rows kp apart
- * would share L1 sets). */
-static void pk_chunk_at(const qc_act *a, int64_t m0, int64_t nm, int8_t *buf, pk_chunk *c) {
+ * else copied to buf (room for cap rows) block-major (a block's rows side by
+ * side: rows kp apart would share L1 sets). */
+static void pk_chunk_at(const qc_act *a, int64_t m0, int64_t nm, int8_t *buf, int64_t cap,
+                        pk_chunk *c) {
     const int64_t kp = a->kp, nb = a->nb;
     c->sx = a->sx + m0;
     if (!buf || nm <= PK_RMAX) {
@@ -305,8 +309,8 @@ static void pk_chunk_at(const qc_act *a, int64_t m0, int64_t nm, int8_t *buf, pk
         c->sbs = 1;
         return;
     }
-    float *xd = (float *)(buf + PK_MC * kp), *xs = xd + PK_MC * nb;
-    int32_t *xsum = (int32_t *)(xs + PK_MC * nb);
+    float *xd = (float *)(buf + cap * kp), *xs = xd + cap * nb;
+    int32_t *xsum = (int32_t *)(xs + cap * nb);
     for (int64_t r = 0; r < nm; r++) {
         const int64_t m = m0 + r;
         for (int64_t b = 0; b < nb; b++) {
@@ -342,13 +346,14 @@ AVX2 static PK_INLINE void pk_kernel(const qc_kind kind, const qc_wview *v, cons
     __m256 d[4], c[4], dg[4], cg[4];
     for (int q = 0; q < 4; q++)
         d[q] = c[q] = dg[q] = cg[q] = _mm256_setzero_ps();
-    /* NULL (few rows, or no memory): the chunk is read in place */
-    int8_t *buf = m1 - m0 > PK_RMAX ? malloc((size_t)(PK_MC * (a->kp + 12 * nb))) : NULL;
+    /* the chunks' copies; NULL (few rows, or no memory): read in place */
+    const int64_t cap = m1 - m0 < PK_MC ? m1 - m0 : PK_MC, pend = n1 / QC_PANEL;
+    int8_t *buf = cap > PK_RMAX ? malloc((size_t)(cap * (a->kp + 12 * nb))) : NULL;
     for (int64_t mc = m0; mc < m1; mc += PK_MC) {
         const int64_t nm = m1 - mc < PK_MC ? m1 - mc : PK_MC;
         pk_chunk ch;
-        pk_chunk_at(a, mc, nm, buf, &ch);
-        for (int64_t p = n0 / QC_PANEL; p < n1 / QC_PANEL; p++) {
+        pk_chunk_at(a, mc, nm, buf, cap, &ch);
+        for (int64_t p = n0 / QC_PANEL; p < pend; p++) {
             const uint8_t *pw = w->data + qc_packed_block_off(kind, nb, p, 0);
             if (w->per_tensor) {
                 float d0, c0;
@@ -364,7 +369,7 @@ AVX2 static PK_INLINE void pk_kernel(const qc_kind kind, const qc_wview *v, cons
                 _mm256_store_ps(f + i, _mm256_setzero_ps());
             for (int64_t b = 0; b < nb; b++) {
                 const uint8_t *wb = pw + b * pbytes;
-                if (pf) /* past the last panel: a prefetch does not fault */
+                if (pf && (b + 4 < nb || p + 1 < pend)) /* within the call's panels */
                     for (int64_t i = 0; i < pbytes; i += 64)
                         _mm_prefetch((const char *)(wb + pf + i), _MM_HINT_T0);
                 if (groups && (b & gmask) == 0)
