@@ -310,9 +310,10 @@ typedef struct {
     int64_t ldy, chunk;
     uint8_t *flags;
     /* packed weights: fn covers the panels' features [0, npk) in chunks
-     * [0, pchunks); the last chunk runs tfn over the tail rows (view tv) */
-    qc_linear_fn tfn;
+     * [0, pchunks); the last chunk runs it over the tail rows packed as one
+     * panel (view tv) into ytail (32 floats per row of x), then copies them */
     const qc_wview *tv;
+    float *ytail;
     int64_t npk, pchunks;
 } split_job;
 
@@ -320,11 +321,13 @@ static void split_chunk(void *ctx, int64_t c, int slot) {
     const split_job *j = (const split_job *)ctx;
     (void)slot;
     const int64_t n = j->v->w->n, mr = j->m1 - j->m0;
-    const int64_t end = j->tfn ? j->npk : n;
+    const int64_t end = j->tv ? j->npk : n;
     int64_t n0 = c * j->chunk, n1 = n0 + j->chunk < end ? n0 + j->chunk : end;
-    if (j->tfn && c >= j->pchunks) {
+    if (j->tv && c >= j->pchunks) {
         n0 = j->npk, n1 = n;
-        j->tfn(j->tv, j->a, j->m0, j->m1, 0, n1 - n0, j->y + n0, j->ldy);
+        j->fn(j->tv, j->a, j->m0, j->m1, 0, QC_PANEL, j->ytail, QC_PANEL);
+        for (int64_t r = 0; r < mr; r++)
+            memcpy(j->y + r * j->ldy + n0, j->ytail + r * QC_PANEL, (size_t)(n1 - n0) * sizeof(float));
     } else {
         j->fn(j->v, j->a, j->m0, j->m1, n0, n1, j->y + n0, j->ldy);
     }
@@ -354,8 +357,7 @@ static void split_chunk(void *ctx, int64_t c, int slot) {
  * held inf or NaN before the scaling back. */
 static qc_status run_split(qc_linear_fn fn, const qc_wview *v, const qc_act *a, int64_t m0,
                            int64_t m1, const int *rs, const float *bias, float *y, int64_t ldy,
-                           int nt, int gemm, uint8_t *ovf, qc_linear_fn tfn,
-                           const qc_wview *tv) {
+                           int nt, int gemm, uint8_t *ovf, const qc_wview *tv) {
     const int64_t n = v->w->n, mr = m1 - m0, row_work = mr * v->kp;
     const int64_t min_gemv = ((int64_t)1 << 16) / (row_work > 0 ? row_work : 1);
     int64_t chunk = gemm ? qc_pool_chunk_len(n, nt, 4, 64, 64)
@@ -375,10 +377,14 @@ static qc_status run_split(qc_linear_fn fn, const qc_wview *v, const qc_act *a, 
         nchunks = qc_pool_nchunks(n, chunk);
     }
     uint8_t *flags = (uint8_t *)calloc((size_t)(nchunks * mr), 1);
-    if (!flags)
+    const int tail = v->panels && n > npk;
+    float *ytail = tail ? (float *)malloc((size_t)(mr * QC_PANEL) * sizeof(float)) : NULL;
+    if (!flags || (tail && !ytail)) {
+        free(flags);
         return QC_ERR_NOMEM;
-    split_job j = {fn, v, a, m0, m1, rs, bias, y, ldy, chunk, flags,
-                   v->panels ? tfn : NULL, tv, npk, v->panels ? qc_pool_nchunks(npk, chunk) : 0};
+    }
+    split_job j = {fn, v, a, m0, m1, rs, bias, y, ldy, chunk, flags, tail ? tv : NULL, ytail,
+                   npk, v->panels ? qc_pool_nchunks(npk, chunk) : 0};
     qc_pool_run(nt, nchunks, split_chunk, &j);
     for (int64_t r = 0; r < mr; r++) {
         ovf[r] = 0;
@@ -386,6 +392,7 @@ static qc_status run_split(qc_linear_fn fn, const qc_wview *v, const qc_act *a, 
             ovf[r] |= flags[c * mr + r];
     }
     free(flags);
+    free(ytail);
     return QC_OK;
 }
 
@@ -401,28 +408,27 @@ static qc_status linear_pass(const qc_wview *v, const qc_linear_kernels *l, qc_c
                              const float *bias, float *y, int64_t ldy) {
     const qc_qweight *w = v->w;
     int gemm;
-    qc_linear_fn fn = pick(l, w->kind, mpath, mode, &gemm), tfn = NULL;
-    /* packed weights (int8 compute): the packed kernel over the panels, and the
-     * tail rows (row layout) through a kernel taking natural-order activations */
-    qc_qweight tail;
-    qc_wview tv;
+    qc_linear_fn fn = pick(l, w->kind, mpath, mode, &gemm);
+    /* packed weights (int8 compute): the packed kernel over the panels, and over
+     * the tail rows packed as one more panel for this call (O(32 k) bytes) */
+    qc_qweight tail, tailbase;
+    qc_wview tv = {0};
+    uint8_t *tailbuf = NULL;
     if (v->panels) {
-        const int64_t npk = v->panels * QC_PANEL, ssz = w->scale_dtype == QC_F16 ? 2 : 4;
-        const int64_t zsz = QC_KINDS[w->kind].has_zero == 2 ? ssz : 1;
         fn = l->packed_i8[w->kind];
         gemm = 0;
-        tail = *w;
-        tail.n = w->n - npk;
-        tail.data = w->data + npk * v->row_bytes;
-        if (!w->per_tensor) {
-            tail.scales = (const uint8_t *)w->scales + npk * v->ngroups * ssz;
-            if (w->zeros)
-                tail.zeros = (const uint8_t *)w->zeros + npk * v->ngroups * zsz;
+        if (w->n > v->panels * QC_PANEL) {
+            qc_qweight pw = *w;
+            pw.kind = (qc_kind)(QC_KIND_PACKED + w->kind);
+            tailbuf = (uint8_t *)malloc((size_t)qc_packed_tail_bytes(&pw));
+            if (!tailbuf)
+                return QC_ERR_NOMEM;
+            qc_pack_tail(&pw, tailbuf, &tail);
+            tailbase = tail;
+            tailbase.kind = w->kind;
+            make_view(&tailbase, &tv);
+            tv.panels = 1;
         }
-        make_view(&tail, &tv);
-        tfn = l->gemm_i8[w->kind];
-        if (!tfn)
-            tfn = QC_KINDS[w->kind].bits == 8 ? l->gemv_i8[w->kind] : qc_linear_scalar.gemv_i8[w->kind];
     }
     const int deint = !gemm && !v->panels && ktype_of(w->kind) < 0 && QC_KINDS[w->kind].bits == 4
                           ? l->act_span4 : 0;
@@ -521,8 +527,9 @@ static qc_status linear_pass(const qc_wview *v, const qc_linear_kernels *l, qc_c
         }
     }
     a.xs = xs;
-    st = run_split(fn, v, &a, 0, m, scaled ? rs : NULL, bias, y, ldy, nt, gemm, ovf, tfn, &tv);
+    st = run_split(fn, v, &a, 0, m, scaled ? rs : NULL, bias, y, ldy, nt, gemm, ovf, &tv);
 done:
+    free(tailbuf);
     free(xsum);
     free(sx);
     free(xf);

@@ -41,5 +41,10 @@ qc_status qc_pack_weight(const qc_qweight *w, uint8_t *dst, int64_t dst_bytes, q
 qc_status qc_unpack_rows(const qc_qweight *pw, int64_t j0, int64_t j1, uint8_t *data,
                          void *scales, void *zeros);
 qc_status qc_unpack_weight(const qc_qweight *pw, uint8_t *data, void *scales, void *zeros);
+/* The tail rows [32 * (n / 32), n) of a packed weight as one packed panel of 32
+ * rows (the rest zero), built per call so that the packed kernels compute every
+ * output: qc_packed_tail_bytes(pw) bytes at dst, tw its packed qc_qweight. */
+int64_t qc_packed_tail_bytes(const qc_qweight *pw);
+qc_status qc_pack_tail(const qc_qweight *pw, uint8_t *dst, qc_qweight *tw);
 
 #endif /* QC_INTERNAL_H */

@@ -193,3 +193,44 @@ qc_status qc_unpack_rows(const qc_qweight *pw, int64_t j0, int64_t j1, uint8_t *
 qc_status qc_unpack_weight(const qc_qweight *pw, uint8_t *data, void *scales, void *zeros) {
     return qc_unpack_rows(pw, 0, pw ? pw->n : 0, data, scales, zeros);
 }
+
+int64_t qc_packed_tail_bytes(const qc_qweight *pw) {
+    qc_qweight w;
+    pk_geom g;
+    if (!base_of(pw, &w, &g))
+        return 0;
+    w.n = QC_PANEL;
+    return qc_packed_bytes(&w);
+}
+
+qc_status qc_pack_tail(const qc_qweight *pw, uint8_t *dst, qc_qweight *tw) {
+    qc_qweight w, w2;
+    pk_geom g, g2;
+    if (!dst || !tw || !base_of(pw, &w, &g))
+        return QC_ERR_ARG;
+    w2 = w;
+    w2.n = QC_PANEL;
+    if (!geom(&w2, &g2))
+        return QC_ERR_ARG;
+    uint8_t *codes, *scales, *zeros;
+    sections(&w2, &g2, dst, &codes, &scales, &zeros);
+    memset(dst, 0, (size_t)qc_packed_bytes(&w2)); /* rows past the tail: zero codes and scales */
+    const int64_t j0 = g.panels * QC_PANEL;
+    for (int64_t j = j0; j < w.n; j++) {
+        const int64_t gi0 = w.per_tensor ? 0 : j * g.ng; /* tail rows: the row layout */
+        move_row(&w2, &g2, j - j0, codes, scales, zeros, (uint8_t *)w.data + j * g.rb,
+                 (uint8_t *)w.scales + gi0 * g.ssize,
+                 g.zsize ? (uint8_t *)w.zeros + gi0 * g.zsize : NULL, 1);
+    }
+    if (w.per_tensor) {
+        memcpy(scales, w.scales, (size_t)g.ssize);
+        if (g.zsize)
+            memcpy(zeros, w.zeros, (size_t)g.zsize);
+    }
+    *tw = w2;
+    tw->kind = (qc_kind)(QC_KIND_PACKED + w.kind);
+    tw->data = codes;
+    tw->scales = scales;
+    tw->zeros = zeros;
+    return QC_OK;
+}

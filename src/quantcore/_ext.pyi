@@ -62,6 +62,7 @@ class QWeight:
     def __init__(
         self, data: NDArray[Any], scales: Optional[NDArray[Any]], zeros: Optional[NDArray[Any]],
         kind: int, n: int, k: int, group: int, per_tensor: bool, pack: bool = ...,
+        buffer: Optional[NDArray[np.uint8]] = ...,
     ) -> None: ...
     packed: bool
     nbytes: int

@@ -26,10 +26,12 @@ cdef class QWeight:
     cdef object _shapes
 
     def __init__(self, data, scales, zeros, int kind, int64_t n, int64_t k, int64_t group,
-                 bint per_tensor, bint pack=False):
+                 bint per_tensor, bint pack=False, buffer=None):
         """pack=True: hold the weight in the packed kernels' layout (a copy of the
         same bytes, rearranged) where this build packs it (see ``packed``), and
-        drop the references to the row-layout arrays; ``unpack()`` rebuilds them."""
+        drop the references to the row-layout arrays; ``unpack()`` rebuilds them.
+        `buffer`: a writable uint8 array of exactly the packed size to pack into
+        (tests place it against a guard page); default a new array."""
         self.packed = False
         self._shapes = None
         if n < 1 or k < 1:
@@ -79,7 +81,13 @@ cdef class QWeight:
         cdef int64_t nb = qc_packed_bytes(&self.w) if pack else 0
         cdef qc_qweight pw
         if nb > 0:
-            buf = np.empty(nb, np.uint8)
+            if buffer is None:
+                buf = np.empty(nb, np.uint8)
+            else:
+                buf = buffer
+                if not isinstance(buf, np.ndarray) or buf.dtype != np.uint8 or \
+                        buf.shape != (nb,) or not buf.flags.c_contiguous or not buf.flags.writeable:
+                    raise ValueError(f"buffer must be a writable contiguous uint8 array of shape ({nb},)")
             if qc_pack_weight(&self.w, <uint8_t *>cnp.PyArray_DATA(buf), nb, &pw) != QC_OK:
                 raise RuntimeError("packing the weight failed")  # geometry checked above
             self._shapes = (data.dtype, data.shape, scales.dtype, scales.shape,
