@@ -4,15 +4,17 @@
  *
  * ISA: AVX2 + FMA + F16C, by target attribute.  Layout, contract and the float
  * sequence of every output: packed.h; a 32-row panel is 4 x 8 lanes.  Per 32-block
- * an exact int32 dot: 8-bit, the code xor 0x80 as a signed w, vpmaddubsw(|w|,
- * sign(aq, w)) (pairs <= 2 * 128 * 127) then vpmaddwd(.., 1), ASYM8 adding back
- * 128 * xsum (SYM8's q + 128 xor 0x80 is q); 4-bit, vpmaddubsw of the low and the
- * high nibbles (<= 15) against 4 activation bytes each, a block's 8 results summed
- * in int16 (<= 30480) then vpmaddwd(.., 1), SYM4 subtracting 8 * xsum.  The float
- * steps are packed.h's, lane by lane: bit-identical to the scalar reference.
- * Order: chunks of up to 64 rows of x (more than 4 copied block-major, one
- * malloc per call), each panel's K streamed once per chunk; the dot loops are
- * inline assembly (GCC/clang syntax; QC_NO_ASM selects the intrinsics).
+ * an exact int32 dot: 8-bit, vpmaddwd of the codes 0 2 and 1 3 of each lane as
+ * int16 (0..255) against int16 activation pairs (products <= 255 * 127), SYM8
+ * subtracting 128 * xsum; 4-bit, vpmaddubsw of the low and the high nibbles
+ * (<= 15) against 4 activation bytes each, a block's 8 results summed in int16
+ * (<= 30480) then vpmaddwd(.., 1), SYM4 subtracting 8 * xsum.  The float steps
+ * are packed.h's, lane by lane: bit-identical to the scalar reference.
+ * Order: chunks of up to 128 rows of x, copied block-major (8-bit: widened to
+ * int16; one malloc per call), each panel's K streamed once per chunk.  The dot
+ * loops are inline assembly (GCC/clang syntax); QC_NO_ASM, or no memory for the
+ * copy, selects intrinsics on the int8 activations (8-bit: vpmaddubsw(|w|,
+ * sign(aq, w)) with w = code xor 0x80, pairs <= 2 * 128 * 127).
  */
 #include "avx2_common.h"
 
@@ -31,10 +33,10 @@
 #define PK_ALIGNED(n) __declspec(align(n))
 #endif
 
-/* Rows of x per chunk: their float accumulators (PK_MC x 32, 8 KiB) stay in L1
+/* Rows of x per chunk: their float accumulators (PK_MC x 32, 16 KiB) stay in L1
  * while the panel streams once per chunk. */
 #ifndef PK_MC
-#define PK_MC 64
+#define PK_MC 128
 #endif
 #define PK_RMAX 4 /* rows of x per register block */
 
@@ -108,24 +110,29 @@ AVX2 static PK_INLINE void pk_dots(const qc_kind kind, const int R, const int Q,
 /* The same for Q = 2 and R = 1..4, in inline assembly (GCC's allocation of the
  * intrinsics spills accumulators).  Accumulators come back in registers (int32
  * for 8-bit, int16 for 4-bit: the caller finishes them); ymm8-15 are scratch.
- * 8-bit: ymm8 / ymm10 = w of the two quarters, ymm9 / ymm11 = |w|, ymm14 = 1
- * (int16), ymm15 = 0x80 bytes.  4-bit: ymm8 / ymm10 low nibbles, ymm9 / ymm11
- * high nibbles, ymm15 = 0x0f bytes. */
+ * 8-bit (activations widened, pk_chunk.wide): vpmaddwd of codes 0 2 (ymm8 /
+ * ymm10: the two quarters) and codes 1 3 (ymm9 / ymm11) of each lane, as
+ * int16, against the int16 activation pairs (a0 a2) and (a1 a3); ymm15 = 0x00ff
+ * words.  4-bit: ymm8 / ymm10 low nibbles, ymm9 / ymm11 high nibbles, ymm15 =
+ * 0x0f bytes. */
 #define PK8_ROW(S, XA, A0, A1)                                                                  \
-    "vpbroadcastd " #S "*4" XA ", %%ymm12\n\t"                                                  \
-    "vpsignb %%ymm8, %%ymm12, %%ymm13\n\t"                                                      \
-    "vpmaddubsw %%ymm13, %%ymm9, %%ymm13\n\t"                                                   \
-    "vpmaddwd %%ymm14, %%ymm13, %%ymm13\n\t"                                                    \
-    "vpaddd %%ymm13, %" A0 ", %" A0 "\n\t"                                                      \
-    "vpsignb %%ymm10, %%ymm12, %%ymm12\n\t"                                                     \
-    "vpmaddubsw %%ymm12, %%ymm11, %%ymm12\n\t"                                                  \
-    "vpmaddwd %%ymm14, %%ymm12, %%ymm12\n\t"                                                    \
+    "vpbroadcastd " #S "*8" XA ", %%ymm12\n\t"                                                  \
+    "vpbroadcastd 4+" #S "*8" XA ", %%ymm13\n\t"                                                \
+    "vpmaddwd %%ymm12, %%ymm8, %%ymm14\n\t"                                                     \
+    "vpaddd %%ymm14, %" A0 ", %" A0 "\n\t"                                                      \
+    "vpmaddwd %%ymm13, %%ymm9, %%ymm14\n\t"                                                     \
+    "vpaddd %%ymm14, %" A0 ", %" A0 "\n\t"                                                      \
+    "vpmaddwd %%ymm12, %%ymm10, %%ymm14\n\t"                                                    \
+    "vpaddd %%ymm14, %" A1 ", %" A1 "\n\t"                                                      \
+    "vpmaddwd %%ymm13, %%ymm11, %%ymm12\n\t"                                                    \
     "vpaddd %%ymm12, %" A1 ", %" A1 "\n\t"
 #define PK8_HEAD(S)                                                                             \
-    "vpxor " #S "*128(%[w]), %%ymm15, %%ymm8\n\t"                                               \
-    "vpabsb %%ymm8, %%ymm9\n\t"                                                                 \
-    "vpxor " #S "*128+32(%[w]), %%ymm15, %%ymm10\n\t"                                           \
-    "vpabsb %%ymm10, %%ymm11\n\t"
+    "vpand " #S "*128(%[w]), %%ymm15, %%ymm8\n\t"                                               \
+    "vmovdqu " #S "*128(%[w]), %%ymm9\n\t"                                                      \
+    "vpsrlw $8, %%ymm9, %%ymm9\n\t"                                                             \
+    "vpand " #S "*128+32(%[w]), %%ymm15, %%ymm10\n\t"                                           \
+    "vmovdqu " #S "*128+32(%[w]), %%ymm11\n\t"                                                  \
+    "vpsrlw $8, %%ymm11, %%ymm11\n\t"
 #define PK4_ROW(S, XA, A0, A1)                                                                  \
     "vpbroadcastd " #S "*4" XA ", %%ymm12\n\t"                                                  \
     "vpbroadcastd 16+" #S "*4" XA ", %%ymm13\n\t"                                               \
@@ -160,36 +167,33 @@ AVX2 static PK_INLINE void pk_dots(const qc_kind kind, const int R, const int Q,
 #define PK_ZERO3 PK_ZERO2 PK_ZERO("[a4]") PK_ZERO("[a5]")
 #define PK_ZERO4 PK_ZERO3 PK_ZERO("[a6]") PK_ZERO("[a7]")
 #define PK8_BODY(N)                                                                             \
-    PK_ZERO##N "vmovdqu %[c1], %%ymm14\n\t" "vmovdqu %[c2], %%ymm15\n\t"                        \
+    PK_ZERO##N "vmovdqu %[c], %%ymm15\n\t"                                                      \
     PK8_STEP(N, 0) PK8_STEP(N, 1) PK8_STEP(N, 2) PK8_STEP(N, 3)                                 \
     PK8_STEP(N, 4) PK8_STEP(N, 5) PK8_STEP(N, 6) PK8_STEP(N, 7)
 #define PK4_BODY(N)                                                                             \
-    PK_ZERO##N "vmovdqu %[c2], %%ymm15\n\t"                                                     \
+    PK_ZERO##N "vmovdqu %[c], %%ymm15\n\t"                                                      \
     PK4_STEP(N, 0) PK4_STEP(N, 1) PK4_STEP(N, 2) PK4_STEP(N, 3)
 #define PK_OUT                                                                                  \
     [a0] "=&x"(acc[0][0]), [a1] "=&x"(acc[0][1]), [a2] "=&x"(acc[1][0]), [a3] "=&x"(acc[1][1]), \
     [a4] "=&x"(acc[2][0]), [a5] "=&x"(acc[2][1]), [a6] "=&x"(acc[3][0]), [a7] "=&x"(acc[3][1])
 #define PK_IN                                                                                   \
-    [w] "r"(wb), [x] "r"(x), [ld] "r"(xld), [x3] "r"(x + 3 * xld), [c1] "m"(*(const __m256i *)c1), \
-    [c2] "m"(*(const __m256i *)c2)
+    [w] "r"(wb), [x] "r"(x), [ld] "r"(xld), [x3] "r"(x + 3 * xld), [c] "m"(*(const __m256i *)cm)
 #define PK_CLOBBER "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "memory"
 
-static const uint16_t pk_ones16[16] PK_ALIGNED(32) = {1, 1, 1, 1, 1, 1, 1, 1,
-                                                      1, 1, 1, 1, 1, 1, 1, 1};
-static const uint8_t pk_flip8[32] PK_ALIGNED(32) = {
-    0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80,
-    0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80};
+static const uint16_t pk_low8w[16] PK_ALIGNED(32) = {255, 255, 255, 255, 255, 255, 255, 255,
+                                                      255, 255, 255, 255, 255, 255, 255, 255};
 static const uint8_t pk_low4[32] PK_ALIGNED(32) = {
     15, 15, 15, 15, 15, 15, 15, 15, 15, 15, 15, 15, 15, 15, 15, 15,
     15, 15, 15, 15, 15, 15, 15, 15, 15, 15, 15, 15, 15, 15, 15, 15};
 
-/* pk_dots for Q = 2 (wb: the first of the two quarters). */
+/* pk_dots for Q = 2 (wb: the first of the two quarters); 8-bit: x widened
+ * (xld bytes between rows). */
 AVX2 static PK_INLINE void pk_dots_asm(const qc_kind kind, const int R, const uint8_t *wb,
                                        const int8_t *x, int64_t xld, const int32_t *xsum,
                                        int64_t sld, __m256i dot[PK_RMAX][4]) {
     __m256i acc[4][2];
     const int bits8 = kind == QC_SYM8 || kind == QC_ASYM8;
-    const void *c1 = pk_ones16, *c2 = bits8 ? (const void *)pk_flip8 : (const void *)pk_low4;
+    const void *cm = bits8 ? (const void *)pk_low8w : (const void *)pk_low4;
     if (bits8) {
         switch (R) {
         case 4: __asm__(PK8_BODY(4) : PK_OUT : PK_IN : PK_CLOBBER); break;
@@ -209,8 +213,8 @@ AVX2 static PK_INLINE void pk_dots_asm(const qc_kind kind, const int R, const ui
     for (int r = 0; r < R; r++)
         for (int q = 0; q < 2; q++) {
             __m256i d = acc[r][q];
-            if (kind == QC_ASYM8)
-                d = _mm256_add_epi32(d, _mm256_set1_epi32(128 * xsum[r * sld]));
+            if (kind == QC_SYM8)
+                d = _mm256_sub_epi32(d, _mm256_set1_epi32(128 * xsum[r * sld]));
             if (!bits8)
                 d = _mm256_madd_epi16(d, ones);
             if (kind == QC_SYM4)
@@ -229,6 +233,7 @@ typedef struct {
     const float *xd, *xs, *sx;
     const int32_t *xsum;
     int64_t xld, xbs, sld, sbs;
+    int wide; /* x holds 8-bit weights' widened activations (pk_widen) */
 } pk_chunk;
 
 /* Block b of the panel (wb) for R rows of the chunk from row r, all 4 quarters,
@@ -242,7 +247,7 @@ AVX2 static PK_INLINE void pk_rows(const qc_kind kind, const int R, const int Q,
     for (int q0 = 0; q0 < 4; q0 += Q) {
         __m256i dot[PK_RMAX][4];
 #if PK_ASM
-        if (Q == 2)
+        if (Q == 2 && (c->wide || !(kind == QC_SYM8 || kind == QC_ASYM8)))
             pk_dots_asm(kind, R, wb + 32 * q0, x, c->xld, c->xsum + si, sld, dot);
         else
 #endif
@@ -291,14 +296,17 @@ AVX2 static PK_INLINE void pk_params(const qc_kind kind, const qc_qweight *w, in
     }
 }
 
-/* Rows [m0, m0 + nm) of the activations as a chunk: in place for a few rows,
- * else copied to buf (room for cap rows) block-major (a block's rows side by
- * side: rows kp apart would share L1 sets). */
-static void pk_chunk_at(const qc_act *a, int64_t m0, int64_t nm, int8_t *buf, int64_t cap,
-                        pk_chunk *c) {
+/* Rows [m0, m0 + nm) of the activations as a chunk, in buf (room for cap rows)
+ * block-major (a block's rows side by side: rows kp apart would share L1 sets),
+ * widened for the 8-bit assembly (wide: per step s, int16 pairs (a[4s],
+ * a[4s+2]) and (a[4s+1], a[4s+3])); in place for a few rows when not widened,
+ * or without buf. */
+AVX2 static void pk_chunk_at(const qc_act *a, int64_t m0, int64_t nm, int8_t *buf, int64_t cap,
+                             int wide, pk_chunk *c) {
     const int64_t kp = a->kp, nb = a->nb;
     c->sx = a->sx + m0;
-    if (!buf || nm <= PK_RMAX) {
+    c->wide = 0;
+    if (!buf || (!wide && nm <= PK_RMAX)) {
         c->x = a->xq + m0 * kp;
         c->xd = a->xd + m0 * nb;
         c->xs = a->xs + m0 * nb;
@@ -309,12 +317,23 @@ static void pk_chunk_at(const qc_act *a, int64_t m0, int64_t nm, int8_t *buf, in
         c->sbs = 1;
         return;
     }
-    float *xd = (float *)(buf + cap * kp), *xs = xd + cap * nb;
+    const int64_t bb = wide ? 2 * QC_BLK : QC_BLK; /* bytes of a row's block */
+    float *xd = (float *)(buf + cap * nb * bb), *xs = xd + cap * nb;
     int32_t *xsum = (int32_t *)(xs + cap * nb);
     for (int64_t r = 0; r < nm; r++) {
         const int64_t m = m0 + r;
         for (int64_t b = 0; b < nb; b++) {
-            memcpy(buf + (b * nm + r) * QC_BLK, a->xq + m * kp + b * QC_BLK, QC_BLK);
+            const int8_t *src = a->xq + m * kp + b * QC_BLK;
+            int8_t *dst = buf + (b * nm + r) * bb;
+            if (wide) {
+                for (int h = 0; h < 2; h++) {
+                    __m256i v = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(src + 16 * h)));
+                    v = _mm256_shufflehi_epi16(_mm256_shufflelo_epi16(v, 0xD8), 0xD8);
+                    _mm256_storeu_si256((__m256i *)(dst + 32 * h), v);
+                }
+            } else {
+                memcpy(dst, src, QC_BLK);
+            }
             xd[b * nm + r] = a->xd[m * nb + b];
             xs[b * nm + r] = a->xs[m * nb + b];
             xsum[b * nm + r] = a->xsum[m * nb + b];
@@ -324,10 +343,11 @@ static void pk_chunk_at(const qc_act *a, int64_t m0, int64_t nm, int8_t *buf, in
     c->xd = xd;
     c->xs = xs;
     c->xsum = xsum;
-    c->xld = QC_BLK;
-    c->xbs = nm * QC_BLK;
+    c->xld = bb;
+    c->xbs = nm * bb;
     c->sld = 1;
     c->sbs = nm;
+    c->wide = wide;
 }
 
 /* Panels [n0, n1) / 32 for chunks of PK_MC rows: per chunk all panels, each
@@ -346,13 +366,15 @@ AVX2 static PK_INLINE void pk_kernel(const qc_kind kind, const qc_wview *v, cons
     __m256 d[4], c[4], dg[4], cg[4];
     for (int q = 0; q < 4; q++)
         d[q] = c[q] = dg[q] = cg[q] = _mm256_setzero_ps();
-    /* the chunks' copies; NULL (few rows, or no memory): read in place */
+    /* the chunks' copies; NULL (few 4-bit rows, or no memory): read in place */
+    const int wide = PK_ASM && (kind == QC_SYM8 || kind == QC_ASYM8);
     const int64_t cap = m1 - m0 < PK_MC ? m1 - m0 : PK_MC, pend = n1 / QC_PANEL;
-    int8_t *buf = cap > PK_RMAX ? malloc((size_t)(cap * (a->kp + 12 * nb))) : NULL;
+    int8_t *buf = wide || cap > PK_RMAX ? malloc((size_t)(cap * (a->kp * (wide ? 2 : 1) + 12 * nb)))
+                                        : NULL;
     for (int64_t mc = m0; mc < m1; mc += PK_MC) {
         const int64_t nm = m1 - mc < PK_MC ? m1 - mc : PK_MC;
         pk_chunk ch;
-        pk_chunk_at(a, mc, nm, buf, cap, &ch);
+        pk_chunk_at(a, mc, nm, buf, cap, wide, &ch);
         for (int64_t p = n0 / QC_PANEL; p < pend; p++) {
             const uint8_t *pw = w->data + qc_packed_block_off(kind, nb, p, 0);
             if (w->per_tensor) {
