@@ -222,6 +222,43 @@ AVX2 static PK_INLINE void pk_dots_asm(const qc_kind kind, const int R, const ui
             dot[r][q] = d;
         }
 }
+
+/* One row of x against all 4 quarters (8-bit, widened): one pass over the
+ * block, its cache lines in order.  ymm8-15: codes 0 2 / 1 3 of quarters 0-3,
+ * ymm4 / ymm5 the activation pairs, ymm7 = 0x00ff words. */
+#define PK8Q4_HEAD(S, Q, UE, UO)                                                                \
+    "vpand " #S "*128+" #Q "*32(%[w]), %%ymm7, %%ymm" #UE "\n\t"                                \
+    "vmovdqu " #S "*128+" #Q "*32(%[w]), %%ymm" #UO "\n\t"                                      \
+    "vpsrlw $8, %%ymm" #UO ", %%ymm" #UO "\n\t"
+#define PK8Q4_MAC(UE, UO, A)                                                                    \
+    "vpmaddwd %%ymm4, %%ymm" #UE ", %%ymm6\n\t"                                                 \
+    "vpaddd %%ymm6, %" A ", %" A "\n\t"                                                         \
+    "vpmaddwd %%ymm5, %%ymm" #UO ", %%ymm6\n\t"                                                 \
+    "vpaddd %%ymm6, %" A ", %" A "\n\t"
+#define PK8Q4_STEP(S)                                                                           \
+    PK8Q4_HEAD(S, 0, 8, 9) PK8Q4_HEAD(S, 1, 10, 11) PK8Q4_HEAD(S, 2, 12, 13)                    \
+    PK8Q4_HEAD(S, 3, 14, 15)                                                                    \
+    "vpbroadcastd " #S "*8(%[x]), %%ymm4\n\t"                                                   \
+    "vpbroadcastd 4+" #S "*8(%[x]), %%ymm5\n\t"                                                 \
+    PK8Q4_MAC(8, 9, "[a0]") PK8Q4_MAC(10, 11, "[a1]") PK8Q4_MAC(12, 13, "[a2]")                 \
+    PK8Q4_MAC(14, 15, "[a3]")
+
+AVX2 static PK_INLINE void pk_dots8_r1q4(const qc_kind kind, const uint8_t *wb, const int8_t *x,
+                                         const int32_t *xsum, __m256i dot[PK_RMAX][4]) {
+    __m256i acc[4];
+    __asm__(PK_ZERO("[a0]") PK_ZERO("[a1]") PK_ZERO("[a2]") PK_ZERO("[a3]")
+            "vmovdqu %[c], %%ymm7\n\t"
+            PK8Q4_STEP(0) PK8Q4_STEP(1) PK8Q4_STEP(2) PK8Q4_STEP(3)
+            PK8Q4_STEP(4) PK8Q4_STEP(5) PK8Q4_STEP(6) PK8Q4_STEP(7)
+            : [a0] "=&x"(acc[0]), [a1] "=&x"(acc[1]), [a2] "=&x"(acc[2]), [a3] "=&x"(acc[3])
+            : [w] "r"(wb), [x] "r"(x), [c] "m"(*(const __m256i *)pk_low8w)
+            : "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12",
+              "xmm13", "xmm14", "xmm15", "memory");
+    for (int q = 0; q < 4; q++)
+        dot[0][q] = kind == QC_SYM8 ? _mm256_sub_epi32(acc[q], _mm256_set1_epi32(128 * xsum[0]))
+                                    : acc[q];
+}
+
 #else
 #define PK_ASM 0
 #endif
@@ -247,7 +284,9 @@ AVX2 static PK_INLINE void pk_rows(const qc_kind kind, const int R, const int Q,
     for (int q0 = 0; q0 < 4; q0 += Q) {
         __m256i dot[PK_RMAX][4];
 #if PK_ASM
-        if (Q == 2 && (c->wide || !(kind == QC_SYM8 || kind == QC_ASYM8)))
+        if (R == 1 && Q == 4 && c->wide)
+            pk_dots8_r1q4(kind, wb, x, c->xsum + si, dot);
+        else if (Q == 2 && (c->wide || !(kind == QC_SYM8 || kind == QC_ASYM8)))
             pk_dots_asm(kind, R, wb + 32 * q0, x, c->xld, c->xsum + si, sld, dot);
         else
 #endif
@@ -327,7 +366,8 @@ AVX2 static void pk_chunk_at(const qc_act *a, int64_t m0, int64_t nm, int8_t *bu
             int8_t *dst = buf + (b * nm + r) * bb;
             if (wide) {
                 for (int h = 0; h < 2; h++) {
-                    __m256i v = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(src + 16 * h)));
+                    __m128i b16 = _mm_loadu_si128((const __m128i *)(src + 16 * h));
+                    __m256i v = _mm256_cvtepi8_epi16(b16);
                     v = _mm256_shufflehi_epi16(_mm256_shufflelo_epi16(v, 0xD8), 0xD8);
                     _mm256_storeu_si256((__m256i *)(dst + 32 * h), v);
                 }
@@ -409,7 +449,8 @@ AVX2 static PK_INLINE void pk_kernel(const qc_kind kind, const qc_wview *v, cons
                         pk_rows(kind, 2, PK_ASM ? 2 : 4, groups, wb, &ch, r, b, dg, cg, fr);
                         r += 2;
                     } else {
-                        pk_rows(kind, 1, PK_ASM ? 2 : 4, groups, wb, &ch, r, b, dg, cg, fr);
+                        pk_rows(kind, 1, wide || !PK_ASM ? 4 : 2, groups, wb, &ch, r, b, dg, cg,
+                                fr);
                         r += 1;
                     }
                 }
