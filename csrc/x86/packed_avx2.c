@@ -270,7 +270,7 @@ typedef struct {
     const float *xd, *xs, *sx;
     const int32_t *xsum;
     int64_t xld, xbs, sld, sbs;
-    int wide; /* x holds 8-bit weights' widened activations (pk_widen) */
+    int wide; /* x holds widened activations for 8-bit weights (pk_chunk_at) */
 } pk_chunk;
 
 /* Block b of the panel (wb) for R rows of the chunk from row r, all 4 quarters,
