@@ -57,6 +57,7 @@ C_SOURCES = [
     "csrc/x86/kquant_avx2.c",
     "csrc/x86/kquant_avx512.c",
     "csrc/x86/linear_avx512.c",
+    "csrc/x86/packed_avx512.c",
     "csrc/x86/kquant_linear_avx2.c",
     "csrc/x86/kquant_linear_avx512.c",
     "csrc/arm/quant_neon.c",

@@ -68,7 +68,7 @@ class Layer:
         cfg = self._config(kind, granularity, group_size, scale_dtype, mode)
         if cfg is not None:
             qt = QuantizedTensor.quantize(w, cfg)
-            self.layer = QuantizedLinear(qt, bias)
+            self.layer = QuantizedLinear(qt, bias, prepack=False)  # the row-layout kernels
             self.qw = self.layer._qw
             rows = O.Quantized(qt.data.reshape(n, -1), qt.scales, qt.zero_points)
             self.data, self.scales, self.zeros = rows
@@ -329,8 +329,8 @@ def test_gemm_thread_count_changes_no_bit(bits, group, mode, restore_isa):
     rng = np.random.default_rng(seed_for(f"threads-{bits}-{mode}"))
     m, k, n = 70, 1000, 600
     w = rng.standard_normal((n, k)).astype(np.float32)
-    layer = QuantizedLinear.from_linear(w, None, QuantConfig(bits=bits, group_size=group,
-                                                             compute=mode))
+    cfg = QuantConfig(bits=bits, group_size=group, compute=mode)
+    layer = QuantizedLinear(QuantizedTensor.quantize(w, cfg), prepack=False)
     x = rng.standard_normal((m, k)).astype(np.float32)
     quantcore.set_isa(restore_isa)
     before = quantcore.get_num_threads()
@@ -354,8 +354,8 @@ def test_gemm_nan_row_stays_in_its_row(restore_isa):
     rng = np.random.default_rng(seed_for("nan-row"))
     m, k, n = 12, 96, 40
     w = rng.standard_normal((n, k)).astype(np.float32)
-    layer = QuantizedLinear.from_linear(w, None, QuantConfig(bits=4, group_size=32,
-                                                             compute="int8"))
+    cfg = QuantConfig(bits=4, group_size=32, compute="int8")
+    layer = QuantizedLinear(QuantizedTensor.quantize(w, cfg), prepack=False)
     x = rng.standard_normal((m, k)).astype(np.float32)
     quantcore.set_isa(restore_isa)
     clean = layer.forward(x)

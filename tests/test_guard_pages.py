@@ -133,11 +133,13 @@ def case_forward(cfg):
     for k, n in LINEAR_SHAPES:
         w = rng.standard_normal((n, k)).astype(np.float32)
         bias = rng.standard_normal(n).astype(np.float32)
-        for compute in ("float32", "int8"):
+        # int8 with prepack=False: the row-layout kernels read the guarded arrays
+        # (prepacked layers read their own copy: tests/test_packed.py guards that)
+        for compute, prepack in (("float32", True), ("int8", True), ("int8", False)):
             qt = qc.quantize(w, cfg.replace(compute=compute))
-            layer = QuantizedLinear(qt, bias)
+            layer = QuantizedLinear(qt, bias, prepack=prepack)
             for before in (False, True):
-                glayer = QuantizedLinear(_guarded_qt(qt, before), bias)
+                glayer = QuantizedLinear(_guarded_qt(qt, before), bias, prepack=prepack)
                 for m in ROWS:
                     _note(f"forward K={k} N={n} {compute} M={m} before={before}")
                     x = rng.standard_normal((m, k)).astype(np.float32)

@@ -230,7 +230,10 @@ def test_attributes_and_protocols(rng):
     assert layer.memory_savings_bytes() == 48 * 64 * 4 - 48 * 2 * 18
     assert layer.bias.dtype == np.float32 and not layer.bias.flags.writeable
     np.testing.assert_array_equal(layer.dequantized_weight(), layer.weight_quantized.dequantize())
-    assert layer.kernel.startswith("gemv_i8_int4_")
+    # int8 compute on an x86 build: the weight is prepacked, one kernel for every m
+    x86 = "avx2" in qc._ext.compiled_isas()
+    assert layer.kernel.startswith("packed_i8_int4_" if x86 else "gemv_i8_int4_")
+    assert QuantizedLinear(layer.weight_quantized, prepack=False).kernel.startswith("gemv_i8_int4_")
     assert "QuantizedLinear(" in repr(layer)
     x = rng.standard_normal((2, 64)).astype(np.float32)
     y = layer(x)

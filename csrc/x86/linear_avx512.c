@@ -479,6 +479,7 @@ const qc_linear_kernels qc_linear_avx512 = {
     .gemm_f32 = QC_GEMM_TABLE(f32, avx512),
     .gemm_i8 = QC_GEMM_TABLE(i8, avx512),
     .gemm_min_m = {{6, 5}, {5, 8}},
+    .packed_i8 = QC_PACKED_TABLE(avx512),
 };
 
 #endif /* QC_HAVE_X86 */

@@ -81,8 +81,10 @@ cdef class QWeight:
         cdef int64_t nb = qc_packed_bytes(&self.w) if pack else 0
         cdef qc_qweight pw
         if nb > 0:
-            if buffer is None:
-                buf = np.empty(nb, np.uint8)
+            if buffer is None:  # 64-byte aligned: the kernels' loads then never split a cache line
+                raw = np.empty(nb + 64, np.uint8)
+                off = (-raw.ctypes.data) % 64
+                buf = raw[off:off + nb]
             else:
                 buf = buffer
                 if not isinstance(buf, np.ndarray) or buf.dtype != np.uint8 or \

@@ -65,7 +65,7 @@ LD_PRELOAD="$LIBASAN" PYTHONPATH="$OUT/lib" "$PY" -c \
 
 DEFAULT_TESTS="tests/test_quantize.py tests/test_pack.py tests/test_linear.py tests/test_gemm.py
 tests/test_guard_pages.py tests/test_bad_inputs.py tests/test_isa_identity.py tests/test_properties.py
-tests/test_kquants.py tests/test_kquant_linear.py tests/test_linear_extremes.py"
+tests/test_kquants.py tests/test_kquant_linear.py tests/test_linear_extremes.py tests/test_packed.py"
 TESTS=${SAN_TESTS:-$DEFAULT_TESTS}
 existing=""
 for t in $TESTS; do [ -e "${t%%::*}" ] && existing="$existing $t"; done
