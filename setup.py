@@ -50,6 +50,7 @@ C_SOURCES = [
     "csrc/ref/packed_scalar.c",
     "csrc/x86/quant_avx2.c",
     "csrc/x86/linear_avx2.c",
+    "csrc/x86/packed_avx2.c",
     "csrc/x86/gemm_avx2.c",
     "csrc/x86/gemm_avx512.c",
     "csrc/x86/mse_avx2.c",

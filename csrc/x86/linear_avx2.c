@@ -345,6 +345,7 @@ const qc_linear_kernels qc_linear_avx2 = {
     .gemm_f32 = QC_GEMM_TABLE(f32, avx2),
     .gemm_i8 = QC_GEMM_TABLE(i8, avx2),
     .gemm_min_m = {{4, 4}, {5, 6}},
+    .packed_i8 = QC_PACKED_TABLE(avx2),
 };
 
 #endif /* QC_HAVE_X86 */
