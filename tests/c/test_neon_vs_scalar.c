@@ -23,7 +23,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "internal.h"
 #include "kernels.h"
+#include "packed.h"
 #include "quantcore.h"
 
 static qc_isa simd;
@@ -974,6 +976,77 @@ static void test_linear_kquant(void) {
             }
 }
 
+/* qc_linear over prepacked weights (packed.h; x86 builds pack, others skip): the SIMD
+ * packed kernels against the scalar packed reader, bit for bit (every ISA follows
+ * packed.h's float sequence), over every kind and scale layout, panels with and
+ * without a tail, M from 1 across the kernels' row passes and activation chunks, and
+ * a NaN row (the exact float64 path); pack then unpack gives the row layout back. */
+static void test_linear_packed(void) {
+    static const int64_t KS[] = {32, 64, 160, 1024};
+    static const int64_t NS[] = {32, 33, 63, 100};
+    static const int64_t MS[] = {1, 2, 5, 7, 13, 130};
+    static const int64_t LG[] = {0, 32, 64, -1}; /* -1: per tensor */
+    for (int k = 0; k < QC_NUM_KINDS; k++)
+        for (int gi = 0; gi < 4; gi++)
+            for (int sd = 0; sd < 2; sd++)
+                for (size_t ki = 0; ki < sizeof KS / sizeof *KS; ki++) {
+                    const int64_t K = KS[ki], N = NS[(ki + gi + sd) % 4];
+                    const int64_t M = MS[(ki + gi + k) % 6];
+                    qc_qdesc d = {(qc_kind)k, LG[gi] < 0 ? 0 : LG[gi], LG[gi] < 0, sd ? QC_F16 : QC_F32};
+                    qsizes z = sizes_for(&d, N, K);
+                    float *wf = xmalloc((size_t)(N * K) * 4), *x = xmalloc((size_t)(M * K) * 4);
+                    for (int64_t i = 0; i < N * K; i++)
+                        wf[i] = uni() * (i % 7 == 0 ? 3.0f : 1.0f);
+                    for (int64_t i = 0; i < M * K; i++)
+                        x[i] = uni() * (i % 11 == 0 ? 8.0f : 1.0f);
+                    if (M > 2)
+                        x[2 * K + 3] = NAN;
+                    uint8_t *data = xmalloc(z.dbytes), *sc = xmalloc(z.sbytes), *zz = xmalloc(z.zbytes);
+                    use(QC_ISA_SCALAR);
+                    qc_status st = qc_quantize(&d, wf, QC_F32, N, K, K * 4, 4, data, sc,
+                                               QC_KINDS[k].has_zero ? zz : NULL, NULL);
+                    CHECK(st == QC_OK, "packed: quantize status %d", st);
+                    qc_qweight w = {(qc_kind)k, N, K, d.group, d.per_tensor, d.scale_dtype, data, sc,
+                                    QC_KINDS[k].has_zero ? zz : NULL};
+                    const int64_t nb = qc_packed_bytes(&w);
+                    if (nb > 0) {
+                        uint8_t *buf = xmalloc((size_t)nb), *d2 = xmalloc(z.dbytes);
+                        uint8_t *s2 = xmalloc(z.sbytes), *z2 = xmalloc(z.zbytes);
+                        qc_qweight pw;
+                        CHECK(qc_pack_weight(&w, buf, nb, &pw) == QC_OK, "packed: pack");
+                        CHECK(qc_unpack_weight(&pw, d2, s2, QC_KINDS[k].has_zero ? z2 : NULL) == QC_OK &&
+                                  !memcmp(d2, data, z.dbytes) && !memcmp(s2, sc, z.sbytes) &&
+                                  (!QC_KINDS[k].has_zero || !memcmp(z2, zz, z.zbytes)),
+                              "packed: unpack gives the row layout back (kind=%s k=%lld n=%lld)",
+                              KIND_NAMES[k], (long long)K, (long long)N);
+                        float *y[2];
+                        for (int isa = 0; isa < 2; isa++) {
+                            use(isa ? simd : QC_ISA_SCALAR);
+                            y[isa] = xmalloc((size_t)(M * N) * 4);
+                            st = qc_linear(&pw, x, M, K, NULL, y[isa], N, QC_COMPUTE_I8);
+                            CHECK(st == QC_OK, "packed: linear status %d", st);
+                        }
+                        int bad = 0;
+                        for (int64_t i = 0; i < M * N && !bad; i++)
+                            bad = fbits(y[0][i]) != fbits(y[1][i]);
+                        CHECK(!bad, "packed kind=%s group=%lld%s scale=%s m=%lld n=%lld k=%lld: %s differs from scalar",
+                              KIND_NAMES[k], (long long)d.group, d.per_tensor ? " per-tensor" : "",
+                              sd ? "f16" : "f32", (long long)M, (long long)N, (long long)K, qc_isa_name(simd));
+                        free(y[0]);
+                        free(y[1]);
+                        free(buf);
+                        free(d2);
+                        free(s2);
+                        free(z2);
+                    }
+                    free(wf);
+                    free(x);
+                    free(data);
+                    free(sc);
+                    free(zz);
+                }
+}
+
 /* qc_linear near the float32 limits, scalar and the SIMD ISA, against a double
  * reference over the dequantized weight: rows with one element of 1e30..3e38,
  * whole rows near the limit, tiny and subnormal rows, a huge element among
@@ -1116,6 +1189,7 @@ int main(void) {
         SECTION(test_linear) /* every ISA has linear kernels of its own */
         SECTION(test_linear_extremes)
         SECTION(test_linear_kquant)
+        SECTION(test_linear_packed)
         if (only_linear) {
             nsimd++;
             continue;
