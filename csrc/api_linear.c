@@ -11,6 +11,10 @@
  * for ordinary rows; tiny rows scaled up; finite rows whose kernel outputs
  * overflow redone on the batch's path with every intermediate below 2^126).
  * y may overlap x (x is copied first).
+ * Prepacked weights (packed.h, kind QC_KIND_PACKED + base; int8 compute): one
+ * packed kernel for every m, over whole panels; the tail rows are packed as one
+ * more panel per call; the activations get their integer block sums and row
+ * offsets too.  NaN/Inf rows read their weight rows back in the row layout.
  * Threads: the pool (pool.h) over chunks of output features, multiples of 16;
  * every thread runs all m rows of a chunk it claims, so the weights are read once
  * per call (GEMV) or once per M-tile (GEMM).  The activations are prepared on the
@@ -396,6 +400,70 @@ static qc_status run_split(qc_linear_fn fn, const qc_wview *v, const qc_act *a, 
     return QC_OK;
 }
 
+/* int8 compute: the activations of rows [c * rows, ...) of x, each on its own:
+ * quantized (Q8_0 blocks, in the order `deint`), NaN/Inf rows flagged in bad[]
+ * (codes zero), tiny rows (rs[r] = s != 0, unless force gives rs) quantized again
+ * as x * 2^-s; for packed weights the integer block sums and the row offsets. */
+typedef struct {
+    const qc_linear_kernels *l;
+    const float *x;
+    int64_t ldx, k, kp, nb;
+    int deint;
+    const int *force;
+    int8_t *xq;
+    float *xd, *xs;
+    int32_t *xsum;
+    float *sx;
+    uint8_t *bad;
+    int *rs;
+    float *tmp; /* k floats per pool slot */
+    int64_t rows, m;
+} prep_job;
+
+static void prep_i8_chunk(void *ctx, int64_t c, int slot) {
+    const prep_job *j = (const prep_job *)ctx;
+    const int64_t kp = j->kp, nb = j->nb, k = j->k;
+    float *tmp = j->tmp + (int64_t)slot * k;
+    const int64_t r0 = c * j->rows, r1 = r0 + j->rows < j->m ? r0 + j->rows : j->m;
+    for (int64_t r = r0; r < r1; r++) {
+        const float *xr = j->x + r * j->ldx;
+        int8_t *q = j->xq + r * kp;
+        float *d = j->xd + r * nb, *sm = j->xs + r * nb;
+        int s = j->force ? j->force[r] : 0;
+        j->bad[r] = 0;
+        if (j->l->act_quant(xr, k, j->deint, q, d, sm)) {
+            j->bad[r] = 1;
+            memset(q, 0, (size_t)kp); /* harmless values for the main pass */
+            for (int64_t b = 0; b < nb; b++)
+                d[b] = sm[b] = 0.0f;
+        } else if (!j->force) {
+            /* the block scales are max|x_b| / 127 (0 when that is below ~2^-121):
+             * only a row whose scales are all small can be tiny */
+            float dmax = 0.0f;
+            for (int64_t b = 0; b < nb; b++)
+                dmax = d[b] > dmax ? d[b] : dmax;
+            if (dmax < ldexpf(1.0f, ROW_TINY_EXP - 6))
+                s = tiny_shift(row_amax(xr, k));
+            if (s) { /* tiny: quantize x * 2^-s instead */
+                scale_row(xr, k, s, tmp);
+                j->l->act_quant(tmp, k, j->deint, q, d, sm);
+            }
+        }
+        j->rs[r] = s;
+        if (j->xsum) {
+            float t = 0.0f;
+            for (int64_t b = 0; b < nb; b++) {
+                int32_t sum = 0;
+                for (int e = 0; e < QC_BLK; e++)
+                    sum += q[b * QC_BLK + e];
+                j->xsum[r * nb + b] = sum;
+                t += sm[b];
+            }
+            j->sx[r] = t;
+        }
+    }
+}
+
 /* One pass of the kernels over rows [0, m) of x; y = 2^rs[r] * f(x'), plus bias.
  * force == NULL: x' = x * 2^-rs[r], with each row's rs[r] chosen here
  * (tiny_shift); else x holds x' already and rs[r] = force[r].  Rows holding NaN
@@ -438,7 +506,7 @@ static qc_status linear_pass(const qc_wview *v, const qc_linear_kernels *l, qc_c
     qc_act a = {m, kp, nb, deint, NULL, NULL, NULL, NULL, NULL, NULL};
     int32_t *xsum = NULL;
     float *sx = NULL;
-    float *xf = NULL, *xd = NULL, *tmp = NULL, *xs = (float *)malloc((size_t)(m * nb) * sizeof(float));
+    float *xf = NULL, *xd = NULL, *xs = (float *)malloc((size_t)(m * nb) * sizeof(float));
     int8_t *xq = NULL;
     int scaled = 0;
     qc_status st = QC_OK;
@@ -466,43 +534,10 @@ static qc_status linear_pass(const qc_wview *v, const qc_linear_kernels *l, qc_c
     } else {
         xq = (int8_t *)malloc((size_t)(m * kp));
         xd = (float *)malloc((size_t)(m * nb) * sizeof(float));
-        tmp = (float *)malloc((size_t)k * sizeof(float));
-        if (!xq || !xd || !tmp) {
+        if (!xq || !xd) {
             st = QC_ERR_NOMEM;
             goto done;
         }
-        for (int64_t r = 0; r < m; r++) {
-            const float *xr = x + r * ldx;
-            int8_t *q = xq + r * kp;
-            float *d = xd + r * nb, *sm = xs + r * nb;
-            int s = force ? force[r] : 0;
-            bad[r] = 0;
-            if (l->act_quant(xr, k, deint, q, d, sm)) {
-                bad[r] = 1;
-                memset(q, 0, (size_t)kp); /* harmless values for the main pass */
-                for (int64_t b = 0; b < nb; b++)
-                    d[b] = sm[b] = 0.0f;
-            } else if (!force) {
-                /* the block scales are max|x_b| / 127 (0 when that is below ~2^-121):
-                 * only a row whose scales are all small can be tiny */
-                float dmax = 0.0f;
-                for (int64_t b = 0; b < nb; b++)
-                    dmax = d[b] > dmax ? d[b] : dmax;
-                if (dmax < ldexpf(1.0f, ROW_TINY_EXP - 6))
-                    s = tiny_shift(row_amax(xr, k));
-            }
-            rs[r] = s;
-            scaled |= s != 0;
-        }
-        /* tiny rows: quantize x * 2^-s instead (one scratch row, rows in turn) */
-        if (!force)
-            for (int64_t r = 0; r < m; r++)
-                if (rs[r]) {
-                    scale_row(x + r * ldx, k, rs[r], tmp);
-                    l->act_quant(tmp, k, deint, xq + r * kp, xd + r * nb, xs + r * nb);
-                }
-        a.xq = xq;
-        a.xd = xd;
         if (v->panels) { /* the packed kernels' integer block sums and row offsets */
             xsum = (int32_t *)malloc((size_t)(m * nb) * sizeof(int32_t));
             sx = (float *)malloc((size_t)m * sizeof(float));
@@ -510,21 +545,26 @@ static qc_status linear_pass(const qc_wview *v, const qc_linear_kernels *l, qc_c
                 st = QC_ERR_NOMEM;
                 goto done;
             }
-            for (int64_t r = 0; r < m; r++) {
-                float t = 0.0f;
-                for (int64_t b = 0; b < nb; b++) {
-                    const int8_t *q = xq + r * kp + b * QC_BLK;
-                    int32_t sum = 0;
-                    for (int e = 0; e < QC_BLK; e++)
-                        sum += q[e];
-                    xsum[r * nb + b] = sum;
-                    t += xs[r * nb + b];
-                }
-                sx[r] = t;
-            }
-            a.xsum = xsum;
-            a.sx = sx;
         }
+        /* rows on the pool's threads when there is enough of them (each row on its
+         * own: the same bits whichever thread prepares it) */
+        const int pnt = m > 1 ? qc_threads_for(m * k) : 1;
+        prep_job pj = {l, x, ldx, k, kp, nb, deint, force, xq, xd, xs, xsum, sx, bad, rs,
+                       NULL, 0, m};
+        pj.rows = qc_pool_chunk_len(m, pnt, 4, 1, 1);
+        pj.tmp = (float *)malloc((size_t)pnt * (size_t)k * sizeof(float));
+        if (!pj.tmp) {
+            st = QC_ERR_NOMEM;
+            goto done;
+        }
+        qc_pool_run(pnt, qc_pool_nchunks(m, pj.rows), prep_i8_chunk, &pj);
+        free(pj.tmp);
+        for (int64_t r = 0; r < m; r++)
+            scaled |= rs[r] != 0;
+        a.xq = xq;
+        a.xd = xd;
+        a.xsum = xsum;
+        a.sx = sx;
     }
     a.xs = xs;
     st = run_split(fn, v, &a, 0, m, scaled ? rs : NULL, bias, y, ldy, nt, gemm, ovf, &tv);
@@ -536,7 +576,6 @@ done:
     free(xd);
     free(xs);
     free(xq);
-    free(tmp);
     return st;
 }
 
