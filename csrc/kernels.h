@@ -92,11 +92,23 @@ static inline int64_t qc_group_index(const qc_wview *v, int64_t r, int64_t b) {
     return r * v->srow + (v->gshift < 0 ? 0 : (b >> v->gshift));
 }
 
+/* Element i of a float16 (f16) or float32 parameter array at any alignment (a
+ * packed weight's sections may sit at any byte, e.g. in a caller's buffer). */
+static inline float qc_param_at(const void *p, int f16, int64_t i) {
+    if (f16) {
+        uint16_t h;
+        memcpy(&h, (const uint8_t *)p + 2 * i, 2);
+        return qc_fp16_to_fp32(h);
+    }
+    float v;
+    memcpy(&v, (const uint8_t *)p + 4 * i, 4);
+    return v;
+}
+
 /* Scale d and offset c of scale group gi (w = d * q + c). */
 static inline void qc_group_dc(const qc_wview *v, int64_t gi, float *d, float *c) {
     const qc_qweight *w = v->w;
-    float dd = w->scale_dtype == QC_F16 ? qc_fp16_to_fp32(((const uint16_t *)w->scales)[gi])
-                                        : ((const float *)w->scales)[gi];
+    float dd = qc_param_at(w->scales, w->scale_dtype == QC_F16, gi);
     float cc = 0.0f;
     switch (w->kind) {
     case QC_SYM4:
@@ -107,8 +119,7 @@ static inline void qc_group_dc(const qc_wview *v, int64_t gi, float *d, float *c
         cc = -dd * (float)((const uint8_t *)w->zeros)[gi];
         break;
     case QC_MIN4:
-        cc = w->scale_dtype == QC_F16 ? qc_fp16_to_fp32(((const uint16_t *)w->zeros)[gi])
-                                      : ((const float *)w->zeros)[gi];
+        cc = qc_param_at(w->zeros, w->scale_dtype == QC_F16, gi);
         break;
     default:
         break;

@@ -17,11 +17,6 @@ static inline int32_t pcode(const uint8_t *blk, int bits8, int r, int e) {
     return e >= 16 ? byte >> 4 : byte & 15;
 }
 
-/* Parameter `idx` of a packed section in dtype f16 / f32, or a uint8 zero point. */
-static inline float pfloat(const void *p, int f16, int64_t idx) {
-    return f16 ? qc_fp16_to_fp32(((const uint16_t *)p)[idx]) : ((const float *)p)[idx];
-}
-
 /* d and c of row r of panel p, group g (c: 0 for SYM, (-d) * z for ASYM, the
  * minimum for MIN4). */
 static void pparams(const qc_wview *v, qc_kind kind, int64_t p, int64_t g, int r, float *d,
@@ -29,12 +24,12 @@ static void pparams(const qc_wview *v, qc_kind kind, int64_t p, int64_t g, int r
     const qc_qweight *w = v->w;
     const int f16 = w->scale_dtype == QC_F16;
     const int64_t idx = w->per_tensor ? 0 : (p * v->ngroups + g) * QC_PANEL + r;
-    const float dd = pfloat(w->scales, f16, idx);
+    const float dd = qc_param_at(w->scales, f16, idx);
     float cc = 0.0f;
     if (kind == QC_ASYM8 || kind == QC_ASYM4)
         cc = (-dd) * (float)((const uint8_t *)w->zeros)[idx];
     else if (kind == QC_MIN4)
-        cc = pfloat(w->zeros, f16, idx);
+        cc = qc_param_at(w->zeros, f16, idx);
     *d = dd;
     *c = cc;
 }

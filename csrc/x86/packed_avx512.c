@@ -276,7 +276,7 @@ static inline int pk_next_mr(int64_t rem) {
 }
 
 static float pk_value(const void *p, int64_t i, int f16) {
-    return f16 ? qc_fp16_to_fp32(((const uint16_t *)p)[i]) : ((const float *)p)[i];
+    return qc_param_at(p, f16, i);
 }
 
 AVX512 static void pk_run(pk_rows_fn fn, qc_kind kind, const qc_wview *v, const qc_act *a,
