@@ -60,8 +60,7 @@ static void make_view(const qc_qweight *w, qc_wview *v) {
 
 static int valid(const qc_qweight *w, qc_compute mode) {
     if (w && qc_is_packed_kind(w->kind)) { /* packed.h: int8 compute only */
-        qc_qweight base = *w;
-        base.kind = (qc_kind)(w->kind - QC_KIND_PACKED);
+        const qc_qweight base = qc_packed_twin(w);
         return mode == QC_COMPUTE_I8 && qc_packed_bytes(&base) > 0;
     }
     if (w && ktype_of(w->kind) >= 0)
@@ -260,8 +259,7 @@ static qc_status exact_row(const qc_wview *v, const float *x, const float *bias,
     /* packed weights: each row rebuilt in the row layout first (room after wrow) */
     uint8_t *prow = (uint8_t *)(wrow + w->k);
     uint8_t *psc = prow + v->row_bytes + 8, *pzp = psc + v->ngroups * 4 + 8;
-    qc_qweight pw = *w;
-    pw.kind = (qc_kind)(QC_KIND_PACKED + w->kind);
+    const qc_qweight pw = qc_packed_twin(w);
     for (int64_t j = 0; j < w->n; j++) {
         const int64_t gi = j * v->srow;
         const uint8_t *row = w->data + j * v->row_bytes, *sc = (const uint8_t *)w->scales + gi * ssize;
@@ -486,14 +484,12 @@ static qc_status linear_pass(const qc_wview *v, const qc_linear_kernels *l, qc_c
         fn = l->packed_i8[w->kind];
         gemm = 0;
         if (w->n > v->panels * QC_PANEL) {
-            qc_qweight pw = *w;
-            pw.kind = (qc_kind)(QC_KIND_PACKED + w->kind);
+            const qc_qweight pw = qc_packed_twin(w);
             tailbuf = (uint8_t *)malloc((size_t)qc_packed_tail_bytes(&pw));
             if (!tailbuf)
                 return QC_ERR_NOMEM;
             qc_pack_tail(&pw, tailbuf, &tail);
-            tailbase = tail;
-            tailbase.kind = w->kind;
+            tailbase = qc_packed_twin(&tail);
             make_view(&tailbase, &tv);
             tv.panels = 1;
         }
@@ -596,8 +592,7 @@ qc_status qc_linear(const qc_qweight *w, const float *x, int64_t m, int64_t x_ro
     qc_wview v;
     qc_qweight base;
     if (qc_is_packed_kind(w->kind)) { /* the kernels see the base kind; v.panels marks it */
-        base = *w;
-        base.kind = (qc_kind)(w->kind - QC_KIND_PACKED);
+        base = qc_packed_twin(w);
         w = &base;
         make_view(w, &v);
         v.panels = w->n / QC_PANEL;

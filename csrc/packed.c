@@ -149,8 +149,7 @@ qc_status qc_pack_weight(const qc_qweight *w, uint8_t *dst, int64_t dst_bytes, q
         if (g.zsize)
             memcpy(zeros, w->zeros, (size_t)g.zsize);
     }
-    *pw = *w;
-    pw->kind = (qc_kind)(QC_KIND_PACKED + w->kind);
+    *pw = qc_packed_twin(w);
     pw->data = codes;
     pw->scales = scales;
     pw->zeros = zeros;
@@ -161,8 +160,7 @@ qc_status qc_pack_weight(const qc_qweight *w, uint8_t *dst, int64_t dst_bytes, q
 static int base_of(const qc_qweight *pw, qc_qweight *w, pk_geom *g) {
     if (!pw || !qc_is_packed_kind(pw->kind))
         return 0;
-    *w = *pw;
-    w->kind = (qc_kind)(pw->kind - QC_KIND_PACKED);
+    *w = qc_packed_twin(pw);
     return geom(w, g);
 }
 
@@ -227,8 +225,7 @@ qc_status qc_pack_tail(const qc_qweight *pw, uint8_t *dst, qc_qweight *tw) {
         if (g.zsize)
             memcpy(zeros, w.zeros, (size_t)g.zsize);
     }
-    *tw = w2;
-    tw->kind = (qc_kind)(QC_KIND_PACKED + w.kind);
+    *tw = qc_packed_twin(&w2);
     tw->data = codes;
     tw->scales = scales;
     tw->zeros = zeros;

@@ -65,6 +65,15 @@ static inline int qc_is_packed_kind(int kind) {
     return kind >= QC_KIND_PACKED && kind < QC_KIND_PACKED + QC_NUM_KINDS;
 }
 
+/* w with its kind switched between the base kind and the packed one (a copy; the
+ * pointers kept): the packed weight of a base-kind view, or the other way round. */
+static inline qc_qweight qc_packed_twin(const qc_qweight *w) {
+    qc_qweight t = *w;
+    t.kind = (qc_kind)(qc_is_packed_kind(w->kind) ? w->kind - QC_KIND_PACKED
+                                                  : w->kind + QC_KIND_PACKED);
+    return t;
+}
+
 /* Bytes of one row's 32-block: 32 for 8-bit kinds, 16 for 4-bit. */
 static inline int64_t qc_packed_bpb(qc_kind base) { return QC_KINDS[base].bits == 8 ? 32 : 16; }
 

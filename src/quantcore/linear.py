@@ -123,7 +123,7 @@ class QuantizedLinear:
             raise TypeError(f"prepack must be True or False, got {prepack!r}")
         self._prepack = bool(prepack)
         self._wq: Optional[QuantizedTensor] = weight_q  # None once packed: rebuilt on demand
-        self._wmeta = (weight_q.shape, weight_q.dtype, cfg, weight_q.size)
+        self._wmeta = (weight_q.shape, weight_q.dtype, cfg)
         self._bias: Optional[np.ndarray] = None   # the layer's own copy: parameters() hands it out
         self._bias_ro: Optional[np.ndarray] = None  # a read-only view of it: the `bias` attribute
         self.training = True
@@ -186,7 +186,7 @@ class QuantizedLinear:
         keep the result rather than asking again in a loop)."""
         if self._wq is not None:
             return self._wq
-        shape, dtype, cfg, _ = self._wmeta
+        shape, dtype, cfg = self._wmeta
         data, scales, zeros = self._qw.unpack()
         return QuantizedTensor._make(data, scales, zeros, shape, dtype, cfg)
 
@@ -231,11 +231,11 @@ class QuantizedLinear:
 
     def num_parameters(self) -> int:
         """Weights plus bias elements (as the float layer would count them)."""
-        return self._wmeta[3] + (0 if self._bias is None else self._bias.size)
+        return self.in_features * self.out_features + (0 if self._bias is None else self._bias.size)
 
     def memory_savings_bytes(self) -> int:
         """float32 weight bytes minus all quantized weight storage (scales and zero points included)."""
-        return 4 * self._wmeta[3] - self._qw.nbytes
+        return 4 * self.in_features * self.out_features - self._qw.nbytes
 
     def dequantized_weight(self) -> np.ndarray:
         """The float32 weight the layer computes with (a new array each call)."""
